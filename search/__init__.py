@@ -1,0 +1,1 @@
+"""search: the system around ``sensorium.training.fit`` -- Ray Tune + Optuna trials, export, retrain, report."""
