@@ -1,0 +1,180 @@
+"""Official submission CSVs: round trip, refusals, atomic writes, and id-aligned scoring."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from sensorium import metrics, submission
+from sensorium.errors import UserError
+
+
+def _table(seed: int = 0, n_trials: int = 24, n_neurons: int = 5, hashed: bool = False):
+    """trial ids, image ids (6 images x 4 repeats), neuron ids, responses (T, n) float32."""
+    rng = np.random.default_rng(seed)
+    if hashed:
+        trials = np.array([f"{x:032x}" for x in rng.integers(0, 2**62, n_trials)])
+    else:
+        trials = rng.permutation(n_trials) * 3 + 100
+    images = np.repeat(np.arange(n_trials // 4), 4) + 1000
+    neurons = rng.permutation(n_neurons) + 7
+    signal = rng.normal(size=(n_trials // 4, n_neurons))[images - 1000]
+    values = np.exp(signal + 0.3 * rng.normal(size=signal.shape)).astype(np.float32)
+    return trials, images, neurons, values
+
+
+@pytest.mark.parametrize("hashed", [False, True], ids=["int_ids", "hex_ids"])
+def test_round_trip(tmp_path, hashed):
+    trials, images, neurons, values = _table(hashed=hashed)
+    path = submission.write_submission(tmp_path / "sub.csv", trials, images, neurons, values)
+    got_trials, got_images, got_neurons, got_values = submission.read_submission(path)
+    order = np.argsort(trials.astype(np.int64)) if not hashed else np.argsort(trials)
+    np.testing.assert_array_equal(got_trials, np.asarray(trials).astype(str)[order])  # sorted by trial id
+    np.testing.assert_array_equal(got_images, images[order])
+    np.testing.assert_array_equal(got_neurons, neurons)
+    np.testing.assert_array_equal(got_values.astype(np.float32), values[order])  # float32 exact
+
+
+def test_official_columns_and_list_literals(tmp_path):
+    trials, images, neurons, values = _table()
+    path = submission.write_submission(tmp_path / "gt.csv", trials, images, neurons, values, column="responses")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["trial_indices", "image_ids", "responses", "neuron_ids"]
+    assert rows[1][0] == "100"  # smallest trial id first
+    assert rows[1][3] == "[" + ", ".join(str(n) for n in neurons) + "]"
+    assert eval(rows[1][2], {}) == pytest.approx(values[np.argmin(trials)].tolist())  # a Python list literal
+    assert submission.read_submission(path, column="responses")[3].shape == values.shape
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t, i, n, v: (t[:-1], i, n, v), "23 trial ids"),
+        (lambda t, i, n, v: (t, i[:-2], n, v), "22 image ids"),
+        (lambda t, i, n, v: (t, i, n[:-1], v), "4 neuron ids"),
+        (lambda t, i, n, v: (np.r_[t[:-1], t[0]], i, n, v), "1 duplicate trial ids"),
+        (lambda t, i, n, v: (t, i, np.r_[n[:-1], n[0]], v), "1 duplicate neuron ids"),
+        (lambda t, i, n, v: (t, i, n, np.where(np.arange(5) == 2, np.nan, v)), "24 non-finite prediction values"),
+        (lambda t, i, n, v: (t, i, n, v[:0]), "non-empty"),
+    ],
+    ids=["missing_trial", "missing_image", "missing_neuron", "dup_trial", "dup_neuron", "nan", "empty"],
+)
+def test_write_refuses_bad_tables(tmp_path, change, message):
+    args = change(*_table())
+    with pytest.raises(UserError, match=message):
+        submission.write_submission(tmp_path / "sub.csv", *args)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_refuses_to_overwrite_unless_asked(tmp_path):
+    trials, images, neurons, values = _table()
+    path = submission.write_submission(tmp_path / "sub.csv", trials, images, neurons, values)
+    with pytest.raises(UserError, match="overwrite"):
+        submission.write_submission(path, trials, images, neurons, values * 2)
+    np.testing.assert_array_equal(np.sort(submission.read_submission(path)[3].astype(np.float32), axis=0), np.sort(values, axis=0))
+    submission.write_submission(path, trials, images, neurons, values * 2, overwrite=True)
+    np.testing.assert_array_equal(np.sort(submission.read_submission(path)[3].astype(np.float32), axis=0), np.sort(values * 2, axis=0))
+
+
+def test_failure_mid_write_leaves_no_file(tmp_path, monkeypatch):
+    trials, images, neurons, values = _table()
+    calls = []
+    real = submission._format_values
+
+    def crash_on_third_row(row):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk on fire")
+        return real(row)
+
+    monkeypatch.setattr(submission, "_format_values", crash_on_third_row)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        submission.write_submission(tmp_path / "sub.csv", trials, images, neurons, values)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_mid_overwrite_keeps_the_old_file(tmp_path, monkeypatch):
+    trials, images, neurons, values = _table()
+    path = submission.write_submission(tmp_path / "sub.csv", trials, images, neurons, values)
+    before = path.read_bytes()
+    monkeypatch.setattr(submission, "_format_values", lambda row: (_ for _ in ()).throw(OSError("no space")))
+    with pytest.raises(OSError):
+        submission.write_submission(path, trials, images, neurons, values * 2, overwrite=True)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]
+
+
+def _write_text(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["trial_indices,image_ids,prediction", '1,2,"[0.5]"'], "missing column.*neuron_ids"),
+        (["trial_indices,image_ids,prediction,neuron_ids", '1,2,"[0.5, x]","[3, 4]"'], "line 2: column prediction"),
+        (["trial_indices,image_ids,prediction,neuron_ids", '1,2,"[0.5]","[3, 4]"'], "line 2: 1 prediction values"),
+        (["trial_indices,image_ids,prediction,neuron_ids", '1,2,"[0.5]","[3]"', '2,2,"[0.5]","[4]"'], "line 3: neuron_ids differ"),
+        (["trial_indices,image_ids,prediction,neuron_ids", '1,2.5,"[0.5]","[3]"'], "image_ids is not an integer"),
+        (["trial_indices,image_ids,prediction,neuron_ids", '1,2,"[nan]","[3]"'], "1 non-finite"),
+        (["trial_indices,image_ids,prediction,neuron_ids", '1,2,"[1]","[3]"', '1,3,"[1]","[3]"'], "1 duplicate trial ids"),
+        (["trial_indices,image_ids,prediction,neuron_ids"], "no rows"),
+    ],
+    ids=["missing_column", "bad_value", "short_row", "other_neurons", "bad_image", "nan", "dup_trial", "empty"],
+)
+def test_read_refuses_bad_files(tmp_path, lines, message):
+    path = _write_text(tmp_path / "bad.csv", lines)
+    with pytest.raises(UserError, match=message) as err:
+        submission.read_submission(path)
+    assert "bad.csv" in str(err.value)
+
+
+def test_read_missing_file(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        submission.read_submission(tmp_path / "nope.csv")
+
+
+def _pair(tmp_path, hashed=False):
+    trials, images, neurons, resp = _table(seed=1, hashed=hashed)
+    noise = np.random.default_rng(5).normal(scale=0.5, size=resp.shape)
+    pred = (resp + noise).astype(np.float32)
+    gt = submission.write_submission(tmp_path / "gt.csv", trials, images, neurons, resp, column="responses")
+    return gt, (trials, images, neurons, pred), resp
+
+
+@pytest.mark.parametrize("hashed", [False, True], ids=["int_ids", "hex_ids"])
+def test_score_files_aligns_by_trial_and_neuron_id(tmp_path, hashed):
+    gt, (trials, images, neurons, pred), resp = _pair(tmp_path, hashed)
+    expected = metrics.score_all(pred.astype(np.float64), resp.astype(np.float64), images)
+    sub = submission.write_submission(tmp_path / "sub.csv", trials, images, neurons, pred)
+    assert submission.score_files(sub, gt) == pytest.approx(expected, abs=1e-6)
+
+    # Shuffle neuron order and rewrite the rows in a random order by hand: same scores.
+    rng = np.random.default_rng(9)
+    rows, cols = rng.permutation(len(trials)), rng.permutation(len(neurons))
+    shuffled = tmp_path / "shuffled.csv"
+    with open(shuffled, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial_indices", "image_ids", "prediction", "neuron_ids"])
+        for r in rows:
+            writer.writerow([trials[r], images[r], str(pred[r, cols].tolist()), str(neurons[cols].tolist())])
+    assert submission.score_files(shuffled, gt) == pytest.approx(expected, abs=1e-6)
+
+
+def test_score_files_refuses_mismatched_ids(tmp_path):
+    gt, (trials, images, neurons, pred), _ = _pair(tmp_path)
+    fewer = submission.write_submission(tmp_path / "fewer.csv", trials[:-2], images[:-2], neurons, pred[:-2])
+    with pytest.raises(UserError, match="2 trial ids missing"):
+        submission.score_files(fewer, gt)
+    other = neurons.copy()
+    other[0] = 999
+    renamed = submission.write_submission(tmp_path / "renamed.csv", trials, images, other, pred)
+    with pytest.raises(UserError, match=r"1 neuron ids missing \(e.g. \d+\), 1 neuron ids extra \(e.g. 999\)"):
+        submission.score_files(renamed, gt)
+    shifted = submission.write_submission(tmp_path / "shifted.csv", trials, np.roll(images, 1), neurons, pred)
+    with pytest.raises(UserError, match="other image ids"):
+        submission.score_files(shifted, gt)
