@@ -178,3 +178,31 @@ def test_score_files_refuses_mismatched_ids(tmp_path):
     shifted = submission.write_submission(tmp_path / "shifted.csv", trials, np.roll(images, 1), neurons, pred)
     with pytest.raises(UserError, match="other image ids"):
         submission.score_files(shifted, gt)
+
+
+def test_evaluate_command(tmp_path, capsys):
+    import json
+
+    from sensorium.cli import main
+
+    gt, (trials, images, neurons, pred), _ = _pair(tmp_path)
+    sub = submission.write_submission(tmp_path / "sub.csv", trials, images, neurons, pred)
+    out = tmp_path / "scores" / "scores.json"
+    assert main(["evaluate", str(sub), str(gt), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    expected = submission.score_files(sub, gt)
+    assert f"single_trial_correlation   {expected['single_trial_correlation']:.4f}" in printed
+    record = json.loads(out.read_text())
+    assert {k: record[k] for k in metrics.SCORE_NAMES} == pytest.approx(expected)
+
+
+def test_evaluate_command_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    from sensorium.cli import main
+
+    gt, (trials, images, neurons, pred), _ = _pair(tmp_path)
+    fewer = submission.write_submission(tmp_path / "fewer.csv", trials[:-1], images[:-1], neurons, pred[:-1])
+    assert main(["evaluate", str(fewer), str(gt)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 trial ids missing" in err
+    assert main(["evaluate", str(tmp_path / "nope.csv"), str(gt)]) == 2
+    assert "no such file" in capsys.readouterr().err
