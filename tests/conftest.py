@@ -22,6 +22,54 @@ def tiny_data(tmp_path_factory):
     return generate(out, SynthConfig.tiny(seed=0), progress=False)
 
 
+@pytest.fixture
+def make_scan(tmp_path):
+    """Factory writing a small random scan folder with sensorium.data.format.write_scan; returns its path.
+
+    ``make_scan(key="1-2-3", n_trials=40, n_neurons=6, image_shape=(36, 64), competition=False, seed=0)``.
+    Neuron 0 never fires (std 0: exercises the 1%-of-mean-std rule); competition scans get a final_test
+    tier, zeroed test responses and 32-hex trial_idx strings, as the real ones.
+    """
+    import numpy as np
+
+    from sensorium.data.format import ScanArrays, scan_folder_name, write_scan
+
+    def make(key="1-2-3", n_trials=40, n_neurons=6, image_shape=(36, 64), competition=False, seed=0):
+        rng = np.random.default_rng(seed)
+        tiers = np.array(["train", "validation", "test"] + ["final_test"] * competition)
+        tiers = tiers[np.arange(n_trials) % len(tiers)]
+        responses = rng.gamma(0.5, 2.0, (n_trials, n_neurons)).astype(np.float32)
+        responses[:, 0] = 0
+        if competition:
+            responses[np.isin(tiers, ["test", "final_test"])] = 0
+        trial_idx = rng.permutation(n_trials)
+        scan = ScanArrays(
+            images=rng.uniform(0, 255, (n_trials, 1, *image_shape)).astype(np.float32),
+            responses=responses,
+            behavior=rng.gamma(2.0, 1.0, (n_trials, 3)).astype(np.float32),
+            pupil_center=rng.normal(30, 5, (n_trials, 2)).astype(np.float32),
+            trials={
+                "tiers": tiers,
+                "frame_image_id": np.where(tiers == "train", np.arange(n_trials), np.arange(n_trials) % 5),
+                "frame_image_class": np.array(["imagenet"] * n_trials),
+                "trial_idx": np.array([f"{i:032x}" for i in trial_idx]) if competition else trial_idx,
+                "frame_trial_ts": np.array([f"2019-01-01 00:00:{i % 60:02d}" for i in range(n_trials)]),
+            },
+            neurons={
+                "unit_ids": np.arange(1, n_neurons + 1),
+                "cell_motor_coordinates": rng.uniform(-300, 300, (n_neurons, 3)),
+                "animal_ids": np.full(n_neurons, 1),
+                "sessions": np.full(n_neurons, 2),
+                "scan_idx": np.full(n_neurons, 3),
+                "area": np.array(["V1"] * n_neurons),
+                "layer": np.array(["L2/3"] * n_neurons),
+            },
+        )
+        return write_scan(tmp_path / "scans" / scan_folder_name(key), scan)
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One real local Ray for the whole session: 2 CPUs, a small object store, no dashboard."""
