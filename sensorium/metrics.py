@@ -41,7 +41,9 @@ def _check(pred: np.ndarray, resp: np.ndarray, image_ids: np.ndarray | None = No
     pred = np.asarray(pred, dtype=np.float64)
     resp = np.asarray(resp, dtype=np.float64)
     if pred.ndim != 2 or pred.shape != resp.shape:
-        raise ValueError(f"pred and resp must be (trials, neurons) of equal shape, got {pred.shape} and {resp.shape}")
+        raise ValueError(f"pred and resp must be (trials, neurons) of equal shape, got {pred.shape}, {resp.shape}")
+    if pred.shape[0] < 2 or pred.shape[1] == 0:
+        raise ValueError(f"scores need at least 2 trials and 1 neuron, got {pred.shape}")
     if image_ids is not None and np.shape(image_ids) != (pred.shape[0],):
         raise ValueError(f"image_ids must have shape ({pred.shape[0]},), got {np.shape(image_ids)}")
     return pred, resp
