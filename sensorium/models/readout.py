@@ -1,0 +1,131 @@
+"""The per-scan Gaussian readout with K position samples (SENSORIUM.md §2, "readout samples").
+
+neuralpredictors' ``FullGaussian2d`` learns, for every neuron, a 2-D Gaussian N(mu, Sigma) over positions of
+the core's feature map. In training mode it draws ONE position per image and neuron, bilinearly samples the
+feature map there and takes a dot product with the neuron's feature weights; in eval mode it reads at mu.
+
+:class:`KSampleGaussian2d` draws K >= 1 positions per image and neuron in training mode and averages the K
+readouts (the readout is linear in the sampled feature vector, so averaging the sampled vectors first is the
+same thing and K times cheaper in feature products). With K = 1 it makes exactly the draw ``FullGaussian2d``
+makes, so with the same RNG state both give bit-identical outputs. In eval mode it reads at mu whatever K is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import sensorium.compat  # noqa: F401  (must precede neuralpredictors)
+from neuralpredictors.layers.readouts import FullGaussian2d
+
+GAUSS_TYPES = ("full", "uncorrelated", "isotropic")
+
+
+class KSampleGaussian2d(FullGaussian2d):
+    """Gaussian readout of one scan's neurons from a core feature map, averaging K sampled positions.
+
+    Args:
+        in_shape: core output shape (C, H, W).
+        outdims: number of neurons n.
+        samples: K, positions drawn per image and neuron in training mode.
+        gauss_type: ``full`` (Sigma = L L^T with a learned 2x2 L per neuron), ``uncorrelated`` (diagonal)
+            or ``isotropic`` (one sigma per neuron).
+        init_sigma: initial sigma (``full``: L entries drawn uniformly from [-init_sigma, init_sigma]).
+        init_mu_range: initial positions uniform in [-init_mu_range, init_mu_range] (free grid only).
+        gamma_readout: weight of the L1 penalty on the feature weights (:meth:`regularizer`).
+        bias: learn one bias per neuron; it starts at 0.
+        source_grid: (n, 2) cortical x, y of the neurons; when given, mu is predicted from it by an MLP
+            (centred, divided by max |value|, Linear(2,h)-ELU-...-Linear(h,2)-Tanh) instead of learned
+            freely per neuron.
+        gmp_hidden_layers / gmp_hidden_features: depth and width of that MLP.
+
+    Positions live in the [-1, 1] coordinates of ``F.grid_sample`` (align_corners=True), as in the
+    reference. ``generator``: an optional ``torch.Generator`` for the position draws (None: torch's global
+    RNG, which is what ``FullGaussian2d`` uses); the training loop sets one so a resumed run draws the same.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        outdims: int,
+        *,
+        samples: int = 1,
+        gauss_type: str = "full",
+        init_sigma: float = 0.1,
+        init_mu_range: float = 0.3,
+        gamma_readout: float = 0.0076,
+        bias: bool = True,
+        source_grid: np.ndarray | None = None,
+        gmp_hidden_layers: int = 1,
+        gmp_hidden_features: int = 30,
+    ) -> None:
+        if samples < 1:
+            raise ValueError(f"samples={samples}: expected K >= 1")
+        if gauss_type not in GAUSS_TYPES:
+            raise ValueError(f"gauss_type={gauss_type!r}: expected one of {list(GAUSS_TYPES)}")
+        predictor = None
+        if source_grid is not None:
+            predictor = {
+                "hidden_layers": gmp_hidden_layers,
+                "hidden_features": gmp_hidden_features,
+                "final_tanh": True,
+            }
+        super().__init__(
+            in_shape=tuple(in_shape),
+            outdims=outdims,
+            bias=bias,
+            init_mu_range=init_mu_range,
+            init_sigma=init_sigma,
+            gauss_type=gauss_type,
+            grid_mean_predictor=predictor,
+            source_grid=source_grid,
+            # zeros, not None: same start (bias 0) without the library's "not initialised" warning
+            mean_activity=torch.zeros(outdims) if bias else None,
+            feature_reg_weight=gamma_readout,
+        )
+        self.samples = samples
+        self.generator: torch.Generator | None = None
+
+    def sample_grid(self, batch_size: int, sample: bool | None = None) -> torch.Tensor:
+        """Readout positions, (B, n, K, 2) when sampling (training mode by default), else (B, n, 1, 2) at mu.
+
+        Both cases are clamped to [-1, 1] like ``FullGaussian2d``; with K = 1 the draw is the library's.
+        """
+        if not self._predicted_grid:
+            with torch.no_grad():  # as the reference: a free mu is kept inside the feature map
+                self._mu.clamp_(min=-1, max=1)
+        mu = self.mu  # (1, n, 1, 2); with a grid predictor this runs the MLP once (tanh: already in range)
+        sample = self.training if sample is None else sample
+        k = self.samples if sample else 1
+        shape = (batch_size, self.outdims, k, 2)
+        norm = torch.zeros(shape, dtype=mu.dtype, device=mu.device)
+        if sample:
+            norm.normal_(generator=self.generator)
+        if self.gauss_type == "full":
+            offset = torch.einsum("ancd,bnid->bnic", self.sigma, norm)  # (B, n, K, 2) = L @ z
+        else:
+            offset = norm * self.sigma
+        return torch.clamp(offset + mu, min=-1, max=1)
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, sample: bool | None = None, shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Read out every neuron: x (B, C, H, W) core features, shift (B, 2) or None -> (B, n) (pre-nonlinearity).
+
+        ``sample`` None follows the module mode (training: K random positions, averaged; eval: mu);
+        True/False forces it. ``shift`` (from the shifter) moves all positions of a trial together.
+        """
+        batch, channels = x.shape[:2]
+        if channels != self.in_shape[0]:
+            raise ValueError(f"readout expects {self.in_shape[0]} feature channels, got {channels}")
+        grid = self.sample_grid(batch_size=batch, sample=sample)  # (B, n, K, 2)
+        if shift is not None:
+            grid = grid + shift[:, None, None, :]
+        y = F.grid_sample(x, grid, align_corners=self.align_corners)  # (B, C, n, K)
+        y = y.mean(dim=-1)  # (B, C, n): average over the K samples (exact no-op for K = 1)
+        feat = self.features.view(1, channels, self.outdims)  # (1, C, n)
+        y = (y * feat).sum(dim=1)  # (B, n)
+        if self.bias is not None:
+            y = y + self.bias
+        return y
