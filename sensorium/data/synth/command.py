@@ -1,0 +1,81 @@
+"""``sensorium-search synth OUT``: write synthetic scans in the official file tree, with their ground truth."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+from sensorium.data.synth.config import SynthConfig
+from sensorium.data.synth.generate import generate
+from sensorium.data.synth.oracle import format_table
+from sensorium.errors import UserError
+
+HELP = "write synthetic scans in the official SENSORIUM file tree, with their ground truth"
+
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, metavar="OUT", help="output folder (OUT/data, OUT/ground_truth)")
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--tiny", action="store_true", help="preset: 2 scans, 40 neurons, 300 trials, 36x64")
+    preset.add_argument("--demo", action="store_true", help="preset: 2 scans, 300 neurons, 2000 trials, 36x64")
+    parser.add_argument("--scans", type=int, help="number of scans (default: preset, else 7)")
+    parser.add_argument("--competition", type=int, help="how many are competition scans (default: preset, else 2)")
+    parser.add_argument("--neurons", type=int, help="neurons per scan (default: preset, else 8000)")
+    parser.add_argument("--trials", type=int, help="trials per scan, all tiers (default: preset, else 6000)")
+    parser.add_argument("--image-size", metavar="HxW", help="stored image size (default: preset, else 144x256)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    parser.add_argument(
+        "--force", action="store_true", help="write into a non-empty OUT, replacing its data/ and ground_truth/"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+_OPTIONS = (("scans", "n_scans"), ("competition", "n_competition"), ("neurons", "n_neurons"), ("trials", "n_trials"))
+
+
+def config_from_args(args: argparse.Namespace) -> SynthConfig:
+    """The SynthConfig of a preset (or the defaults) with the explicit options applied."""
+    if args.tiny:
+        cfg = SynthConfig.tiny(args.seed)
+    elif args.demo:
+        cfg = SynthConfig.demo(args.seed)
+    else:
+        cfg = SynthConfig(seed=args.seed)
+    changes: dict[str, object] = {}
+    for option, field in _OPTIONS:
+        if getattr(args, option) is not None:
+            changes[field] = getattr(args, option)
+    if args.scans is not None and args.competition is None:
+        changes["n_competition"] = min(cfg.n_competition, args.scans)
+    if args.image_size is not None:
+        match = _SIZE.match(args.image_size)
+        if not match:
+            raise UserError(f"--image-size {args.image_size!r}: expected HEIGHTxWIDTH, e.g. 36x64 or 144x256")
+        changes["image_height"], changes["image_width"] = int(match.group(1)), int(match.group(2))
+    return cfg.replace(**changes) if changes else cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UserError(f"{out} is not empty; refusing to write into it (--force replaces its data and ground truth)")
+    print(
+        f"synth: {cfg.n_scans} scans ({cfg.n_competition} competition), {cfg.n_neurons} neurons, "
+        f"{cfg.n_trials} trials, {cfg.image_height}x{cfg.image_width} images, seed {cfg.seed}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    result = generate(out, cfg, progress=not args.quiet, overwrite=args.force)
+    print("\nOracle (noise-free expected vs noisy responses; the ceiling of any model):")
+    print(format_table(result.oracle))
+    print(f"\nwrote {len(result.keys)} scans to {result.data_dir}")
+    print(f"wrote ground truth (responses, expected, CSVs, oracle.json) to {result.ground_truth_dir}")
+    print(f"took {time.perf_counter() - start:.1f} s")
+    return 0

@@ -1,0 +1,188 @@
+"""``generate``: write a synthetic dataset (official scan folders) and its ground truth.
+
+Layout under ``out``::
+
+    data/static<key>-GrayImageNet-<hash>/   one official scan folder per scan
+    ground_truth/<key>/                    see ``ground_truth.py``
+    ground_truth/oracle.json               per-scan oracles, their mean per tier, and the SynthConfig
+
+Every random draw comes from a stream seeded by ``(cfg.seed, purpose, scan)``, so the same config gives
+the same bytes, and a scan's content does not depend on the progress bar or on other scans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sensorium.data.format import ScanArrays, scan_folder_name, statistics_of, write_scan
+from sensorium.data.synth.behaviour import rf_shifts, simulate_session
+from sensorium.data.synth.config import SynthConfig
+from sensorium.data.synth.ground_truth import write_ground_truth
+from sensorium.data.synth.images import make_images
+from sensorium.data.synth.oracle import scan_oracle, summarise
+from sensorium.data.synth.population import sample_population
+from sensorium.data.synth.responses import simulate_responses
+from sensorium.data.synth.trials import ImageIds, design_scan, draw_image_ids, hashed_trial_idx, scan_keys
+from sensorium.errors import UserError
+
+_SCAN_STREAM = 3
+STEPS = ("images", "responses", "scan files", "ground truth")  # progress steps per scan
+
+
+@dataclass
+class SynthResult:
+    """Where ``generate`` wrote what. oracle: key -> tier -> {single_trial_correlation, correlation_to_average}."""
+
+    data_dir: Path
+    ground_truth_dir: Path
+    scan_paths: list[Path]
+    keys: list[str]
+    competition_keys: list[str]
+    oracle: dict[str, dict[str, dict[str, float]]]
+
+
+def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Scalar mean/std/min/max/median of uint8 images from their histogram (no float copy of all pixels)."""
+    counts = np.bincount(images.ravel(), minlength=256).astype(np.float64)
+    values = np.arange(256, dtype=np.float64)
+    total = counts.sum()
+    mean = (counts * values).sum() / total
+    std = np.sqrt((counts * (values - mean) ** 2).sum() / total)
+    cumulative = np.cumsum(counts)
+    middle = [(total - 1) // 2, total // 2]  # np.median averages the two middle values of an even count
+    median = values[np.searchsorted(cumulative, middle, side="right")].mean()
+    present = values[counts > 0]
+    return {
+        name: np.asarray(value, dtype=np.float32)
+        for name, value in (("mean", mean), ("std", std), ("min", present[0]), ("max", present[-1]), ("median", median))
+    }
+
+
+def _clear(out: Path, overwrite: bool) -> tuple[Path, Path]:
+    data_dir, truth_dir = out / "data", out / "ground_truth"
+    for folder in (data_dir, truth_dir):
+        if folder.exists() and any(folder.iterdir()):
+            if not overwrite:
+                raise UserError(f"{folder} is not empty; refusing to overwrite it (pass overwrite=True / --force)")
+            shutil.rmtree(folder)
+    return data_dir, truth_dir
+
+
+def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite: bool = False) -> SynthResult:
+    """Write ``cfg.n_scans`` scans to ``out/data`` and their ground truth to ``out/ground_truth``.
+
+    With ``overwrite`` an existing ``out/data`` and ``out/ground_truth`` are deleted first (nothing else in
+    ``out`` is touched); without it, non-empty ones are refused (UserError).
+    """
+    data_dir, truth_dir = _clear(Path(out), overwrite)
+    keys = scan_keys(cfg)
+    ids = draw_image_ids(cfg)
+    shared_ids = np.concatenate([ids.test, ids.final_test if cfg.n_competition else []]).astype(np.int64)
+    shared = make_images(cfg.seed, shared_ids, cfg.image_height, cfg.image_width, cfg.noise_mix)
+    bar = tqdm(total=cfg.n_scans * len(STEPS), disable=not progress, file=sys.stderr, unit="step")
+    paths, oracles = [], {}
+    for scan, key in enumerate(keys):
+        path, oracles[key] = _generate_scan(cfg, scan, key, ids, shared, data_dir, truth_dir, bar)
+        paths.append(path)
+    bar.close()
+    summary = {"scans": oracles, "mean": summarise(oracles), "config": dataclasses.asdict(cfg)}
+    (truth_dir / "oracle.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return SynthResult(
+        data_dir=data_dir,
+        ground_truth_dir=truth_dir,
+        scan_paths=paths,
+        keys=keys,
+        competition_keys=keys[: cfg.n_competition],
+        oracle=oracles,
+    )
+
+
+def _generate_scan(
+    cfg: SynthConfig,
+    scan: int,
+    key: str,
+    ids: ImageIds,
+    shared: dict[int, np.ndarray],
+    data_dir: Path,
+    truth_dir: Path,
+    bar: tqdm,
+) -> tuple[Path, dict[str, dict[str, float]]]:
+    """Simulate one scan, write its folder and ground truth; return the folder and the scan's oracle."""
+    competition = scan < cfg.n_competition
+    streams = np.random.SeedSequence([cfg.seed, _SCAN_STREAM, scan]).spawn(6)
+    design_rng, behaviour_rng, population_rng, shift_rng, noise_rng, ids_rng = map(np.random.default_rng, streams)
+    design = design_scan(design_rng, cfg, ids, scan)
+    n = cfg.n_neurons
+
+    bar.set_description(f"{key} images")
+    own = make_images(cfg.seed, ids.unique[scan], cfg.image_height, cfg.image_width, cfg.noise_mix)
+    images = np.stack([own[i] if i in own else shared[i] for i in design.image_ids.tolist()])  # (N, H, W) time
+    bar.update()
+
+    bar.set_description(f"{key} responses")
+    session = simulate_session(behaviour_rng, len(images))
+    pop = sample_population(
+        population_rng, n, cfg.image_width / cfg.image_height, cfg.complex_fraction, cfg.weak_fraction
+    )
+    shifts = rf_shifts(shift_rng, session.pupil_center)
+    expected, noisy = simulate_responses(
+        noise_rng, pop, images, session.behavior, shifts, cfg.signal_strength
+    )
+    bar.update()
+
+    bar.set_description(f"{key} scan files")
+    order = design.order  # file i holds the trial presented at time order[i]
+    tiers = design.tiers[order]
+    expected, noisy = expected[order], noisy[order]
+    stored = noisy.copy()
+    if competition:
+        stored[np.isin(tiers, ("test", "final_test"))] = 0.0  # withheld, as in the released data
+    trials = {
+        "tiers": tiers,
+        "frame_image_id": design.image_ids[order],
+        "frame_image_class": np.full(len(order), "imagenet"),
+        "trial_idx": hashed_trial_idx(cfg.seed, key, order) if competition else order.astype(np.int64),
+        "frame_trial_ts": session.timestamps[order],
+    }
+    animal, session_id, scan_idx = (int(part) for part in key.split("-"))
+    neurons = {
+        "unit_ids": np.sort(ids_rng.choice(4 * n, size=n, replace=False)).astype(np.int64) + 1,
+        "cell_motor_coordinates": pop.coordinates.astype(np.float32),
+        "animal_ids": np.full(n, animal, dtype=np.int64),
+        "sessions": np.full(n, session_id, dtype=np.int64),
+        "scan_idx": np.full(n, scan_idx, dtype=np.int64),
+        "area": np.full(n, "V1"),
+        "layer": np.full(n, "L2/3"),
+    }
+    arrays = ScanArrays(
+        images=images[order][:, None],  # uint8 in memory; write_scan stores float32 0-255
+        responses=stored,
+        behavior=session.behavior[order],
+        pupil_center=session.pupil_center[order],
+        trials=trials,
+        neurons=neurons,
+    )
+    statistics = {
+        "images": image_statistics(arrays.images),
+        "responses": statistics_of(arrays.responses, per_column=True),
+        "behavior": statistics_of(arrays.behavior, per_column=True),
+        "pupil_center": statistics_of(arrays.pupil_center, per_column=True),
+    }
+    path = write_scan(data_dir / scan_folder_name(key), arrays, statistics)
+    bar.update()
+
+    bar.set_description(f"{key} ground truth")
+    oracle = scan_oracle(expected, noisy, tiers, trials["frame_image_id"])
+    write_ground_truth(
+        truth_dir / key, noisy, expected, trials, neurons["unit_ids"], statistics["responses"]["std"], oracle
+    )
+    bar.update()
+    return path, oracle

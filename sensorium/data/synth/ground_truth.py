@@ -1,0 +1,67 @@
+"""The ground-truth folder of one scan: what the released data withholds or never contains.
+
+``<ground_truth_dir>/<key>/``::
+
+    responses.npy                 (N, n) float32  true noisy responses of every tier, raw units, file order
+    expected.npy                  (N, n) float32  noise-free expected responses, raw units, file order
+    ground_truth_live_test.csv    official format, column ``responses``, standardised units (tier test)
+    ground_truth_final_test.csv   the same for tier final_test (competition scans only)
+    oracle.json                   tier -> {single_trial_correlation, correlation_to_average}
+
+Standardised units are the loader's: raw / per-neuron std of ``meta/statistics/responses/all/std.npy``,
+with every std below 1% of the mean std replaced by that threshold (SENSORIUM.md §1).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sensorium.submission import write_submission
+
+CSV_NAMES = {"test": "ground_truth_live_test.csv", "final_test": "ground_truth_final_test.csv"}
+
+
+def response_precision(std: np.ndarray) -> np.ndarray:
+    """(n,) float32 factor per neuron: 1 / ``std``, or 1 / (1% of the mean std) where ``std`` is below that.
+
+    Computed in float32 like the loader's normaliser, so raw * factor gives its standardised values.
+    """
+    std = np.asarray(std, dtype=np.float32)
+    threshold = np.float32(0.01 * std.mean())
+    return (1 / np.maximum(std, threshold)).astype(np.float32)
+
+
+def write_ground_truth(
+    folder: Path,
+    responses: np.ndarray,
+    expected: np.ndarray,
+    trials: dict[str, np.ndarray],
+    unit_ids: np.ndarray,
+    response_std: np.ndarray,
+    oracle: dict[str, dict[str, float]],
+) -> Path:
+    """Write ``folder`` as described in the module docstring and return it.
+
+    responses, expected (N, n) raw, in file order; trials: the scan's meta/trials arrays (N,);
+    unit_ids (n,); response_std (n,) the std written to the scan's statistics.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "responses.npy", responses.astype(np.float32))
+    np.save(folder / "expected.npy", expected.astype(np.float32))
+    precision = response_precision(response_std)
+    for tier, name in CSV_NAMES.items():
+        rows = np.flatnonzero(trials["tiers"] == tier)
+        if len(rows):
+            write_submission(
+                folder / name,
+                trials["trial_idx"][rows],
+                trials["frame_image_id"][rows],
+                unit_ids,
+                responses[rows] * precision,
+                column="responses",
+            )
+    (folder / "oracle.json").write_text(json.dumps(oracle, indent=2, sort_keys=True) + "\n")
+    return folder
