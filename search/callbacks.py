@@ -1,0 +1,174 @@
+"""Driver-side Ray Tune callbacks: a compact live table of trials, and TensorBoard curves + HParams.
+
+Both run in the driver process and see every trial's start, per-epoch results, completion and error.
+
+TensorBoard layout (``tensorboard --logdir RUN_DIR``): one run per trial folder, holding the per-epoch
+scalars (``val_corr``, ``best_val_corr``, ``train_loss``, ``lr``, ...) and the HParams session of the
+trial with *every* resolved config value. The session-start entry is written when the trial starts, and
+the HParams table reads metric values from the latest scalars, so running and early-stopped trials show
+their current best validation correlation. One experiment entry at the root lists the columns.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from ray import tune
+from tensorboardX import SummaryWriter
+from tensorboardX.proto.api_pb2 import Status
+from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboardX.summary import hparams
+
+from search.space import SearchSpec
+from search.trainable import ran_to_end
+
+# Scalars written per epoch; the first ones are the HParams table's metric columns.
+HPARAM_METRICS = ("best_val_corr", "val_corr", "best_epoch", "epoch")
+SCALARS = (*HPARAM_METRICS, "train_loss", "lr", "epoch_seconds", "rss_mb", "private_mb")
+
+
+def trial_hparams(spec: SearchSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """All leaf values of the trial's resolved config, flat by dotted key (lists joined as text)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = ",".join(map(str, value)) if isinstance(value, list) else value
+
+    walk(spec.resolve(params).to_dict(), "")
+    return flat
+
+
+class LiveTable(tune.Callback):
+    """Prints a compact table (trial, status, epoch, val_corr, best, best epoch) as the search goes.
+
+    The whole table at most every ``every_s`` seconds, plus one line when a trial ends or fails.
+    """
+
+    def __init__(self, max_t: int, every_s: float = 20.0, stream: TextIO | None = None) -> None:
+        self.max_t = max_t
+        self.every_s = every_s
+        self.stream = stream  # None: sys.stdout at print time (the callback is pickled with the Tuner)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self._last_print = 0.0
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.rows.setdefault(trial.trial_id, {"status": "running"})["status"] = "running"
+        self._line(f"trial {trial.trial_id} started")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        row = self.rows.setdefault(trial.trial_id, {})
+        row.update(status="running", **{k: result.get(k) for k in ("epoch", "val_corr", "best_val_corr")})
+        row["best_epoch"] = result.get("best_epoch")
+        if time.monotonic() - self._last_print >= self.every_s:
+            self.print_table()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, "ended")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, "failed", error=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.print_table()
+
+    def _end(self, trial: Any, verb: str, error: bool = False) -> None:
+        row = self.rows.setdefault(trial.trial_id, {})
+        epoch = row.get("epoch")
+        row["status"] = "error" if error else ("done" if ran_to_end(trial.path, epoch, self.max_t) else "stopped")
+        if not error and row["status"] == "stopped":
+            verb = "stopped early"
+        best = _fmt(row.get("best_val_corr"))
+        where = f" (error file: {trial.error_file})" if error and getattr(trial, "error_file", None) else ""
+        at = "-" if epoch is None else int(epoch)
+        self._line(f"trial {trial.trial_id} {verb} at epoch {at}, best val corr {best}{where}")
+
+    def print_table(self) -> None:
+        """Print all trials seen so far, best first."""
+        self._last_print = time.monotonic()
+        header = f"{'trial':<14}{'status':<9}{'epoch':>6}{'val_corr':>10}{'best':>9}{'@ep':>5}"
+        lines = [header]
+        order = sorted(self.rows.items(), key=lambda kv: -_num(kv[1].get("best_val_corr")))
+        for trial_id, row in order:
+            epoch = row.get("epoch")
+            lines.append(
+                f"{trial_id:<14}{row.get('status', ''):<9}{'-' if epoch is None else int(epoch):>6}"
+                f"{_fmt(row.get('val_corr')):>10}{_fmt(row.get('best_val_corr')):>9}"
+                f"{'-' if row.get('best_epoch') is None else int(row['best_epoch']):>5}"
+            )
+        print("\n".join(lines), file=self.stream or sys.stdout, flush=True)
+
+    def _line(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream or sys.stdout, flush=True)
+
+
+class TensorBoardHParams(tune.Callback):
+    """Per-trial TensorBoard writer: HParams session at trial start, scalars every epoch, status at end."""
+
+    def __init__(self, spec: SearchSpec) -> None:
+        self.spec = spec
+        self.writers: dict[str, SummaryWriter] = {}
+        self._experiment_written = False
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        values = trial_hparams(self.spec, trial.config)
+        experiment, session_start, _ = hparams(values, {m: 0.0 for m in HPARAM_METRICS})
+        if not self._experiment_written:  # the column list, once at the experiment root
+            root = SummaryWriter(str(Path(trial.local_path).parent))
+            root.file_writer.add_summary(experiment)
+            root.close()
+            self._experiment_written = True
+        writer = self._writer(trial)
+        writer.file_writer.add_summary(session_start)
+        writer.flush()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        writer = self._writer(trial)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        for key in SCALARS:
+            value = result.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                writer.add_scalar(key, float(value), step)
+        writer.flush()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, Status.Value("STATUS_SUCCESS"))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, Status.Value("STATUS_FAILURE"))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+
+    def _writer(self, trial: Any) -> SummaryWriter:
+        if trial.trial_id not in self.writers:
+            self.writers[trial.trial_id] = SummaryWriter(str(trial.local_path))
+        return self.writers[trial.trial_id]
+
+    def _close(self, trial: Any, status: int) -> None:
+        writer = self._writer(trial)
+        content = HParamsPluginData(session_end_info=SessionEndInfo(status=status), version=0)
+        meta = SummaryMetadata(
+            plugin_data=SummaryMetadata.PluginData(plugin_name="hparams", content=content.SerializeToString())
+        )
+        writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=meta)]))
+        writer.close()
+        self.writers.pop(trial.trial_id, None)
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"

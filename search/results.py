@@ -1,0 +1,123 @@
+"""Read a search run back: one record per trial, ranked by each trial's best epoch (``best_val_corr``).
+
+Works on a finished, running or interrupted run folder, from Tune's experiment state and each trial's
+``result.json``; no Ray cluster is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.trainable import ran_to_end
+from sensorium.errors import UserError
+
+CURVE_KEYS = ("epoch", "train_loss", "val_corr", "best_val_corr", "best_epoch", "lr", "rss_mb", "private_mb")
+
+
+@dataclass
+class TrialRecord:
+    """One trial. ``status``: done (fit ended by itself), stopped (ASHA / time budget), error, running,
+    pending. ``best_val_corr`` / ``best_epoch`` come from the trial's best epoch, not its last."""
+
+    trial_id: str
+    status: str
+    params: dict[str, Any]
+    best_val_corr: float | None
+    best_epoch: int | None
+    epochs: int
+    path: Path
+    checkpoint: Path | None = None  # latest persisted checkpoint folder (holds best.pt and last.pt)
+    error: str | None = None  # first lines of the error, for failed trials
+    curve: list[dict[str, float]] = field(default_factory=list)  # per-epoch results, in order
+
+    @property
+    def ranked(self) -> bool:
+        """Counts for the ranking: finished without error and reported a finite best score."""
+        return self.status in ("done", "stopped") and _finite(self.best_val_corr)
+
+
+def load_trials(run_dir: Path) -> list[TrialRecord]:
+    """Every trial of the run, best first (ranked trials by best_val_corr, then the others by id)."""
+    from ray.tune import ExperimentAnalysis
+
+    run_dir = Path(run_dir).resolve()
+    if not list(run_dir.glob("experiment_state-*.json")):
+        raise UserError(f"{run_dir}: no Ray Tune experiment state here (is it a search run folder?)")
+    analysis = ExperimentAnalysis(str(run_dir))
+    max_t = _max_t(run_dir)
+    records = [_record(trial, run_dir, max_t) for trial in analysis.trials]
+    return sorted(records, key=lambda r: (not r.ranked, -(r.best_val_corr or 0.0) if r.ranked else 0.0, r.trial_id))
+
+
+def best_trial(records: list[TrialRecord]) -> TrialRecord:
+    """The top-ranked trial; UserError when no trial finished with a score."""
+    ranked = [r for r in records if r.ranked]
+    if not ranked:
+        statuses = ", ".join(f"{r.trial_id}: {r.status}" for r in records) or "no trials"
+        raise UserError(f"no trial finished with a validation score yet ({statuses})")
+    return ranked[0]
+
+
+def _max_t(run_dir: Path) -> int:
+    """ASHA's max_t of the run (from search.yaml); trials that reached it were not cut short."""
+    raw = yaml.safe_load((run_dir / "search.yaml").read_text()) if (run_dir / "search.yaml").is_file() else {}
+    return int(((raw or {}).get("search") or {}).get("asha", {}).get("max_t", 10**9))
+
+
+def _record(trial: Any, run_dir: Path, max_t: int) -> TrialRecord:
+    path = run_dir / Path(trial.path).name  # the folder as it is now (the run may have been moved)
+    curve = _read_curve(path / "result.json")
+    last = curve[-1] if curve else {}
+    status = {"ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "pending"}.get(trial.status)
+    if status is None:  # TERMINATED
+        status = "done" if ran_to_end(path, last.get("epoch"), max_t) else "stopped"
+    error = None
+    error_name = getattr(trial.run_metadata, "error_filename", None)
+    if status == "error":
+        error_file = path / (error_name or "error.txt")
+        error = _tail(error_file) if error_file.is_file() else "failed (no error file)"
+    checkpoint = None
+    if trial.checkpoint is not None:
+        checkpoint = path / Path(trial.checkpoint.path).name
+    best = last.get("best_val_corr")
+    return TrialRecord(
+        trial_id=trial.trial_id,
+        status=status,
+        params={k: v for k, v in trial.config.items()},
+        best_val_corr=float(best) if _finite(best) else None,
+        best_epoch=int(last["best_epoch"]) if _finite(last.get("best_epoch")) else None,
+        epochs=int(last.get("epoch", 0) or 0),
+        path=path,
+        checkpoint=checkpoint if checkpoint is not None and checkpoint.is_dir() else None,
+        error=error,
+        curve=curve,
+    )
+
+
+def _read_curve(result_json: Path) -> list[dict[str, float]]:
+    """Per-epoch rows of Tune's result.json (one JSON object per line), one row per epoch (last wins)."""
+    if not result_json.is_file():
+        return []
+    rows: dict[int, dict[str, float]] = {}
+    for line in result_json.read_text().splitlines():
+        if not line.strip():
+            continue
+        result = json.loads(line)
+        if "epoch" in result:
+            rows[int(result["epoch"])] = {k: result[k] for k in CURVE_KEYS if k in result}
+    return [rows[e] for e in sorted(rows)]
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    text = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return " | ".join(text[-lines:])
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,47 @@
+"""``sensorium-search run SEARCH.yaml``: a Ray Tune + Optuna search from a search file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "run a Ray Tune + Optuna hyperparameter search from a search file"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("search_file", type=Path, help="search YAML (base config, overrides, parameters)")
+    parser.add_argument("--trials", type=int, help="number of trials (search.num_trials)")
+    parser.add_argument("--concurrent", type=int, help="trials running at once (search.max_concurrent)")
+    parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial; also its torch thread count")
+    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; a fraction shares one GPU")
+    parser.add_argument("--time-budget", type=float, metavar="S", help="stop the search after S seconds")
+    parser.add_argument("--seed", type=int, help="seed of the TPE sampler (search.seed)")
+    parser.add_argument("--out", type=Path, help="run folder (default: runs/search-<search file name>)")
+    parser.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: local Ray)")
+    parser.add_argument("--data", nargs="+", metavar="PATH", help="scan folders/zips (replaces data.scans)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars while the data cache is built")
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.driver import run_search
+    from search.results import best_trial
+    from search.space import load_search, with_data, with_settings
+
+    spec = load_search(args.search_file)
+    if args.data:
+        spec = with_data(spec, [str(Path(p)) for p in args.data])
+    spec = with_settings(
+        spec,
+        num_trials=args.trials,
+        max_concurrent=args.concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        time_budget_s=args.time_budget,
+        seed=args.seed,
+    )
+    out = args.out or Path("runs") / f"search-{args.search_file.stem}"
+    records = run_search(spec, out, address=args.address, progress=not args.quiet)
+    best = best_trial(records)
+    print(f"best trial {best.trial_id}: best val corr {best.best_val_corr:.4f} at epoch {best.best_epoch}")
+    print(f"next: sensorium-search export {out}   |   sensorium-search report {out}")
+    return 0

@@ -1,0 +1,181 @@
+"""Ray Tune + Optuna wiring: a SearchSpec becomes a Tuner (OptunaSearch TPE + ASHA) over ``train_trial``.
+
+Run folder (``RUN_DIR``, Tune's experiment folder; the pieces this module adds are marked *):
+
+    search.yaml*            the validated search, base config inlined with absolute data paths
+    study.json*             Optuna study name and storage file, for resume and the report
+    optuna_journal.log*     the Optuna study (JournalStorage file: safe on NFS; optuna-dashboard opens it)
+    tuner.pkl, experiment_state-*.json, searcher-state-*.pkl      Tune's own state (resume reads it)
+    events.out.tfevents.*   the HParams column list (TensorBoard)
+    trial_<id>/             one trial: result.json, progress.csv, TensorBoard events, fit's files
+                            (config.yaml, curves.csv, ...), checkpoint_<n>/ (best.pt, last.pt), error.txt
+
+Only the driver writes the Optuna storage (OptunaSearch runs in the driver), so one journal file suffices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from search.callbacks import LiveTable, TensorBoardHParams
+from search.space import SearchSpec, parse_search
+from search.trainable import train_trial
+from sensorium.errors import UserError
+
+SEARCH_FILE = "search.yaml"
+STUDY_FILE = "study.json"
+JOURNAL_FILE = "optuna_journal.log"
+RANK_METRIC = "best_val_corr"  # trials are ranked (and Optuna is told) by their best epoch, not their last
+
+# Tune's own console output is replaced by LiveTable; its auto-added TensorBoard logger would write a
+# second, end-of-trial-only HParams entry with sampled values, so loggers are chosen explicitly below.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def optuna_space(spec: SearchSpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Optuna distributions by dotted config key (flat names: Tune passes them through unchanged)."""
+    space: dict[str, optuna.distributions.BaseDistribution] = {}
+    for p in spec.params:
+        if p.type == "categorical":
+            space[p.key] = optuna.distributions.CategoricalDistribution(list(p.choices))
+        elif p.type == "int":
+            space[p.key] = optuna.distributions.IntDistribution(int(p.low), int(p.high), step=int(p.step or 1))
+        else:
+            space[p.key] = optuna.distributions.FloatDistribution(
+                p.low, p.high, log=p.type == "loguniform", step=p.step
+            )
+    return space
+
+
+def journal_storage(run_dir: Path) -> optuna.storages.JournalStorage:
+    """The Optuna storage of a run: a journal file in the run folder."""
+    backend = optuna.storages.journal.JournalFileBackend(str(run_dir / JOURNAL_FILE))
+    return optuna.storages.JournalStorage(backend)
+
+
+def load_study(run_dir: Path) -> optuna.Study:
+    """The persisted Optuna study of a run (for the report, importances and the dashboard)."""
+    info = json.loads((run_dir / STUDY_FILE).read_text())
+    return optuna.load_study(study_name=info["study_name"], storage=journal_storage(run_dir))
+
+
+def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str) -> OptunaSearch:
+    """OptunaSearch with a seeded TPE sampler whose settings are all explicit (Optuna 5.0 changed them)."""
+    s = spec.settings
+    sampler = optuna.samplers.TPESampler(
+        seed=s.seed,
+        n_startup_trials=s.tpe.n_startup_trials,
+        multivariate=s.tpe.multivariate,
+        constant_liar=s.tpe.constant_liar,
+    )
+    return OptunaSearch(
+        space=optuna_space(spec),
+        metric=RANK_METRIC,
+        mode="max",
+        sampler=sampler,
+        study_name=study_name,
+        storage=journal_storage(run_dir),
+        points_to_evaluate=[dict(p) for p in s.start_with] or None,
+    )
+
+
+def make_scheduler(spec: SearchSpec) -> ASHAScheduler:
+    """ASHA on epochs: at each rung a trial continues only if its metric is in the top 1/reduction_factor."""
+    a = spec.settings.asha
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=spec.settings.metric,
+        mode="max",
+        max_t=a.max_t,
+        grace_period=a.grace_period,
+        reduction_factor=a.reduction_factor,
+    )
+
+
+def make_trainable(spec: SearchSpec) -> Any:
+    """``train_trial`` bound to the base config and wrapped with the per-trial resources."""
+    s = spec.settings
+    bound = tune.with_parameters(train_trial, base=spec.base.to_dict(), cpus=s.cpus_per_trial)
+    return tune.with_resources(bound, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
+
+
+def trial_name(trial: Any) -> str:
+    """Trial folder and display name: ``trial_<id>`` (sampled values live in the HParams and the report)."""
+    return f"trial_{trial.trial_id}"
+
+
+def callbacks(spec: SearchSpec, live_every_s: float) -> list[tune.Callback]:
+    return [
+        LiveTable(max_t=spec.settings.asha.max_t, every_s=live_every_s),
+        TensorBoardHParams(spec),
+        JsonLoggerCallback(),
+        CSVLoggerCallback(),
+    ]
+
+
+def run_config(run_dir: Path, spec: SearchSpec, live_every_s: float) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=run_dir.name,
+        storage_path=str(run_dir.parent),
+        verbose=0,
+        callbacks=callbacks(spec, live_every_s),
+        # A failing trial (exception, NaN loss) is recorded with its error; the search goes on.
+        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        # The latest checkpoint holds both last.pt (to resume) and best.pt (the trial's best epoch).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+    )
+
+
+def new_tuner(spec: SearchSpec, run_dir: Path, live_every_s: float = 20.0) -> tune.Tuner:
+    """A Tuner for a fresh run folder; writes search.yaml and study.json first."""
+    if (run_dir / "tuner.pkl").exists():
+        raise UserError(f"{run_dir}: already holds a search; continue it with `resume {run_dir}` or pick --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    study_name = f"sensorium-search-{run_dir.name}"
+    (run_dir / SEARCH_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    (run_dir / STUDY_FILE).write_text(
+        json.dumps({"study_name": study_name, "storage": JOURNAL_FILE, "metric": RANK_METRIC, "mode": "max"})
+    )
+    s = spec.settings
+    tune_config = tune.TuneConfig(
+        search_alg=make_searcher(spec, run_dir, study_name),
+        scheduler=make_scheduler(spec),
+        num_samples=s.num_trials,
+        max_concurrent_trials=s.max_concurrent,
+        time_budget_s=s.time_budget_s,
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_name,
+    )
+    return tune.Tuner(make_trainable(spec), tune_config=tune_config, run_config=run_config(run_dir, spec, live_every_s))
+
+
+def restored_tuner(run_dir: Path) -> tune.Tuner:
+    """The Tuner of an interrupted run: finished trials are kept, unfinished ones resume from their latest
+    checkpoint, errored ones stay errored (a failure is a result), and the searcher keeps its history."""
+    spec = load_run_spec(run_dir)
+    if not tune.Tuner.can_restore(str(run_dir)):
+        raise UserError(f"{run_dir}: no Ray Tune experiment state to resume (is it a search run folder?)")
+    return tune.Tuner.restore(
+        str(run_dir), trainable=make_trainable(spec), resume_unfinished=True, resume_errored=False
+    )
+
+
+def load_run_spec(run_dir: Path) -> SearchSpec:
+    """The validated search of a run folder (search.yaml written when the run started)."""
+    path = run_dir / SEARCH_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a search run folder ({SEARCH_FILE} is missing)")
+    return parse_search(yaml.safe_load(path.read_text()), source=str(path))
