@@ -172,6 +172,11 @@ class ExperimentConfig:
 
 
 # ------------------------------------------------------------------------------------------ functions
+# `sensorium-search export` writes the best config plus a top-level `provenance:` mapping with this kind;
+# load_config skips that one mapping (any other unknown top-level key stays an error).
+BEST_CONFIG_KIND = "best_config"
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read an experiment YAML file, then apply ``key=value`` overrides."""
     path = Path(path)
@@ -183,6 +188,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    prov = raw.get("provenance")
+    if isinstance(prov, dict) and prov.get("kind") == BEST_CONFIG_KIND:  # best_config.yaml of a search
+        raw = {k: v for k, v in raw.items() if k != "provenance"}
     try:
         cfg = ExperimentConfig.from_dict(raw)
     except ConfigError as err:
