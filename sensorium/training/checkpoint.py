@@ -1,0 +1,114 @@
+"""Checkpoint files: what they hold, atomic writes, and rebuilding a trained model from one.
+
+Both files hold only tensors, plain dicts, lists, numbers and strings, so ``torch.load(path,
+weights_only=True)`` reads them:
+
+- ``best.pt``: ``format``, ``config`` (ExperimentConfig as a dict), ``model`` (state dict of the best
+  weights), ``scan_meta`` (data key -> {n_neurons, cell_motor_coordinates (n, 3)}), ``in_shape`` [C, H, W],
+  ``epoch`` (the best epoch) and ``val_corr``. It alone rebuilds the model (:func:`load_model`).
+- ``last.pt``: the same keys for the current weights, plus ``best_model``, ``optimizer``, ``scheduler``,
+  ``stopper``, ``torch_generator`` (readout position draws) and ``numpy_rng`` (batch shuffling) - the full
+  state ``fit(resume=...)`` continues from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sensorium.config import ExperimentConfig
+from sensorium.errors import UserError
+from sensorium.models import ScanMeta, SensoriumModel, build_model
+
+FORMAT = "sensorium-search/checkpoint/1"
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's state dict (safe to keep while training goes on)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def meta_dict(meta: Mapping[str, ScanMeta]) -> dict[str, dict[str, Any]]:
+    """ScanMeta as checkpoint-safe plain data."""
+    return {
+        key: {"n_neurons": m.n_neurons, "cell_motor_coordinates": torch.from_numpy(np.array(m.cell_motor_coordinates))}
+        for key, m in meta.items()
+    }
+
+
+def meta_from_dict(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, ScanMeta]:
+    return {
+        key: ScanMeta(int(m["n_neurons"]), m["cell_motor_coordinates"].numpy()) for key, m in raw.items()
+    }
+
+
+def model_payload(
+    state: dict[str, torch.Tensor],
+    cfg: ExperimentConfig,
+    meta: Mapping[str, ScanMeta],
+    in_shape: tuple[int, int, int],
+    epoch: int,
+    val_corr: float,
+) -> dict[str, Any]:
+    """The content of best.pt (and the common part of last.pt)."""
+    return {
+        "format": FORMAT,
+        "config": cfg.to_dict(),
+        "model": state,
+        "scan_meta": meta_dict(meta),
+        "in_shape": list(in_shape),
+        "epoch": epoch,
+        "val_corr": float(val_corr),
+    }
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file, then rename: a kill mid-write never leaves a broken checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file with ``weights_only=True`` onto the CPU; clear error if it is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path}: not a sensorium-search checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def checkpoint_path(path: str | Path, name: str = "best.pt") -> Path:
+    """A run directory -> its checkpoints/<name>; a checkpoints folder -> <name>; a file -> itself."""
+    path = Path(path)
+    if path.is_dir():
+        return path / name if (path / name).is_file() else path / "checkpoints" / name
+    return path
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[SensoriumModel, ExperimentConfig]:
+    """Rebuild a trained model (eval mode, on ``device``) and its config from a run dir or a .pt file.
+
+    A run directory (or its checkpoints folder) means its ``best.pt``; ``last.pt`` gives the latest weights.
+    Building draws initial weights from torch's global RNG before the saved ones overwrite them.
+    """
+    ckpt = read_checkpoint(checkpoint_path(path))
+    cfg = ExperimentConfig.from_dict(ckpt["config"])
+    in_shape = tuple(int(v) for v in ckpt["in_shape"])
+    model = build_model(cfg.model, meta_from_dict(ckpt["scan_meta"]), in_shape)  # type: ignore[arg-type]
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    if cfg.train.channels_last:
+        model.use_channels_last()
+    return model.eval(), cfg

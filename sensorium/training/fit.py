@@ -1,0 +1,289 @@
+"""``fit``: one training run with the reference recipe (SENSORIUM.md §3). Knows nothing of Ray.
+
+Per epoch: one batch of each scan in turn until the scan with most batches is exhausted (shorter scans start
+over: neuralpredictors ``LongCycler``); the gradients of one batch of every scan are accumulated, then Adam
+takes one step. Loss per batch = sqrt(n_trials_of_scan / batch_size) * Poisson loss (summed over trials and
+neurons) + the model's penalties for that scan. After the epoch: validation single-trial correlation (mean
+over all neurons of all scans, eval mode) drives ReduceLROnPlateau and early stopping with lr-decay rounds;
+the best weights are restored when a round ends and when the run ends.
+
+    >>> result = fit(load_config("configs/tiny.yaml"), Path("runs/tiny"))  # doctest: +SKIP
+    >>> result.best_val_corr, result.best_epoch                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sensorium.config import ExperimentConfig
+from sensorium.data import Batch, ScanData
+from sensorium.errors import ConfigError, DataError
+from sensorium.metrics import score_all, single_trial_correlation
+from sensorium.models import SensoriumModel, build_model, scan_meta
+from sensorium.predict import predict
+from sensorium.runtime import resolve_device, seed_everything, set_threads
+from sensorium.training.checkpoint import checkpoint_path, cpu_state, model_payload, read_checkpoint, save_atomic
+from sensorium.training.early_stopping import EarlyStopper
+from sensorium.training.rundir import RunDir, write_json
+
+ReportFn = Callable[[int, dict[str, float], Path], None]  # (epoch 1-based, metrics, checkpoint_dir)
+
+POISSON_EPS = 1e-12  # neuralpredictors PoissonLoss bias inside the log
+RUNTIME_KEYS = ("device", "threads")  # train.* fields a resumed run may change (they do not alter results)
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`; ``model`` holds the best weights, in eval mode."""
+
+    best_val_corr: float
+    best_epoch: int
+    epochs_run: int
+    run_dir: Path
+    model: SensoriumModel
+
+
+def fit(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    *,
+    data: Mapping[str, ScanData] | None = None,
+    report: ReportFn | None = None,
+    resume: Path | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``cfg`` into ``run_dir`` and return the best model (see the module docstring for the recipe).
+
+    ``data``: already loaded scans (default: ``load_data(cfg.data)``). ``report(epoch, metrics,
+    checkpoint_dir)`` is called once per epoch after checkpoints/last.pt and best.pt are written; metrics
+    keys: epoch, train_loss, val_corr, best_val_corr, best_epoch, lr (used in this epoch), epoch_seconds.
+    ``resume``: a last.pt (or its run/checkpoints folder) to continue from exactly where it stopped.
+    A non-finite loss raises FloatingPointError naming the epoch and scan.
+    """
+    set_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.seed)
+    if data is None:
+        from sensorium.data import load_data
+
+        data = load_data(cfg.data, progress=progress)
+    in_shape = _check_data(cfg, data)
+    run = RunDir(Path(run_dir))
+    run.prepare(cfg)
+
+    meta = scan_meta(data)
+    model = build_model(cfg.model, meta, in_shape).to(device)
+    if cfg.train.channels_last:
+        model.use_channels_last()
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # readout position draws
+    model.set_generator(generator)
+    rng = np.random.default_rng(cfg.seed)  # batch shuffling
+    t = cfg.train
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=t.lr_decay_factor, patience=t.patience,
+        threshold=t.tolerance, threshold_mode="abs", min_lr=t.min_lr,
+    )
+    stopper = EarlyStopper(t.patience, t.lr_decay_steps, t.tolerance, t.max_epochs)
+
+    if resume is not None:
+        ckpt = read_checkpoint(checkpoint_path(resume, "last.pt"))
+        _check_resume(cfg, ckpt["config"], resume)
+        model.load_state_dict(ckpt["model"])
+        best_state = ckpt["best_model"]
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        stopper.load_state_dict(ckpt["stopper"])
+        generator.set_state(ckpt["torch_generator"])
+        rng.bit_generator.state = ckpt["numpy_rng"]
+        run.truncate_curves(stopper.epoch)
+    else:
+        stopper.start(_validation_corr(model, data, device, cfg.data.eval_batch_size))
+        best_state = cpu_state(model)
+        save_atomic(model_payload(best_state, cfg, meta, in_shape, 0, stopper.best_score), run.best)
+
+    while not stopper.done:
+        start = time.perf_counter()
+        epoch = stopper.epoch + 1
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = _train_epoch(model, data, optimizer, cfg, rng, device, epoch, progress)
+        val_corr = _validation_corr(model, data, device, cfg.data.eval_batch_size)
+        scheduler.step(val_corr)
+        step = stopper.step(val_corr)
+        if step.improved:
+            best_state = cpu_state(model)
+        if step.action != "continue":  # end of an lr-decay round or of the run: back to the best weights
+            model.load_state_dict(best_state)
+        metrics = {
+            "epoch": epoch, "train_loss": train_loss, "val_corr": val_corr,
+            "best_val_corr": stopper.best_score, "best_epoch": stopper.best_epoch,
+            "lr": lr, "epoch_seconds": time.perf_counter() - start,
+        }
+        run.append_curve(metrics)
+        last = model_payload(cpu_state(model), cfg, meta, in_shape, epoch, val_corr)
+        last.update(
+            best_model=best_state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+            stopper=stopper.state_dict(), torch_generator=generator.get_state(), numpy_rng=rng.bit_generator.state,
+        )
+        save_atomic(last, run.last)
+        if step.improved:
+            save_atomic(model_payload(best_state, cfg, meta, in_shape, epoch, val_corr), run.best)
+        if report is not None:
+            report(epoch, metrics, run.checkpoints)
+        if progress:
+            print(_summary(metrics, step.action), file=sys.stderr, flush=True)
+
+    model.load_state_dict(best_state)
+    model.eval()
+    scores = final_scores(model, data, device, cfg.data.eval_batch_size)
+    write_json(run.metrics, {
+        "best_val_corr": stopper.best_score, "best_epoch": stopper.best_epoch,
+        "epochs_run": stopper.epoch, "scans": scores,
+    })
+    return FitResult(stopper.best_score, stopper.best_epoch, stopper.epoch, run.root, model)
+
+
+def cycle_batches(
+    data: Mapping[str, ScanData], cfg: ExperimentConfig, rng: np.random.Generator, device: torch.device
+) -> tuple[int, Iterator[tuple[str, Batch]]]:
+    """(number of batches, iterator of (data_key, batch)) of one epoch, scans in turn (LongCycler).
+
+    Each scan yields ``max_batches`` batches, ``max_batches`` being the largest scan's batch count (capped
+    by train.max_batches_per_epoch when > 0); a scan that runs out starts over with a fresh shuffle.
+    """
+    tiers = ("train", "validation") if cfg.train.train_on_validation else ("train",)
+    size = cfg.data.batch_size
+    per_scan = max(scan.n_batches(tiers, size) for scan in data.values())
+    if cfg.train.max_batches_per_epoch > 0:
+        per_scan = min(per_scan, cfg.train.max_batches_per_epoch)
+
+    def batches() -> Iterator[tuple[str, Batch]]:
+        streams = {key: scan.batches(tiers, size, rng, device) for key, scan in data.items()}
+        for _ in range(per_scan):
+            for key, scan in data.items():
+                batch = next(streams[key], None)
+                if batch is None:
+                    streams[key] = scan.batches(tiers, size, rng, device)
+                    batch = next(streams[key])
+                yield key, batch
+
+    return per_scan * len(data), batches()
+
+
+def _train_epoch(
+    model: SensoriumModel,
+    data: Mapping[str, ScanData],
+    optimizer: torch.optim.Optimizer,
+    cfg: ExperimentConfig,
+    rng: np.random.Generator,
+    device: torch.device,
+    epoch: int,
+    progress: bool,
+) -> float:
+    """One epoch of updates; returns the mean per-batch objective (scaled Poisson loss + penalties)."""
+    model.train()
+    total, steps = cycle_batches(data, cfg, rng, device)
+    n_scans = len(data)
+    loss_sum = 0.0
+    optimizer.zero_grad()
+    bar = tqdm(steps, total=total, desc=f"epoch {epoch}", file=sys.stderr, leave=False, disable=not progress)
+    for i, (key, batch) in enumerate(bar):
+        out = model(batch.images, key, batch.pupil_center)  # (B, n) rates
+        poisson = (out - batch.responses * torch.log(out + POISSON_EPS)).sum()
+        # the reference scales by the size of the whole dataset object (all tiers) over the batch size
+        scale = math.sqrt(data[key].scan.n_trials / len(batch)) if cfg.train.loss_scale else 1.0
+        loss = scale * poisson + model.regularizer(key)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"epoch {epoch}, scan {key}, batch {i + 1}: loss is {value} (not finite)")
+        loss.backward()
+        if (i + 1) % n_scans == 0:  # one batch of every scan accumulated: one step
+            optimizer.step()
+            optimizer.zero_grad()
+        loss_sum += value
+        bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+    bar.close()
+    return loss_sum / max(total, 1)
+
+
+def _validation_corr(model: SensoriumModel, data: Mapping[str, ScanData], device: torch.device, batch_size: int) -> float:
+    """Mean single-trial correlation on ``validation`` over all neurons of all scans (the objective)."""
+    per_neuron = []
+    for scan in data.values():
+        pred = predict(model, scan, "validation", device, batch_size)
+        per_neuron.append(single_trial_correlation(pred.values, pred.responses, per_neuron=True))
+    return float(np.mean(np.concatenate(per_neuron)))
+
+
+def final_scores(
+    model: SensoriumModel, data: Mapping[str, ScanData], device: torch.device, batch_size: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """data key -> tier -> {single_trial_correlation, correlation_to_average, feve}.
+
+    ``validation`` for every scan; ``test`` only where its responses exist (not in competition scans).
+    """
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for key, scan in data.items():
+        tiers = ["validation"] if scan.scan.is_competition else ["validation", "test"]
+        scores[key] = {}
+        for tier in tiers:
+            if len(scan.tier_indices(tier)) == 0:
+                continue
+            pred = predict(model, scan, tier, device, batch_size)
+            scores[key][tier] = score_all(pred.values, pred.responses, pred.image_ids)
+    return scores
+
+
+def _check_data(cfg: ExperimentConfig, data: Mapping[str, ScanData]) -> tuple[int, int, int]:
+    """The common input shape (C, H, W); every scan must match the config and have train + validation trials."""
+    if not data:
+        raise DataError("no scans to train on (data.scans is empty)")
+    want = (1 + 3 * int(cfg.data.behavior_channels), cfg.data.image_height, cfg.data.image_width)
+    for key, scan in data.items():
+        if tuple(scan.in_shape) != want:
+            raise ConfigError(
+                f"scan {key}: batches have shape {tuple(scan.in_shape)} but data.behavior_channels / "
+                f"image_height / image_width ask for {want}"
+            )
+        for tier in ("train", "validation"):
+            if len(scan.tier_indices(tier)) == 0:
+                raise DataError(f"scan {key} ({scan.scan.source}) has no '{tier}' trials; fit needs both")
+    return want
+
+
+def _check_resume(cfg: ExperimentConfig, saved: dict, resume: Path) -> None:
+    """A run resumes only with its own config (runtime-only train fields may differ)."""
+    mine, theirs = cfg.to_dict(), ExperimentConfig.from_dict(saved).to_dict()
+    for key in RUNTIME_KEYS:
+        mine["train"].pop(key), theirs["train"].pop(key)
+    if mine != theirs:
+        diff = _first_difference(mine, theirs)
+        raise ConfigError(f"{resume}: checkpoint was trained with a different config ({diff}); resume needs the same")
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for key in a:
+        if isinstance(a[key], dict):
+            found = _first_difference(a[key], b[key], f"{prefix}{key}.")
+            if found:
+                return found
+        elif a[key] != b[key]:
+            return f"{prefix}{key}: {b[key]!r} in the checkpoint, {a[key]!r} now"
+    return ""
+
+
+def _summary(m: dict[str, float], action: str) -> str:
+    note = {"continue": "", "decay": "  [patience out: best weights restored]", "stop": "  [stop]"}[action]
+    return (
+        f"epoch {m['epoch']:3d}  loss {m['train_loss']:.5g}  val_corr {m['val_corr']:.4f}  "
+        f"best {m['best_val_corr']:.4f} @ {m['best_epoch']}  lr {m['lr']:.3g}  {m['epoch_seconds']:.1f}s{note}"
+    )

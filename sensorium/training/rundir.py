@@ -1,0 +1,105 @@
+"""The run directory: a training run that describes itself.
+
+    RUN_DIR/
+      config.yaml        resolved ExperimentConfig (feed it back to ``train`` to rerun)
+      provenance.json    seed, git SHA, library versions, host
+      curves.csv         one row per epoch (CURVE_FIELDS)
+      metrics.json       final scores of the best weights (written when the run ends)
+      checkpoints/last.pt  full resumable state;  checkpoints/best.pt  best weights + config
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sensorium.config import ExperimentConfig, save_config
+from sensorium.runtime import provenance
+
+CURVE_FIELDS = ("epoch", "train_loss", "val_corr", "best_val_corr", "best_epoch", "lr", "epoch_seconds")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths and small writers of one run directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / "provenance.json"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    def prepare(self, cfg: ExperimentConfig) -> None:
+        """Create the folders and write config.yaml and provenance.json."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.config)
+        write_json(self.provenance, provenance(cfg.seed))
+
+    def append_curve(self, row: dict[str, float]) -> None:
+        """Append one epoch's metrics to curves.csv (header written with the first row)."""
+        new = not self.curves.exists()
+        with open(self.curves, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CURVE_FIELDS, extrasaction="ignore", lineterminator="\n")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def read_curves(self) -> list[dict[str, float]]:
+        """All rows of curves.csv as numbers (an empty list before the first epoch)."""
+        if not self.curves.exists():
+            return []
+        with open(self.curves, newline="") as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    def truncate_curves(self, last_epoch: int) -> None:
+        """Drop rows after ``last_epoch`` (a run killed between its curve row and its checkpoint)."""
+        rows = [r for r in self.read_curves() if r["epoch"] <= last_epoch]
+        self.curves.unlink(missing_ok=True)
+        for row in rows:
+            self.append_curve({k: int(v) if k in ("epoch", "best_epoch") else v for k, v in row.items()})
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename); NaN/inf become null, so the file stays standard JSON."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_finite(data), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
