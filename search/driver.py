@@ -83,6 +83,8 @@ def _prepare_and_check(spec: SearchSpec, base: ExperimentConfig, run_dir: Path, 
 
 
 def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str) -> list[TrialRecord]:
+    from search.tuner import close_orphans
+
     s = spec.settings
     print(
         f"{what}: {s.num_trials} trials, {s.max_concurrent} at a time, {s.cpus_per_trial:g} CPU"
@@ -93,9 +95,12 @@ def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str) -> list[Tria
     tuner.fit()  # type: ignore[attr-defined]
     records = load_trials(run_dir)
     counts = {status: sum(r.status == status for r in records) for status in ("done", "stopped", "error")}
+    ended = sum(counts.values())
+    if ended == len(records) and (ended >= s.num_trials or s.time_budget_s):
+        close_orphans(run_dir)  # the search is over: Optuna trials still "running" never ran
     print(
-        f"{what} finished in {time.perf_counter() - start:.0f} s: {counts['done']} done, "
-        f"{counts['stopped']} stopped early, {counts['error']} failed",
+        f"{what} ended after {time.perf_counter() - start:.0f} s: {counts['done']} done, "
+        f"{counts['stopped']} stopped early, {counts['error']} failed, {len(records) - ended} unfinished",
         flush=True,
     )
     return records

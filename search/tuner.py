@@ -71,6 +71,20 @@ def load_study(run_dir: Path) -> optuna.Study:
     return optuna.load_study(study_name=info["study_name"], storage=journal_storage(run_dir))
 
 
+def close_orphans(run_dir: Path) -> int:
+    """Mark Optuna trials still RUNNING after the whole search ended as FAIL; returns how many.
+
+    A driver killed right after the sampler proposed a trial, but before Tune saved that trial, leaves
+    such a trial in the journal; on resume the restored sampler proposes it again under a new number.
+    Call only when every Tune trial has ended (an interrupted run's RUNNING trials are still live).
+    """
+    study = load_study(run_dir)
+    orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for trial in orphans:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(orphans)
+
+
 def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str) -> OptunaSearch:
     """OptunaSearch with a seeded TPE sampler whose settings are all explicit (Optuna 5.0 changed them)."""
     s = spec.settings

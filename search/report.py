@@ -1,0 +1,261 @@
+"""``sensorium-search report RUN_DIR``: what the study found, and whether to believe it (tuning playbook).
+
+Writes into ``RUN_DIR/report/``: ``trials.csv`` (every searched parameter, status, best score, best epoch),
+``report.md`` (best trial, statuses and failed-trial share, boundary check of the best values, parameter
+importances, memory per trial) and PNGs: ``history.png`` (optimisation history), ``importances.png``,
+``param_<key>.png`` (score vs value, one per searched parameter) and ``curves.png`` (validation curves of
+the top trials).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.results import TrialRecord, load_trials
+from search.space import Param, SearchSpec, parse_search
+from sensorium.errors import UserError
+
+HELP = "trials.csv, a markdown summary and plots of a search"
+EDGE = 0.1  # a best value within 10% of its range (log scale for loguniform) of an end is "at the edge"
+TOP = 5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="the run folder of a search")
+    parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = write_report(args.run_dir, args.out)
+    print(f"report: {out / 'report.md'} (+ trials.csv and PNGs in {out})")
+    return 0
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write trials.csv, report.md and the PNGs; returns the output folder."""
+    run_dir = Path(run_dir).resolve()
+    search_file = run_dir / "search.yaml"
+    if not search_file.is_file():
+        raise UserError(f"{run_dir}: not a search run folder (search.yaml is missing)")
+    spec = parse_search(yaml.safe_load(search_file.read_text()), source=str(search_file))
+    records = load_trials(run_dir)
+    if not records:
+        raise UserError(f"{run_dir}: the search has no trials yet")
+    out = Path(out) if out else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    write_trials_csv(records, spec, out / "trials.csv")
+    importances, note = _importances(run_dir)
+    figures = _plots(records, spec, importances, run_dir, out)
+    (out / "report.md").write_text(_markdown(run_dir, spec, records, importances, note, figures))
+    return out
+
+
+def write_trials_csv(records: list[TrialRecord], spec: SearchSpec, path: Path) -> None:
+    """One row per trial, best first: id, status, best score and epoch, epochs run, every searched value."""
+    keys = [p.key for p in spec.params]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["rank", "trial_id", "status", "best_val_corr", "best_epoch", "epochs", *keys, "error"])
+        for rank, r in enumerate(records, 1):
+            writer.writerow([
+                rank if r.ranked else "", r.trial_id, r.status, _cell(r.best_val_corr), _cell(r.best_epoch),
+                r.epochs, *(_cell(r.params.get(k)) for k in keys), r.error or "",
+            ])
+
+
+def boundary_check(spec: SearchSpec, best: TrialRecord) -> list[str]:
+    """Searched numeric parameters whose best value lies within EDGE of an end of its range."""
+    flagged = []
+    for p in spec.params:
+        value = best.params.get(p.key)
+        if p.type == "categorical" or not isinstance(value, (int, float)):
+            continue
+        pos = _position(p, float(value))
+        if pos <= EDGE or pos >= 1 - EDGE:
+            end = "low" if pos <= EDGE else "high"
+            flagged.append(f"`{p.key}` = {value:.4g} is at the {end} end of [{p.low:g}, {p.high:g}]: widen the range")
+    return flagged
+
+
+# ----------------------------------------------------------------------------------------- markdown
+def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], importances: dict[str, float],
+              note: str, figures: list[str]) -> str:
+    counts = {s: sum(r.status == s for r in records) for s in ("done", "stopped", "error", "running", "pending")}
+    ranked = [r for r in records if r.ranked]
+    n_sci = sum(p.role == "scientific" for p in spec.params)
+    trials = (
+        f"- trials: {len(records)} of {spec.settings.num_trials} requested: {counts['done']} ran to the end, "
+        f"{counts['stopped']} stopped early by ASHA, {counts['error']} failed ({counts['error'] / len(records):.0%}), "
+        f"{counts['running'] + counts['pending']} unfinished"
+    )
+    objective = (
+        "- objective: best-epoch validation single-trial correlation (`best_val_corr`); ASHA compares "
+        f"`{spec.settings.metric}` at epochs {', '.join(map(str, _rungs(spec)))}"
+    )
+    params = f"- base config `{spec.base.name}`; {len(spec.params)} searched parameters ({n_sci} scientific)"
+    lines = [f"# Search report: {run_dir.name}", "", trials, objective, params, ""]
+    if not ranked:
+        return "\n".join([*lines, "No trial finished with a score yet.", ""])
+    best = ranked[0]
+    headline = (
+        f"`{best.trial_id}`: best val corr **{best.best_val_corr:.4f}** at epoch {best.best_epoch} "
+        f"of {best.epochs} ({best.status})."
+    )
+    lines += ["## Best trial", "", headline, "", "| parameter | role | value |", "|---|---|---|"]
+    lines += [f"| `{p.key}` | {p.role} | {_cell(best.params.get(p.key))} |" for p in spec.params]
+    lines += ["", f"## Top {min(TOP, len(ranked))} trials", ""]
+    lines += ["| rank | trial | best val corr | best epoch | epochs | status |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"| {i} | `{r.trial_id}` | {r.best_val_corr:.4f} | {r.best_epoch} | {r.epochs} | {r.status} |"
+        for i, r in enumerate(ranked[:TOP], 1)
+    ]
+    flagged = boundary_check(spec, best)
+    lines += ["", "## Boundary check", ""]
+    lines += [f"- {f}" for f in flagged] or [f"- no best value lies within {EDGE:.0%} of an end of its range."]
+    lines += ["", "## Parameter importances (fANOVA on the Optuna study)", ""]
+    if importances:
+        lines += ["| parameter | importance |", "|---|---|"]
+        lines += [f"| `{k}` | {v:.3f} |" for k, v in importances.items()]
+    else:
+        lines += [f"- not computed: {note}"]
+    lines += ["", "## Memory per trial", "", _memory_line(records)]
+    failed = [r for r in records if r.status == "error"]
+    if failed:
+        lines += ["", "## Failed trials", ""] + [f"- `{r.trial_id}`: {r.error}" for r in failed]
+    lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
+    return "\n".join(lines)
+
+
+def _memory_line(records: list[TrialRecord]) -> str:
+    rss = [row["rss_mb"] for r in records for row in r.curve[-1:] if "rss_mb" in row]
+    private = [row["private_mb"] for r in records for row in r.curve[-1:] if "private_mb" in row]
+    if not rss:
+        return "- not measured (no /proc/self/smaps_rollup on the trial nodes)."
+    return (
+        f"- per trial process at its last epoch (median of {len(rss)}): RSS {statistics.median(rss):.0f} MB, "
+        f"of which private {statistics.median(private):.0f} MB. The rest (torch libraries, the memory-mapped "
+        "data cache) is shared by all trials on a node, so one more concurrent trial adds about the private part."
+    )
+
+
+def _rungs(spec: SearchSpec) -> list[int]:
+    a = spec.settings.asha
+    rungs, t = [], float(a.grace_period)
+    while t < a.max_t:
+        rungs.append(int(t))
+        t *= a.reduction_factor
+    return rungs or [a.max_t]
+
+
+# -------------------------------------------------------------------------------------------- plots
+def _importances(run_dir: Path) -> tuple[dict[str, float], str]:
+    import optuna
+
+    from search.tuner import load_study
+
+    try:
+        study = load_study(run_dir)
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(complete) < 2:
+            return {}, f"needs at least 2 completed trials, has {len(complete)}"
+        return dict(optuna.importance.get_param_importances(study)), ""
+    except (RuntimeError, ValueError, KeyError, FileNotFoundError) as err:
+        return {}, f"{type(err).__name__}: {err}"
+
+
+def _plots(records: list[TrialRecord], spec: SearchSpec, importances: dict[str, float], run_dir: Path,
+           out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    ranked = [r for r in records if r.ranked]
+    # optimisation history, in the order Optuna saw the trials
+    history = _history(run_dir)
+    if history:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        xs, ys = zip(*history)
+        best = [max(ys[: i + 1]) for i in range(len(ys))]
+        ax.plot(xs, ys, "o", label="trial (best epoch)")
+        ax.step(xs, best, where="post", color="C3", label="best so far")
+        ax.set(xlabel="Optuna trial number", ylabel="best val corr", title="optimisation history")
+        ax.legend()
+        names.append(_save(fig, out / "history.png"))
+    if importances:
+        fig, ax = plt.subplots(figsize=(6, 0.4 * len(importances) + 1.2))
+        keys = list(importances)[::-1]
+        ax.barh(keys, [importances[k] for k in keys])
+        ax.set(xlabel="importance (fANOVA)", title="parameter importances")
+        names.append(_save(fig, out / "importances.png"))
+    for p in spec.params:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        pts = [(r.params.get(p.key), r.best_val_corr) for r in ranked]
+        if p.type == "categorical":
+            labels = [str(c) for c in p.choices]
+            xs = [labels.index(str(v)) for v, _ in pts]
+            ax.set_xticks(range(len(labels)), labels)
+        else:
+            xs = [float(v) for v, _ in pts]
+            if p.type == "loguniform":
+                ax.set_xscale("log")
+            ax.axvspan(p.low, p.high, color="0.93", zorder=0)
+        ax.scatter(xs, [s for _, s in pts], c="C0")
+        ax.set(xlabel=p.key, ylabel="best val corr", title=f"{p.key} ({p.role})")
+        names.append(_save(fig, out / f"param_{p.key}.png"))
+    if ranked:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for r in ranked[:TOP]:
+            rows = [row for row in r.curve if "val_corr" in row]
+            ax.plot([row["epoch"] for row in rows], [row["val_corr"] for row in rows], marker=".",
+                    label=f"{r.trial_id} ({r.best_val_corr:.3f})")
+        ax.set(xlabel="epoch", ylabel="val corr", title=f"validation curves, top {min(TOP, len(ranked))}")
+        ax.legend(fontsize=7)
+        names.append(_save(fig, out / "curves.png"))
+    return names
+
+
+def _history(run_dir: Path) -> list[tuple[int, float]]:
+    import optuna
+
+    from search.tuner import load_study
+
+    try:
+        study = load_study(run_dir)
+    except (KeyError, FileNotFoundError):
+        return []
+    return [(t.number, t.value) for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path.name
+
+
+def _position(p: Param, value: float) -> float:
+    """Where ``value`` lies in [low, high] as a fraction (log scale for loguniform)."""
+    lo, hi, v = float(p.low), float(p.high), value
+    if p.type == "loguniform":
+        lo, hi, v = math.log(lo), math.log(hi), math.log(max(v, 1e-300))
+    return (v - lo) / (hi - lo)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
