@@ -1,0 +1,229 @@
+"""``sensorium-search retrain RUN_DIR|best_config.yaml``: the best config as a seed ensemble, submitted.
+
+Trains the config with N seeds (``seed``, ``seed + 1``, ...) on the same loaded data, averages the N
+models' predictions of every competition scan (aligned by trial and neuron id), and writes the official
+CSVs ``OUT/<data key>/submission_file_{live,final}_test.csv`` (each seed's own under
+``OUT/seed_<s>/submission/``). When a ground-truth folder is given or found next to the data (the
+synthetic layout ``<gt>/<key>/ground_truth_<tier>.csv``), every file is scored; the oracle is reported
+beside the scores when ``<gt>/<key>/oracle.json`` exists. Everything goes to ``OUT/retrain.json``.
+
+``--train-on-validation`` (a recorded choice) adds the validation tier to the training data; since early
+stopping on data the model trains on is meaningless, the number of epochs is then fixed to the search's
+best epoch (from the best config's provenance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sensorium.config import ExperimentConfig, config_hash, load_config, set_value
+from sensorium.errors import UserError
+
+HELP = "retrain the best config with several seeds, ensemble, write and score submissions"
+SUBMISSIONS = {"submission_file_live_test.csv": "test", "submission_file_final_test.csv": "final_test"}
+GROUND_TRUTH = {"test": "ground_truth_live_test.csv", "final_test": "ground_truth_final_test.csv"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, help="a search run folder, its best_config.yaml, or any config")
+    parser.add_argument("--seeds", type=int, default=3, help="models in the ensemble (default 3)")
+    parser.add_argument("--train-on-validation", action="store_true",
+                        help="also train on the validation tier, for the search's best number of epochs")
+    parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/retrain or next to the config)")
+    parser.add_argument("--ground-truth", type=Path, help="folder with <key>/ground_truth_*_test.csv to score against")
+    parser.add_argument("--data", nargs="+", metavar="PATH", help="scans to use instead of the config's data.scans")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing retrain folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = retrain(
+        args.source, out=args.out, seeds=args.seeds, train_on_validation=args.train_on_validation,
+        ground_truth=args.ground_truth, data=args.data, force=args.force, progress=not args.quiet,
+    )
+    print(format_scores(summary))
+    print(f"submissions and retrain.json in {summary['out']}")
+    return 0
+
+
+def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_validation: bool = False,
+            ground_truth: Path | None = None, data: list[str] | None = None, force: bool = False,
+            progress: bool = True) -> dict[str, Any]:
+    """Train, ensemble, write and score; returns what retrain.json holds."""
+    from sensorium.data import load_data
+    from sensorium.predict import predict
+    from sensorium.runtime import resolve_device
+    from sensorium.submission import write_submission
+    from sensorium.training.fit import fit
+
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: expected at least 1")
+    cfg, provenance, default_out = load_source(Path(source))
+    if data:
+        cfg = set_value(cfg, "data.scans", [str(Path(p).resolve()) for p in data])
+    choices: dict[str, Any] = {"train_on_validation": train_on_validation}
+    if train_on_validation:
+        epochs = (provenance or {}).get("best_epoch")
+        if not epochs:
+            raise UserError(f"{source}: --train-on-validation needs the search's best epoch (a best_config.yaml)")
+        cfg = set_value(set_value(cfg, "train.train_on_validation", True), "train.max_epochs", max(1, int(epochs)))
+        choices["max_epochs"] = max(1, int(epochs))
+    out = Path(out or default_out)
+    if (out / "retrain.json").exists() and not force:
+        raise UserError(f"{out} already holds a retrain; pass --force to overwrite or choose --out")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    scans = load_data(cfg.data, progress=progress)
+    competition = [key for key, scan in scans.items() if scan.scan.is_competition]
+    if not competition:
+        raise UserError(f"none of the scans {list(scans)} is a competition scan (one with a final_test tier)")
+    device = resolve_device(cfg.train.device)
+
+    members: list[dict[str, Any]] = []
+    ensemble: dict[tuple[str, str], Any] = {}  # (key, file name) -> Predictions with summed values
+    for i in range(seeds):
+        seed_cfg = set_value(cfg, "seed", cfg.seed + i)
+        seed_dir = out / f"seed_{seed_cfg.seed}"
+        t0 = time.perf_counter()
+        result = fit(seed_cfg, seed_dir, data=scans, progress=progress)
+        member = {"seed": seed_cfg.seed, "run_dir": str(seed_dir), "best_val_corr": result.best_val_corr,
+                  "best_epoch": result.best_epoch, "epochs": result.epochs_run,
+                  "seconds": round(time.perf_counter() - t0, 1), "files": {}}
+        for key in competition:
+            for name, tier in SUBMISSIONS.items():
+                pred = predict(result.model, scans[key], tier, device, cfg.data.eval_batch_size)
+                path = write_submission(seed_dir / "submission" / key / name, pred.trial_ids, pred.image_ids,
+                                        pred.neuron_ids, pred.values, overwrite=True)
+                member["files"][f"{key}/{name}"] = str(path)
+                _accumulate(ensemble, (key, name), pred)
+        members.append(member)
+        if progress:
+            print(f"retrain: seed {seed_cfg.seed} best val corr {result.best_val_corr:.4f} at epoch "
+                  f"{result.best_epoch} ({member['seconds']:.0f} s)", file=sys.stderr)
+
+    files = {}
+    for (key, name), pred in ensemble.items():
+        path = write_submission(out / key / name, pred.trial_ids, pred.image_ids, pred.neuron_ids,
+                                pred.values / seeds, overwrite=True)
+        files[f"{key}/{name}"] = str(path)
+
+    gt = Path(ground_truth) if ground_truth else find_ground_truth(cfg)
+    summary: dict[str, Any] = {
+        "source": str(source), "out": str(out), "config_hash": config_hash(cfg), "seeds": [m["seed"] for m in members],
+        "choices": choices, "search_provenance": provenance, "members": members, "ensemble_files": files,
+        "ground_truth": str(gt) if gt else None, "seconds": None,
+    }
+    if gt is not None:
+        summary["scores"] = {"ensemble": score_all_files(files, gt),
+                             **{f"seed_{m['seed']}": score_all_files(m["files"], gt) for m in members}}
+        summary["oracle"] = read_oracle(gt, competition)
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "retrain.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
+    return summary
+
+
+def load_source(source: Path) -> tuple[ExperimentConfig, dict[str, Any] | None, Path]:
+    """(config, search provenance or None, default output folder) of a run folder or a config file."""
+    if source.is_dir():
+        from search.export import BEST_CONFIG, export_best
+
+        best = source / BEST_CONFIG
+        if not best.is_file():
+            export_best(source)
+        source, default_out = best, source / "retrain"
+    else:
+        default_out = source.parent / f"retrain-{source.stem}"
+    if not source.is_file():
+        raise UserError(f"{source}: no such run folder or config file")
+    from search.export import read_best_config
+
+    try:
+        cfg, provenance = read_best_config(source)
+    except UserError:
+        cfg, provenance = load_config(source), None  # a plain experiment config (e.g. the baseline)
+    return cfg, provenance, default_out
+
+
+def find_ground_truth(cfg: ExperimentConfig) -> Path | None:
+    """A ``ground_truth`` folder next to the data (synthetic layout: <out>/data/<scan>, <out>/ground_truth)."""
+    for scan in cfg.data.scans:
+        path = Path(scan).resolve()
+        for folder in (path.parent / "ground_truth", path.parent.parent / "ground_truth", path / "ground_truth"):
+            if folder.is_dir():
+                return folder
+    return None
+
+
+def score_all_files(files: dict[str, str], gt: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """key -> tier -> scores, for every submission file whose ground truth exists under ``gt``."""
+    from sensorium.submission import score_files
+
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for rel, path in files.items():
+        key, name = rel.split("/")
+        tier = SUBMISSIONS[name]
+        truth = gt / key / GROUND_TRUTH[tier]
+        if truth.is_file():
+            scores.setdefault(key, {})[tier] = {k: float(v) for k, v in score_files(path, truth).items()}
+    return scores
+
+
+def read_oracle(gt: Path, keys: list[str]) -> dict[str, Any]:
+    """key -> tier -> oracle scores (noise-free expected vs noisy responses), where the generator wrote them."""
+    found = {}
+    for key in keys:
+        path = gt / key / "oracle.json"
+        if path.is_file():
+            found[key] = json.loads(path.read_text())
+    return found
+
+
+def format_scores(summary: dict[str, Any]) -> str:
+    """A plain-text table: ensemble and each seed next to the oracle, per competition scan and tier."""
+    scores = summary.get("scores")
+    if not scores:
+        return "no ground truth found: submissions written, not scored (pass --ground-truth DIR)"
+    lines = [f"{'model':<12}{'scan':<14}{'tier':<12}{'single-trial':>13}{'corr-to-avg':>13}{'FEVE':>10}"]
+    rows = list(scores.items())
+    for model, per_key in rows:
+        for key, tiers in per_key.items():
+            for tier, s in tiers.items():
+                lines.append(f"{model:<12}{key:<14}{tier:<12}{s['single_trial_correlation']:>13.4f}"
+                             f"{s['correlation_to_average']:>13.4f}{_f(s.get('feve')):>10}")
+    for key, tiers in (summary.get("oracle") or {}).items():
+        for tier in ("test", "final_test"):
+            if tier in tiers:
+                o = tiers[tier]
+                lines.append(f"{'oracle':<12}{key:<14}{tier:<12}{o['single_trial_correlation']:>13.4f}"
+                             f"{o['correlation_to_average']:>13.4f}{'-':>10}")
+    return "\n".join(lines)
+
+
+def _accumulate(ensemble: dict[tuple[str, str], Any], slot: tuple[str, str], pred: Any) -> None:
+    if slot not in ensemble:
+        pred.values = pred.values.astype(np.float64)
+        ensemble[slot] = pred
+        return
+    have = ensemble[slot]
+    if not (np.array_equal(have.trial_ids, pred.trial_ids) and np.array_equal(have.neuron_ids, pred.neuron_ids)):
+        raise RuntimeError(f"{slot}: ensemble members predicted different trials or neurons")
+    have.values = have.values + pred.values
+
+
+def _f(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and np.isfinite(value) else "-"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
