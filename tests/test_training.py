@@ -69,6 +69,25 @@ def test_early_stopping_state_round_trip():
     assert _drive(b, rest) == _drive(a, rest)
 
 
+def test_batch_objective_is_the_scaled_neuralpredictors_poisson_loss_plus_penalties(tiny_scans):
+    import sensorium.compat  # noqa: F401
+    from neuralpredictors.measures.modules import PoissonLoss
+
+    from sensorium.models import build_model, scan_meta
+    from sensorium.training.fit import batch_objective
+
+    key, scan = next(iter(tiny_scans.items()))
+    model = build_model(load_config(TINY).model, scan_meta(tiny_scans), scan.in_shape).eval()
+    batch = next(scan.batches("train", 16))
+    with torch.no_grad():
+        out = model(batch.images, key, batch.pupil_center)
+        expected = math.sqrt(1000 / 16) * PoissonLoss(avg=False)(out, batch.responses) + model.regularizer(key)
+        got = batch_objective(model, key, batch, n_trials=1000, loss_scale=True)
+        torch.testing.assert_close(got, expected)
+        unscaled = batch_objective(model, key, batch, n_trials=1000, loss_scale=False)
+        torch.testing.assert_close(unscaled, PoissonLoss(avg=False)(out, batch.responses) + model.regularizer(key))
+
+
 # ------------------------------------------------------------------------------------------- fit
 @pytest.fixture(scope="module")
 def tiny_cfg(tiny_data, tmp_path_factory) -> ExperimentConfig:

@@ -179,6 +179,19 @@ def cycle_batches(
     return per_scan * len(data), batches()
 
 
+def batch_objective(model: SensoriumModel, key: str, batch: Batch, n_trials: int, loss_scale: bool) -> torch.Tensor:
+    """The reference per-batch objective: sqrt(n_trials / B) * Poisson loss (sum) + the penalties of ``key``.
+
+    Poisson loss = output - target * log(output + 1e-12), summed over the B trials and n neurons
+    (neuralpredictors ``PoissonLoss(avg=False)``). Like the reference, ``n_trials`` is the size of the
+    whole scan (all tiers: the reference's dataset object), not of its train tier.
+    """
+    out = model(batch.images, key, batch.pupil_center)  # (B, n) rates
+    poisson = (out - batch.responses * torch.log(out + POISSON_EPS)).sum()
+    scale = math.sqrt(n_trials / len(batch)) if loss_scale else 1.0
+    return scale * poisson + model.regularizer(key)
+
+
 def _train_epoch(
     model: SensoriumModel,
     data: Mapping[str, ScanData],
@@ -197,11 +210,7 @@ def _train_epoch(
     optimizer.zero_grad()
     bar = tqdm(steps, total=total, desc=f"epoch {epoch}", file=sys.stderr, leave=False, disable=not progress)
     for i, (key, batch) in enumerate(bar):
-        out = model(batch.images, key, batch.pupil_center)  # (B, n) rates
-        poisson = (out - batch.responses * torch.log(out + POISSON_EPS)).sum()
-        # the reference scales by the size of the whole dataset object (all tiers) over the batch size
-        scale = math.sqrt(data[key].scan.n_trials / len(batch)) if cfg.train.loss_scale else 1.0
-        loss = scale * poisson + model.regularizer(key)
+        loss = batch_objective(model, key, batch, data[key].scan.n_trials, cfg.train.loss_scale)
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"epoch {epoch}, scan {key}, batch {i + 1}: loss is {value} (not finite)")
