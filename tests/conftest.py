@@ -27,7 +27,7 @@ def make_scan(tmp_path):
     """Factory writing a small random scan folder with sensorium.data.format.write_scan; returns its path.
 
     ``make_scan(key="1-2-3", n_trials=40, n_neurons=6, image_shape=(36, 64), competition=False, seed=0)``.
-    Neuron 0 never fires (std 0: exercises the 1%-of-mean-std rule); competition scans get a final_test
+    Neuron 0 fires once, weakly (std far below 1% of the mean std: exercises the threshold rule); competition scans get a final_test
     tier, zeroed test responses and 32-hex trial_idx strings, as the real ones.
     """
     import numpy as np
@@ -40,6 +40,7 @@ def make_scan(tmp_path):
         tiers = tiers[np.arange(n_trials) % len(tiers)]
         responses = rng.gamma(0.5, 2.0, (n_trials, n_neurons)).astype(np.float32)
         responses[:, 0] = 0
+        responses[0, 0] = 1e-3
         if competition:
             responses[np.isin(tiers, ["test", "final_test"])] = 0
         trial_idx = rng.permutation(n_trials)
