@@ -184,6 +184,7 @@ def test_resume_from_last_checkpoint_continues_exactly(tiny_run, tiny_cfg, tiny_
         fit(tiny_cfg, run_dir, data=tiny_scans, report=die_after_first_epoch, progress=False)
     assert len(RunDir(run_dir).read_curves()) == 1
     resumed = fit(tiny_cfg, run_dir, data=tiny_scans, resume=run_dir, progress=False)
+    assert len(json.loads(RunDir(run_dir).provenance.read_text())["resumed"]) == 1
     assert _curves(run_dir) == _curves(result.run_dir)
     assert resumed.best_epoch == result.best_epoch
     for (name, a), b in zip(result.model.state_dict().items(), resumed.model.state_dict().values()):

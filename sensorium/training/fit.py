@@ -78,7 +78,7 @@ def fit(
         data = load_data(cfg.data, progress=progress)
     in_shape = _check_data(cfg, data)
     run = RunDir(Path(run_dir))
-    run.prepare(cfg)
+    run.prepare(cfg, resume=resume is not None)
 
     meta = scan_meta(data)
     model = build_model(cfg.model, meta, in_shape).to(device)

@@ -58,11 +58,23 @@ class RunDir:
     def best(self) -> Path:
         return self.checkpoints / "best.pt"
 
-    def prepare(self, cfg: ExperimentConfig) -> None:
-        """Create the folders and write config.yaml and provenance.json."""
+    def prepare(self, cfg: ExperimentConfig, resume: bool) -> None:
+        """Create the folders and write config.yaml and provenance.json.
+
+        A fresh run starts clean (old curves and metrics removed); a resumed run keeps its curves and
+        original provenance and appends the resuming process's provenance under ``resumed``.
+        """
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.config)
-        write_json(self.provenance, provenance(cfg.seed))
+        if not resume:
+            self.curves.unlink(missing_ok=True)
+            self.metrics.unlink(missing_ok=True)
+        if resume and self.provenance.exists():
+            record = json.loads(self.provenance.read_text())
+            record.setdefault("resumed", []).append(provenance(cfg.seed))
+        else:
+            record = provenance(cfg.seed)
+        write_json(self.provenance, record)
 
     def append_curve(self, row: dict[str, float]) -> None:
         """Append one epoch's metrics to curves.csv (header written with the first row)."""
