@@ -85,7 +85,7 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
     data_dir, truth_dir = _clear(Path(out), overwrite)
     keys = scan_keys(cfg)
     ids = draw_image_ids(cfg)
-    shared_ids = np.concatenate([ids.test, ids.final_test if cfg.n_competition else []]).astype(np.int64)
+    shared_ids = np.concatenate([ids.test, ids.final_test]) if cfg.n_competition else ids.test
     shared = make_images(cfg.seed, shared_ids, cfg.image_height, cfg.image_width, cfg.noise_mix)
     bar = tqdm(total=cfg.n_scans * len(STEPS), disable=not progress, file=sys.stderr, unit="step")
     paths, oracles = [], {}

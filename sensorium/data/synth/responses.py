@@ -56,10 +56,12 @@ def stimulus_drive(pixels: np.ndarray, pop: Population, height: int, width: int,
     even, odd = gabor_filters(pop, neurons, height, width)
     linear_even = pixels @ even
     linear_even /= linear_even.std(axis=0) + 1e-8
-    linear_odd = pixels @ odd
-    linear_odd /= linear_odd.std(axis=0) + 1e-8
-    energy = np.sqrt(linear_even**2 + linear_odd**2)
-    drive = np.where(pop.complex[neurons], energy, np.maximum(linear_even, 0.0))
+    drive = np.maximum(linear_even, 0.0)
+    complex_cells = pop.complex[neurons]
+    if complex_cells.any():  # the quadrature filter only where it is needed
+        linear_odd = pixels @ odd[:, complex_cells]
+        linear_odd /= linear_odd.std(axis=0) + 1e-8
+        drive[:, complex_cells] = np.sqrt(linear_even[:, complex_cells] ** 2 + linear_odd**2)
     return drive / (drive.mean(axis=0) + 1e-8)
 
 
