@@ -5,8 +5,8 @@ the core's feature map. In training mode it draws ONE position per image and neu
 feature map there and takes a dot product with the neuron's feature weights; in eval mode it reads at mu.
 
 :class:`KSampleGaussian2d` draws K >= 1 positions per image and neuron in training mode and averages the K
-readouts (the readout is linear in the sampled feature vector, so averaging the sampled vectors first is the
-same thing and K times cheaper in feature products). With K = 1 it makes exactly the draw ``FullGaussian2d``
+readouts (the readout is linear in the sampled feature vector, so it averages the K sampled vectors and
+applies the feature weights once). With K = 1 it makes exactly the draw ``FullGaussian2d``
 makes, so with the same RNG state both give bit-identical outputs. In eval mode it reads at mu whatever K is.
 """
 
@@ -122,8 +122,13 @@ class KSampleGaussian2d(FullGaussian2d):
         grid = self.sample_grid(batch_size=batch, sample=sample)  # (B, n, K, 2)
         if shift is not None:
             grid = grid + shift[:, None, None, :]
-        y = F.grid_sample(x, grid, align_corners=self.align_corners)  # (B, C, n, K)
-        y = y.mean(dim=-1)  # (B, C, n): average over the K samples (exact no-op for K = 1)
+        # average the K sampled feature vectors, one position sample at a time: autograd keeps no
+        # (B, C, n, K) tensor, so K > 1 costs K times the compute of K = 1 but not K times the memory
+        k = grid.shape[2]
+        y = F.grid_sample(x, grid[:, :, :1], align_corners=self.align_corners)  # (B, C, n, 1)
+        for i in range(1, k):
+            y = y + F.grid_sample(x, grid[:, :, i : i + 1], align_corners=self.align_corners)
+        y = y.squeeze(-1) / k  # (B, C, n); exactly the K = 1 readout when k = 1
         feat = self.features.view(1, channels, self.outdims)  # (1, C, n)
         y = (y * feat).sum(dim=1)  # (B, n)
         if self.bias is not None:
