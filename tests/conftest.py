@@ -27,8 +27,9 @@ def make_scan(tmp_path):
     """Factory writing a small random scan folder with sensorium.data.format.write_scan; returns its path.
 
     ``make_scan(key="1-2-3", n_trials=40, n_neurons=6, image_shape=(36, 64), competition=False, seed=0)``.
-    Neuron 0 fires once, weakly (std far below 1% of the mean std: exercises the threshold rule); competition scans get a final_test
-    tier, zeroed test responses and 32-hex trial_idx strings, as the real ones.
+    Neuron 0 fires once, weakly (std far below 1% of the mean std: exercises the threshold rule).
+    Competition scans get a final_test tier, zeroed test responses and 32-hex trial_idx strings, as the
+    real ones.
     """
     import numpy as np
 

@@ -86,15 +86,24 @@ def source_fingerprint(path: Path) -> dict:
     if path.is_file():
         st = path.stat()
         return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    files = []
-    for top in ("meta", "data"):
-        for folder, dirs, names in os.walk(path / top):
-            dirs.sort()
-            for name in sorted(names):
-                st = os.stat(os.path.join(folder, name))
-                files.append((os.path.relpath(os.path.join(folder, name), path), st.st_size, st.st_mtime_ns))
-    digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()
-    return {"path": str(path), "files": len(files), "digest": digest}
+    digest = hashlib.sha256()
+    n_files = 0
+    pending = [path / "meta", path / "data"]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # the reader reports missing folders
+        digest.update(f"{folder.relative_to(path)}/".encode())
+        for entry in entries:
+            if entry.is_dir():
+                pending.append(Path(entry.path))
+            else:
+                st = entry.stat()
+                digest.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+                n_files += 1
+    return {"path": str(path), "files": n_files, "digest": digest.hexdigest()}
 
 
 def downscale(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

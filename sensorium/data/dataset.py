@@ -143,6 +143,7 @@ def load_data(cfg: DataConfig, progress: bool = True) -> dict[str, ScanData]:
     for path in resolve_scan_paths(cfg.scans):
         scan = load_scan(path, cfg, progress=progress)
         if scan.key in scans:
-            raise DataError(f"{path}: data key {scan.key} also belongs to {scans[scan.key].source}; expected unique scans")
+            other = scans[scan.key].source
+            raise DataError(f"{path}: data key {scan.key} also belongs to {other}; expected unique scans")
         scans[scan.key] = scan
     return {key: ScanData(scans[key], cfg.behavior_channels) for key in sorted(scans)}

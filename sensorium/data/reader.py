@@ -212,8 +212,8 @@ class ScanReader:
         n_neurons = self._length("meta/neurons/unit_ids.npy", neurons["unit_ids"])
         for name, array in neurons.items():
             self._expect_length(f"meta/neurons/{name}.npy", array, n_neurons, "meta/neurons/unit_ids.npy")
-        neurons["unit_ids"] = self._ids("meta/neurons/unit_ids.npy", self._integers(
-            "meta/neurons/unit_ids.npy", neurons["unit_ids"]))
+        unit_rel = "meta/neurons/unit_ids.npy"
+        neurons["unit_ids"] = self._ids(unit_rel, self._integers(unit_rel, neurons["unit_ids"]))
         coords_rel = "meta/neurons/cell_motor_coordinates.npy"
         if neurons["cell_motor_coordinates"].shape != (n_neurons, 3):
             raise DataError(
