@@ -122,7 +122,7 @@ class TensorBoardHParams(tune.Callback):
         values = trial_hparams(self.spec, trial.config)
         experiment, session_start, _ = hparams(values, {m: 0.0 for m in HPARAM_METRICS})
         if not self._experiment_written:  # the column list, once at the experiment root
-            root = SummaryWriter(str(Path(trial.local_path).parent))
+            root = SummaryWriter(str(Path(_logdir(trial)).parent))
             root.file_writer.add_summary(experiment)
             root.close()
             self._experiment_written = True
@@ -152,7 +152,7 @@ class TensorBoardHParams(tune.Callback):
 
     def _writer(self, trial: Any) -> SummaryWriter:
         if trial.trial_id not in self.writers:
-            self.writers[trial.trial_id] = SummaryWriter(str(trial.local_path))
+            self.writers[trial.trial_id] = SummaryWriter(_logdir(trial))
         return self.writers[trial.trial_id]
 
     def _close(self, trial: Any, status: int) -> None:
@@ -164,6 +164,14 @@ class TensorBoardHParams(tune.Callback):
         writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=meta)]))
         writer.close()
         self.writers.pop(trial.trial_id, None)
+
+
+def _logdir(trial: Any) -> str:
+    """The trial folder in the run directory itself when that is a local path (TensorBoard sees every epoch
+    at once), else the driver's staging copy that Ray uploads to remote storage."""
+    if trial.storage.storage_filesystem.type_name == "local":
+        return str(trial.path)
+    return str(trial.local_path)
 
 
 def _num(value: Any) -> float:

@@ -86,7 +86,11 @@ def close_orphans(run_dir: Path) -> int:
 
 
 def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str) -> OptunaSearch:
-    """OptunaSearch with a seeded TPE sampler whose settings are all explicit (Optuna 5.0 changed them)."""
+    """OptunaSearch with a seeded TPE sampler whose settings are all explicit (Optuna 5.0 changed them).
+
+    ``search.start_with`` points are enqueued in the study first (partial points allowed: the sampler
+    fills the keys they leave out); OptunaSearch then loads the study and hands them out first.
+    """
     s = spec.settings
     sampler = optuna.samplers.TPESampler(
         seed=s.seed,
@@ -94,14 +98,13 @@ def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str) -> OptunaSea
         multivariate=s.tpe.multivariate,
         constant_liar=s.tpe.constant_liar,
     )
+    storage = journal_storage(run_dir)
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler)
+    for point in s.start_with:
+        study.enqueue_trial(dict(point))
     return OptunaSearch(
-        space=optuna_space(spec),
-        metric=RANK_METRIC,
-        mode="max",
-        sampler=sampler,
-        study_name=study_name,
-        storage=journal_storage(run_dir),
-        points_to_evaluate=[dict(p) for p in s.start_with] or None,
+        space=optuna_space(spec), metric=RANK_METRIC, mode="max", sampler=sampler,
+        study_name=study_name, storage=storage,
     )
 
 

@@ -1,0 +1,113 @@
+"""After a search: export -> train round trip, the seed-ensemble retrain with scored submissions, the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from search.driver import run_search
+from search.export import export_best, read_best_config
+from search.report import boundary_check, write_report
+from search.results import best_trial, load_trials
+from search.retrain import retrain
+from search.space import parse_search, with_data
+from sensorium.cli import main
+from sensorium.config import config_hash, load_config
+from sensorium.errors import UserError
+from sensorium.submission import read_submission
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def finished_run(ray_session, tiny_data, tmp_path_factory):
+    raw = yaml.safe_load((ROOT / "configs" / "search_tiny.yaml").read_text())
+    raw["base"] = str((ROOT / "configs" / raw["base"]).resolve())
+    raw["search"].update(num_trials=2, max_concurrent=2)
+    spec = with_data(parse_search(raw), [str(tiny_data.data_dir)])
+    run_dir = tmp_path_factory.mktemp("search") / "run"
+    run_search(spec, run_dir, progress=False, live_every_s=1e9)
+    return run_dir
+
+
+def test_export_then_train_reproduces_the_config_hash(finished_run, tmp_path):
+    path = export_best(finished_run)
+    cfg, prov = read_best_config(path)
+    best = best_trial(load_trials(finished_run))
+    assert prov["trial_id"] == best.trial_id and prov["best_val_corr"] == pytest.approx(best.best_val_corr)
+    assert prov["best_epoch"] == best.best_epoch and Path(prov["checkpoint"]).is_file()
+    assert prov["config_hash"] == config_hash(cfg)
+    assert {"torch", "ray", "optuna"} <= set(prov["versions"])
+    assert cfg.train.lr == pytest.approx(best.params["train.lr"])
+    # the file goes straight back to `train`, which writes the same resolved config
+    assert main(["train", str(path), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    assert config_hash(load_config(tmp_path / "again" / "config.yaml")) == prov["config_hash"]
+
+
+def test_provenance_key_is_only_accepted_in_best_config_files(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "provenance": {"trial_id": "abc"}}))
+    with pytest.raises(UserError, match="unknown config key 'provenance'"):
+        load_config(bad)
+    with pytest.raises(UserError, match="not a best_config.yaml"):
+        read_best_config(bad)
+
+
+def test_retrain_ensembles_seeds_and_scores_every_competition_submission(finished_run, tiny_data):
+    summary = retrain(finished_run, seeds=2, progress=False)
+    out = Path(summary["out"])
+    key = tiny_data.competition_keys[0]
+    assert set(summary["ensemble_files"]) == {f"{key}/submission_file_live_test.csv",
+                                              f"{key}/submission_file_final_test.csv"}
+    for name in ("submission_file_live_test.csv", "submission_file_final_test.csv"):
+        trials, _, neurons, ensemble = read_submission(out / key / name)
+        members = [read_submission(out / f"seed_{s}" / "submission" / key / name) for s in summary["seeds"]]
+        for m_trials, _, m_neurons, _ in members:
+            assert list(m_trials) == list(trials) and list(m_neurons) == list(neurons)
+        np.testing.assert_allclose(ensemble, np.mean([m[3] for m in members], axis=0), rtol=1e-5, atol=1e-6)
+    assert summary["ground_truth"] == str(tiny_data.ground_truth_dir)  # found next to the data
+    scores = summary["scores"]
+    assert set(scores) == {"ensemble", *(f"seed_{s}" for s in summary["seeds"])}
+    assert set(scores["ensemble"][key]) == {"test", "final_test"}
+    assert -1 <= scores["ensemble"][key]["test"]["single_trial_correlation"] <= 1
+    assert key in summary["oracle"]
+    assert json.loads((out / "retrain.json").read_text())["seeds"] == summary["seeds"]
+    with pytest.raises(UserError, match="already holds a retrain"):
+        retrain(finished_run, seeds=1, progress=False)
+
+
+def test_retrain_on_train_plus_validation_is_a_recorded_choice(finished_run, tmp_path):
+    best = export_best(finished_run)
+    prov = read_best_config(best)[1]
+    summary = retrain(best, out=tmp_path / "tv", seeds=1, train_on_validation=True, progress=False)
+    assert summary["choices"] == {"train_on_validation": True, "max_epochs": max(1, prov["best_epoch"])}
+    run_cfg = load_config(Path(summary["members"][0]["run_dir"]) / "config.yaml")
+    assert run_cfg.train.train_on_validation and run_cfg.train.max_epochs == max(1, prov["best_epoch"])
+
+
+def test_report_writes_table_summary_and_plots(finished_run):
+    out = write_report(finished_run)
+    with open(out / "trials.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    records = load_trials(finished_run)
+    assert [r["trial_id"] for r in rows] == [r.trial_id for r in records]
+    assert {"train.lr", "model.core.hidden_channels", "status", "best_val_corr", "best_epoch"} <= set(rows[0])
+    text = (out / "report.md").read_text()
+    assert best_trial(records).trial_id in text and "Boundary check" in text
+    for name in ("history.png", "curves.png", "param_train.lr.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_boundary_check_flags_a_best_value_at_the_edge(finished_run):
+    spec = parse_search(yaml.safe_load((finished_run / "search.yaml").read_text()))
+    best = best_trial(load_trials(finished_run))
+    lr = next(p for p in spec.params if p.key == "train.lr")
+    best.params = {**best.params, "train.lr": lr.high * 0.99}
+    assert any("train.lr" in line and "high end" in line for line in boundary_check(spec, best))
+    best.params = {**best.params, "train.lr": (lr.low * lr.high) ** 0.5}  # the middle on a log scale
+    assert not boundary_check(spec, best)

@@ -1,0 +1,181 @@
+"""Searches with real Ray (the session's), real Optuna and the tiny model on the tiny synthetic scans.
+
+One search, shared by the in-process tests: 3 trials, 2 at a time, ASHA; its first trial is enqueued with
+an input kernel larger than the 36x64 images, so it raises at model build (a failure the config cannot see).
+The interrupted-and-resumed search runs the real command line in subprocesses with their own Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from search.driver import run_search
+from search.results import best_trial, load_trials
+from search.space import parse_search, with_data
+from search.tuner import load_study
+
+ROOT = Path(__file__).resolve().parent.parent
+FAILING = {"model.core.input_kern": 41}
+
+
+def _tiny_spec(data_dir: Path, **search):
+    raw = yaml.safe_load((ROOT / "configs" / "search_tiny.yaml").read_text())
+    raw["base"] = str((ROOT / "configs" / raw["base"]).resolve())
+    raw["parameters"]["model.core.input_kern"] = {"type": "categorical", "choices": [5, 41], "role": "scientific"}
+    raw["search"].update(search)
+    return with_data(parse_search(raw), [str(data_dir)])
+
+
+@pytest.fixture(scope="module")
+def search_run(ray_session, tiny_data, tmp_path_factory):
+    spec = _tiny_spec(tiny_data.data_dir, num_trials=3, max_concurrent=2, start_with=[FAILING])
+    run_dir = tmp_path_factory.mktemp("search") / "run"
+    records = run_search(spec, run_dir, progress=False, live_every_s=1e9)
+    return run_dir, records
+
+
+def _hparams(trial_dir: Path) -> tuple[dict[str, plugin_data_pb2.HParamsPluginData], EventAccumulator]:
+    """The HParams plugin entries of a TensorBoard run folder, read back as TensorBoard reads them."""
+    acc = EventAccumulator(str(trial_dir))
+    acc.Reload()
+    try:
+        content = acc.PluginTagToContent("hparams")
+    except KeyError:  # nothing written yet
+        return {}, acc
+    return {tag: plugin_data_pb2.HParamsPluginData.FromString(raw) for tag, raw in content.items()}, acc
+
+
+def test_search_completes_and_ranks_by_each_trials_best_epoch(search_run):
+    run_dir, records = search_run
+    assert len(records) == 3 and {r.trial_id for r in load_trials(run_dir)} == {r.trial_id for r in records}
+    ranked = [r for r in records if r.ranked]
+    assert ranked and records[: len(ranked)] == ranked  # ranked trials first
+    scores = [r.best_val_corr for r in ranked]
+    assert scores == sorted(scores, reverse=True)
+    for r in ranked:  # the score is the best epoch's, which is never below the last epoch's
+        assert r.best_val_corr == pytest.approx(max([r.curve[-1]["best_val_corr"]] + [c["val_corr"] for c in r.curve]))
+        assert r.best_val_corr >= r.curve[-1]["val_corr"]
+        assert r.checkpoint is not None and (r.checkpoint / "best.pt").is_file()
+    assert best_trial(records) is ranked[0]
+    # Optuna was told each trial's best epoch too, and the study is persisted in the run folder
+    study = load_study(run_dir)
+    told = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert told == pytest.approx(sorted(scores))
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(search_run):
+    run_dir, records = search_run
+    failed = [r for r in records if r.status == "error"]
+    assert failed, [(r.trial_id, r.status) for r in records]
+    assert all(r.params["model.core.input_kern"] == 41 for r in failed)
+    assert "does not fit the core" in failed[0].error
+    assert any(r.ranked for r in records)  # the others still ran
+    study = load_study(run_dir)
+    assert any(t.state == optuna.trial.TrialState.FAIL and t.params["model.core.input_kern"] == 41
+               for t in study.trials)
+
+
+def test_tensorboard_has_curves_and_hparams_of_every_trial(search_run):
+    run_dir, records = search_run
+    root, _ = _hparams(run_dir)
+    experiment = root["_hparams_/experiment"].experiment
+    assert {m.name.tag for m in experiment.metric_infos} >= {"best_val_corr", "val_corr"}
+    assert {h.name for h in experiment.hparam_infos} >= {"model.core.hidden_channels", "train.lr", "seed"}
+    for r in records:
+        plugin, acc = _hparams(r.path)
+        start = plugin["_hparams_/session_start_info"].session_start_info.hparams
+        assert start["train.lr"].number_value == pytest.approx(r.params["train.lr"])
+        assert start["model.readout.gauss_type"].string_value == r.params["model.readout.gauss_type"]
+        assert start["model.core.layers"].number_value == 2  # resolved from the base, not only the searched keys
+        status = plugin["_hparams_/session_end_info"].session_end_info.status
+        assert status == (2 if r.status == "error" else 1)  # STATUS_FAILURE / STATUS_SUCCESS
+        if r.ranked:
+            best = acc.Scalars("best_val_corr")
+            assert [e.step for e in best] == [c["epoch"] for c in r.curve]
+            assert best[-1].value == pytest.approx(r.best_val_corr, abs=1e-6)
+
+
+def _session_started(trial_dir: Path) -> bool:
+    if not trial_dir.is_dir():
+        return False
+    return "_hparams_/session_start_info" in _hparams(trial_dir)[0]
+
+
+def _run_cli(args: list[str], log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sensorium.cli", *args], cwd=log.parent, env=env,
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def test_interrupted_search_resumes_to_exactly_the_requested_trials(tiny_data, tmp_path):
+    """Kill the driver (and its private Ray) after the first trial ended, resume, count distinct trials."""
+    search_file = tmp_path / "search.yaml"
+    raw = yaml.safe_load((ROOT / "configs" / "search_tiny.yaml").read_text())
+    raw["base"] = str((ROOT / "configs" / raw["base"]).resolve())
+    search_file.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    args = ["run", str(search_file), "--data", str(tiny_data.data_dir), "--out", str(run_dir),
+            "--trials", "3", "--concurrent", "1", "--quiet"]
+    driver = _run_cli(args, tmp_path / "run.log")
+    running = None  # the trial that is running when the driver dies, once TensorBoard shows it
+    try:
+        deadline = time.monotonic() + 120
+        while running is None and time.monotonic() < deadline and driver.poll() is None:
+            text = (tmp_path / "run.log").read_text()
+            if " ended at epoch " in text or " stopped early at epoch " in text:
+                started = [line.split()[2] for line in text.splitlines() if line.endswith(" started")]
+                if len(started) >= 2 and _session_started(run_dir / f"trial_{started[1]}"):
+                    running = started[1]
+            time.sleep(0.2)
+        assert running is not None and driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, like a lost node
+        driver.wait()
+    # TensorBoard lists the trial that was running with all its hyperparameters, and no end status
+    plugin, _ = _hparams(run_dir / f"trial_{running}")
+    assert "model.core.layers" in plugin["_hparams_/session_start_info"].session_start_info.hparams
+    assert "_hparams_/session_end_info" not in plugin
+    before = {r.trial_id: r for r in load_trials(run_dir)}
+    finished = {tid for tid, r in before.items() if r.status in ("done", "stopped")}
+    assert finished and len(finished) < 3
+    results_before = {tid: (run_dir / f"trial_{tid}" / "result.json").read_text() for tid in finished}
+
+    resumed = _run_cli(["resume", str(run_dir), "--quiet"], tmp_path / "resume.log")
+    assert resumed.wait(timeout=180) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    after = load_trials(run_dir)
+    assert len(after) == 3 and len({r.trial_id for r in after}) == 3
+    assert all(r.status in ("done", "stopped") for r in after), [(r.trial_id, r.status, r.error) for r in after]
+    for tid in finished:  # completed trials were neither rerun nor lost
+        assert (run_dir / f"trial_{tid}" / "result.json").read_text() == results_before[tid]
+    for r in after:  # one result per epoch, no epoch trained twice
+        epochs = [c["epoch"] for c in r.curve]
+        assert epochs == list(range(1, len(epochs) + 1))
+    study = load_study(run_dir)  # the searcher kept its history: every trial told, nothing left running
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    assert sorted(t.value for t in complete) == pytest.approx(sorted(r.best_val_corr for r in after))
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_search_file_errors_stop_the_command_before_ray_starts(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: {}\nparameters:\n  model.core.layerz: {type: int, low: 2, high: 4, role: scientific}\n")
+    cmd = [sys.executable, "-m", "sensorium.cli", "run", str(bad)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert out.returncode == 2
+    assert "unknown config key 'model.core.layerz'" in out.stderr
+    assert "Started a local Ray" not in out.stderr
