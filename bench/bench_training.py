@@ -4,12 +4,13 @@ One scan of 1000 neurons, 4x36x64 inputs, the reference per-batch objective (sca
 penalties), backward and an Adam step per batch, torch on 2 threads. Batch sizes 128 (the reference) and
 32, each in the default memory layout and in channels_last. Writes results/bench_training.md.
 
-    .venv/bin/python bench/bench_training.py [--seconds 12] [--threads 2]
+    .venv/bin/python bench/bench_training.py [--images 512] [--rounds 3] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -39,59 +40,70 @@ def _batch(size: int, rng: np.random.Generator) -> Batch:
     )
 
 
-def train_images_per_second(batch_size: int, channels_last: bool, seconds: float) -> float:
-    """Train steps on random batches for about ``seconds`` (after 2 warm-up steps); images per second."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    coords = rng.normal(0, 200, size=(N_NEURONS, 3)).astype(np.float32)
-    model = build_model(ExperimentConfig().model, {"scan": ScanMeta(N_NEURONS, coords)}, IN_SHAPE)
-    if channels_last:
-        model.use_channels_last()
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.009)
-    batches = [_batch(batch_size, rng) for _ in range(4)]
+class Setting:
+    """One (batch size, memory layout) setting: its own model, optimiser and random batches."""
 
-    def step(batch: Batch) -> None:
-        optimizer.zero_grad()
-        batch_objective(model, "scan", batch, N_TRIALS, loss_scale=True).backward()
-        optimizer.step()
+    def __init__(self, batch_size: int, channels_last: bool) -> None:
+        torch.manual_seed(0)
+        rng = np.random.default_rng(0)
+        coords = rng.normal(0, 200, size=(N_NEURONS, 3)).astype(np.float32)
+        self.batch_size, self.channels_last = batch_size, channels_last
+        self.model = build_model(ExperimentConfig().model, {"scan": ScanMeta(N_NEURONS, coords)}, IN_SHAPE)
+        if channels_last:
+            self.model.use_channels_last()
+        self.model.train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.009)
+        self.batches = [_batch(batch_size, rng) for _ in range(4)]
 
-    for batch in batches[:2]:
-        step(batch)
-    images, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        step(batches[images // batch_size % len(batches)])
-        images += batch_size
-    return images / (time.perf_counter() - start)
+    def images_per_second(self, images: int) -> float:
+        """Train on ``images`` images (whole batches: reference objective, backward, Adam step); images/s."""
+        steps = max(1, images // self.batch_size)
+        start = time.perf_counter()
+        for i in range(steps):
+            self.optimizer.zero_grad()
+            batch = self.batches[i % len(self.batches)]
+            batch_objective(self.model, "scan", batch, N_TRIALS, loss_scale=True).backward()
+            self.optimizer.step()
+        return steps * self.batch_size / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=12.0, help="timed seconds per setting")
+    parser.add_argument("--images", type=int, default=512, help="images per timed measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per setting (median reported)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
 
-    rows = []
-    for batch_size in (128, 32):
-        speeds = {}
-        for layout, channels_last in (("default", False), ("channels_last", True)):
-            speeds[layout] = train_images_per_second(batch_size, channels_last, args.seconds)
-            print(f"batch {batch_size:3d}  {layout:13s}  {speeds[layout]:7.1f} images/s", flush=True)
-        rows.append((batch_size, speeds["default"], speeds["channels_last"]))
+    settings = {(b, cl): Setting(b, cl) for b in (128, 32) for cl in (False, True)}
+    for setting in settings.values():  # warm-up: allocator, oneDNN kernel selection
+        setting.images_per_second(2 * setting.batch_size)
+    speeds: dict[tuple[int, bool], list[float]] = {key: [] for key in settings}
+    for _ in range(args.rounds):  # settings interleaved, so a change in machine load hits all of them
+        for key, setting in settings.items():
+            speeds[key].append(setting.images_per_second(args.images))
+            print(f"batch {key[0]:3d}  {'channels_last' if key[1] else 'default':13s}  "
+                  f"{speeds[key][-1]:7.1f} images/s", flush=True)
+    median = {key: float(np.median(v)) for key, v in speeds.items()}
 
     lines = [
         "# Training speed of the SENSORIUM+ baseline (CPU)",
         "",
         f"`bench/bench_training.py`: one scan of {N_NEURONS} neurons, input {'x'.join(map(str, IN_SHAPE))}, "
-        "reference objective, backward and Adam step per batch, "
-        f"{args.threads} torch threads, {args.seconds:g} s timed per setting after 2 warm-up steps.",
-        f"torch {torch.__version__}, Python {platform.python_version()}, {platform.processor() or platform.machine()}.",
+        "the reference objective, backward and an Adam step per batch, "
+        f"{args.threads} torch threads; median of {args.rounds} interleaved measurements of {args.images} "
+        "training images per setting, after a warm-up.",
+        f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; 1-min load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after "
+        "(other work on the machine slows every setting; interleaving keeps the ratios fair).",
         "",
         "| batch | default (images/s) | channels_last (images/s) | channels_last / default |",
         "|---:|---:|---:|---:|",
     ]
-    lines += [f"| {b} | {d:.1f} | {c:.1f} | {c / d:.2f}x |" for b, d, c in rows]
+    for b in (128, 32):
+        d, c = median[(b, False)], median[(b, True)]
+        lines.append(f"| {b} | {d:.1f} | {c:.1f} | {c / d:.2f}x |")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}")
