@@ -94,6 +94,7 @@ class LocalCluster:
             "--num-gpus=0", f'--resources={{"node{index}": 1}}', f"--temp-dir={temp_dir}",
             f"--object-store-memory={self.object_store_mb * 1024**2}",
             f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats",
+            "--min-worker-port=0", "--max-worker-port=0",  # OS-chosen: the default range is shared by nodes
         ]
         if index == 0:
             cmd += ["--head", f"--port={port}", "--include-dashboard=false",

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,13 +52,17 @@ def _search(local: LocalCluster, out: Path, data: list[Path], *extra: str) -> su
                 "--data", *map(str, data), "--quiet", *extra)
 
 
-def test_cluster_has_two_nodes_of_their_own(cluster):
+def test_wait_nodes_waits_for_the_nodes_or_times_out(cluster):
     local, _, _ = cluster
-    probe = "import ray; ray.init(address='{}'); print(sorted(n['NodeManagerAddress'] for n in ray.nodes()))"
-    done = subprocess.run([sys.executable, "-c", probe.format(local.address)], env=local.env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == str(sorted(NODE_IPS))
+    def wait(count: str, timeout: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(ROOT / "cluster" / "wait_nodes.py"), local.address, count, "--timeout", timeout]
+        return subprocess.run(cmd, env=local.env, capture_output=True, text=True, timeout=120)
+
+    done = wait("2", "60")
+    assert done.returncode == 0 and done.stdout.strip() == f"2 Ray nodes alive at {local.address}", done.stderr
+    done = wait("3", "2")
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith(f"only 2 of 3 Ray nodes joined {local.address} within 2 s")
 
 
 def test_search_runs_on_both_nodes_and_lands_in_the_shared_run_folder(cluster, tiny_data):
@@ -87,35 +92,70 @@ def test_search_runs_on_both_nodes_and_lands_in_the_shared_run_folder(cluster, t
             assert (run_dir / "retrain" / key / name).is_file()
 
 
-def test_preflight_refuses_a_run_folder_the_worker_node_cannot_see(cluster, tiny_data):
+@pytest.fixture(scope="module")
+def refusals(cluster, tiny_data):
+    """Three searches the pre-flight checks must refuse, started at once against the cluster:
+    name -> (run folder or data path, exit code, last stderr line). The private-mount cases need root."""
     local, base, isolated = cluster
-    if not isolated:
+    cases = {"resources": (base / "shared" / "search-too-big", [tiny_data.data_dir], ["--cpus-per-trial", "64"])}
+    if isolated:
+        scan = shutil.copytree(tiny_data.scan_paths[0], base / "nodelocal" / tiny_data.scan_paths[0].name)
+        cases["run_folder"] = (base / "nodelocal" / "search", [tiny_data.data_dir], [])
+        cases["data"] = (base / "shared" / "search-local-data", [scan], [])
+    procs = {
+        name: subprocess.Popen(
+            [CLI, "run", "configs/search_tiny.yaml", "--address", local.address, "--out", str(out),
+             "--data", *map(str, data), "--quiet", *extra],
+            env=local.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for name, (out, data, extra) in cases.items()
+    }
+    results = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        path = cases[name][1][0] if name == "data" else cases[name][0]
+        results[name] = (path, proc.returncode, (err.strip().splitlines() or [""])[-1])
+    return results
+
+
+def test_preflight_refuses_resources_no_node_has(refusals):
+    _, code, error = refusals["resources"]
+    assert code == 2
+    assert error.startswith("error: a trial needs CPU 64 GPU 0 on one node, but no alive node has that"), error
+    assert all(f"{ip} (" in error for ip in NODE_IPS)
+
+
+def test_preflight_refuses_a_run_folder_the_worker_node_cannot_see(refusals):
+    if "run_folder" not in refusals:
         pytest.skip("no private mounts here (needs root and unshare)")
-    run_dir = base / "nodelocal" / "search"
-    done = _search(local, run_dir, [tiny_data.data_dir])
-    assert done.returncode == 2
-    error = done.stderr.strip().splitlines()[-1]
+    run_dir, code, error = refusals["run_folder"]
+    assert code == 2
     assert error.startswith(f"error: run folder {run_dir} is not visible from node(s) 127.0.0.3 ("), error
     assert "127.0.0.2" not in error
     assert not list(run_dir.glob("trial_*")) and not list(run_dir.glob(".preflight-*"))
 
 
-def test_preflight_refuses_data_the_worker_node_cannot_read(cluster, tiny_data):
-    local, base, isolated = cluster
-    if not isolated:
+def test_preflight_refuses_data_the_worker_node_cannot_read(refusals):
+    if "data" not in refusals:
         pytest.skip("no private mounts here (needs root and unshare)")
-    scan = shutil.copytree(tiny_data.scan_paths[0], base / "nodelocal" / tiny_data.scan_paths[0].name)
-    done = _search(local, base / "shared" / "search-local-data", [scan])
-    assert done.returncode == 2
-    error = done.stderr.strip().splitlines()[-1]
+    scan, code, error = refusals["data"]
+    assert code == 2
     assert error.startswith(f"error: data {scan} is not readable on node(s) 127.0.0.3 ("), error
     assert "(missing)" in error
 
 
-def test_preflight_refuses_resources_no_node_has(cluster, tiny_data):
-    local, base, _ = cluster
-    done = _search(local, base / "shared" / "search-too-big", [tiny_data.data_dir], "--cpus-per-trial", "64")
-    assert done.returncode == 2
-    error = done.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: a trial needs CPU 64 GPU 0 on one node, but no alive node has that"), error
-    assert all(f"{ip} (" in error for ip in NODE_IPS)
+def test_ray_up_config_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
+    validate_config(prepare_config(raw))
+    starts = raw["head_start_ray_commands"] + raw["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in cmd for cmd in starts if " start " in cmd or "search.sh" in cmd)
+    assert any("cluster/search.sh auto configs/search_default.yaml" in cmd for cmd in starts)
+    assert (ROOT / "configs" / "search_default.yaml").is_file()
+
+
+@pytest.mark.parametrize("script", ["search.sh", "slurm-symmetric.sbatch", "slurm-head-worker.sbatch"])
+def test_cluster_scripts_parse(script):
+    done = subprocess.run(["bash", "-n", str(ROOT / "cluster" / script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

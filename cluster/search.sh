@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run a search on an existing Ray cluster, then export the best config and write the report.
+# If RUN_DIR already holds a search (a requeued SLURM job, a restarted head node), it is resumed instead:
+# completed trials are kept, unfinished ones continue from their checkpoints.
+#
+#   cluster/search.sh ADDRESS SEARCH.yaml RUN_DIR [sensorium-search run options ...]
+#
+# ADDRESS: HOST:PORT of the cluster's head (or "auto" on a node of a cluster started with default paths).
+# RUN_DIR must be on storage every node mounts. RETRAIN_SEEDS=N (default 0: skip) also retrains the best
+# config with N seeds on this node and writes the submission files to RUN_DIR/retrain/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -lt 3 ]; then
+    echo "usage: cluster/search.sh ADDRESS SEARCH.yaml RUN_DIR [run options ...]" >&2
+    exit 2
+fi
+address=$1 search_file=$2 run_dir=$3
+shift 3
+cli=.venv/bin/sensorium-search
+
+if [ -f "$run_dir/tuner.pkl" ]; then
+    echo "search.sh: $run_dir holds a search: resuming it"
+    "$cli" resume "$run_dir" --address "$address" --quiet
+else
+    "$cli" run "$search_file" --address "$address" --out "$run_dir" --quiet "$@"
+fi
+"$cli" export "$run_dir"
+"$cli" report "$run_dir"
+if [ "${RETRAIN_SEEDS:-0}" -gt 0 ]; then
+    "$cli" retrain "$run_dir" --seeds "$RETRAIN_SEEDS" --quiet --force
+fi
+echo "search.sh: results in $run_dir (best_config.yaml, trials.csv, report; TensorBoard: tensorboard --logdir $run_dir)"
