@@ -6,6 +6,6 @@ responses in competition scans, and the oracle (the best any model can score).
 """
 
 from sensorium.data.synth.config import SynthConfig
-from sensorium.data.synth.generate import SynthResult, generate
+from sensorium.data.synth.writer import SynthResult, generate
 
 __all__ = ["SynthConfig", "SynthResult", "generate"]

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from sensorium.data.synth.config import SynthConfig
-from sensorium.data.synth.generate import generate
+from sensorium.data.synth.writer import generate
 from sensorium.data.synth.oracle import format_table
 from sensorium.errors import UserError
 
@@ -59,6 +59,13 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
     return cfg.replace(**changes) if changes else cfg
 
 
+def disk_estimate(cfg: SynthConfig) -> float:
+    """Approximate bytes written: float32 .npy files (128-byte headers) plus the raw ground-truth arrays."""
+    per_trial = 4 * (cfg.image_height * cfg.image_width + cfg.n_neurons + 3 + 2) + 4 * 128
+    truth_per_trial = 2 * 4 * cfg.n_neurons
+    return float(cfg.n_scans * cfg.n_trials * (per_trial + truth_per_trial))
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out: Path = args.out
@@ -68,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out} is not empty; refusing to write into it (--force replaces its data and ground truth)")
     print(
         f"synth: {cfg.n_scans} scans ({cfg.n_competition} competition), {cfg.n_neurons} neurons, "
-        f"{cfg.n_trials} trials, {cfg.image_height}x{cfg.image_width} images, seed {cfg.seed}",
+        f"{cfg.n_trials} trials, {cfg.image_height}x{cfg.image_width} images, seed {cfg.seed} "
+        f"(about {disk_estimate(cfg) / 1e9:.2f} GB)",
         flush=True,
     )
     start = time.perf_counter()

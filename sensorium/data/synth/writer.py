@@ -51,7 +51,9 @@ class SynthResult:
 
 def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
     """Scalar mean/std/min/max/median of uint8 images from their histogram (no float copy of all pixels)."""
-    counts = np.bincount(images.ravel(), minlength=256).astype(np.float64)
+    counts = np.zeros(256, dtype=np.float64)
+    for start in range(0, len(images), 256):  # bincount casts to int64: chunks keep that copy small
+        counts += np.bincount(images[start : start + 256].ravel(), minlength=256)
     values = np.arange(256, dtype=np.float64)
     total = counts.sum()
     mean = (counts * values).sum() / total
@@ -105,6 +107,14 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
     )
 
 
+def _scan_images(
+    cfg: SynthConfig, own_ids: np.ndarray, shared: dict[int, np.ndarray], image_ids: np.ndarray
+) -> np.ndarray:
+    """(N, H, W) uint8: the image of every trial; ``own_ids`` are made here, the others come from ``shared``."""
+    own = make_images(cfg.seed, own_ids, cfg.image_height, cfg.image_width, cfg.noise_mix)
+    return np.stack([own[i] if i in own else shared[i] for i in image_ids.tolist()])
+
+
 def _generate_scan(
     cfg: SynthConfig,
     scan: int,
@@ -123,8 +133,7 @@ def _generate_scan(
     n = cfg.n_neurons
 
     bar.set_description(f"{key} images")
-    own = make_images(cfg.seed, ids.unique[scan], cfg.image_height, cfg.image_width, cfg.noise_mix)
-    images = np.stack([own[i] if i in own else shared[i] for i in design.image_ids.tolist()])  # (N, H, W) time
+    images = _scan_images(cfg, ids.unique[scan], shared, design.image_ids)  # (N, H, W) uint8, time order
     bar.update()
 
     bar.set_description(f"{key} responses")
@@ -141,7 +150,7 @@ def _generate_scan(
     bar.set_description(f"{key} scan files")
     order = design.order  # file i holds the trial presented at time order[i]
     tiers = design.tiers[order]
-    expected, noisy = expected[order], noisy[order]
+    images, expected, noisy = images[order], expected[order], noisy[order]
     stored = noisy.copy()
     if competition:
         stored[np.isin(tiers, ("test", "final_test"))] = 0.0  # withheld, as in the released data
@@ -163,7 +172,7 @@ def _generate_scan(
         "layer": np.full(n, "L2/3"),
     }
     arrays = ScanArrays(
-        images=images[order][:, None],  # uint8 in memory; write_scan stores float32 0-255
+        images=images[:, None],  # uint8 in memory; write_scan stores float32 0-255
         responses=stored,
         behavior=session.behavior[order],
         pupil_center=session.pupil_center[order],
