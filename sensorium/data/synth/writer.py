@@ -6,8 +6,10 @@ Layout under ``out``::
     ground_truth/<key>/                    see ``ground_truth.py``
     ground_truth/oracle.json               per-scan oracles, their mean per tier, and the SynthConfig
 
-Every random draw comes from a stream seeded by ``(cfg.seed, purpose, scan)``, so the same config gives
-the same bytes, and a scan's content does not depend on the progress bar or on other scans.
+Every random draw comes from a stream seeded by ``(cfg.seed, purpose, scan)`` (images by
+``(cfg.seed, image_id)``), so the same config gives the same bytes. Memory per scan is about
+N x H x W x 5 bytes (images, float copy for the filters) + N x n x 12 bytes (rates, responses, stored copy):
+about 1.9 GB for a full-size scan (6000 trials, 8000 neurons, 144x256).
 """
 
 from __future__ import annotations
