@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -35,6 +36,9 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float) -> No
     torch.set_num_threads(threads)
     cfg = resolve(ExperimentConfig.from_dict(base), params)
     cfg = set_value(cfg, "train.threads", threads)  # a runtime field: fit sets it, resume accepts a change
+    if cfg.train.device == "auto" and not ray.get_gpu_ids():
+        # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a trial given no GPU: "auto" would take one anyway.
+        cfg = set_value(cfg, "train.device", "cpu")
     # Tune runs each trial in its own working directory and syncs it to the trial folder of the run
     # (SyncConfig(sync_artifacts=True)), so fit's config.yaml, curves.csv, ... land next to Tune's files.
     run_dir = Path.cwd()
