@@ -24,7 +24,7 @@ from sensorium.data.format import (
 from sensorium.data.synth import SynthConfig, generate
 from sensorium.data.synth.behaviour import simulate_session
 from sensorium.data.synth.writer import image_statistics
-from sensorium.data.synth.ground_truth import response_precision
+from sensorium.data.normalization import response_precision
 from sensorium.data.synth.responses import shifted_images
 from sensorium.errors import ConfigError
 from sensorium.submission import read_submission

@@ -26,6 +26,7 @@ import torch
 from sensorium.config import DataConfig
 from sensorium.data.cache import load_scan
 from sensorium.data.format import TIERS
+from sensorium.data.normalization import response_precision
 from sensorium.data.reader import resolve_scan_paths
 from sensorium.data.scan import Scan
 from sensorium.errors import DataError, UserError
@@ -76,10 +77,7 @@ class ScanData:
         stats = scan.stats
         self._image_mean = np.float32(stats["images"]["mean"])
         self._image_std = np.float32(stats["images"]["std"])
-        std = stats["responses"]["std"].astype(np.float32)
-        threshold = np.float32(0.01 * std.mean())
-        self._response_precision = np.where(std > threshold, 1 / np.maximum(std, threshold), 1 / threshold)
-        self._response_precision = self._response_precision.astype(np.float32)  # (n,)
+        self._response_precision = response_precision(stats["responses"]["std"])  # (n,)
         self._behavior_precision = _safe_inverse(stats["behavior"]["std"])  # (3,)
         self._pupil_mean = stats["pupil_center"]["mean"].astype(np.float32)  # (2,)
         self._pupil_precision = _safe_inverse(stats["pupil_center"]["std"])  # (2,)

@@ -19,19 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sensorium.data.normalization import response_precision
 from sensorium.submission import write_submission
 
 CSV_NAMES = {"test": "ground_truth_live_test.csv", "final_test": "ground_truth_final_test.csv"}
-
-
-def response_precision(std: np.ndarray) -> np.ndarray:
-    """(n,) float32 factor per neuron: 1 / ``std``, or 1 / (1% of the mean std) where ``std`` is below that.
-
-    Computed in float32 like the loader's normaliser, so raw * factor gives its standardised values.
-    """
-    std = np.asarray(std, dtype=np.float32)
-    threshold = np.float32(0.01 * std.mean())
-    return (1 / np.maximum(std, threshold)).astype(np.float32)
 
 
 def write_ground_truth(
