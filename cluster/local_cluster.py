@@ -155,16 +155,23 @@ class LocalCluster:
         self.stop()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=1, help="CPUs per node")
     args = parser.parse_args()
+    # Stop the cluster on Ctrl-C and on SIGTERM, also when started in the background (SIGINT ignored there).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     with LocalCluster(nodes=args.nodes, cpus=args.cpus) as cluster:
         print(f"Ray cluster of {args.nodes} nodes at {cluster.address}; in another shell:")
         print(f"  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN={cluster.env['RAY_AUTH_TOKEN']}")
         print(f"  sensorium-search run configs/search_tiny.yaml --address {cluster.address} --out ...")
-        print("Ctrl-C stops the cluster.", flush=True)
+        print("Ctrl-C (or SIGTERM) stops the cluster.", flush=True)
         try:
             while True:
                 time.sleep(3600)
