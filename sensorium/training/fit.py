@@ -106,6 +106,9 @@ def fit(
         generator.set_state(ckpt["torch_generator"])
         rng.bit_generator.state = ckpt["numpy_rng"]
         run.truncate_curves(stopper.epoch)
+        if not run.best.exists():  # resumed into a fresh folder (e.g. a restored Ray checkpoint)
+            payload = model_payload(best_state, cfg, meta, in_shape, stopper.best_epoch, stopper.best_score)
+            save_atomic(payload, run.best)
     else:
         stopper.start(_validation_corr(model, data, device, cfg.data.eval_batch_size))
         best_state = cpu_state(model)
