@@ -57,7 +57,7 @@ def run_search(spec: SearchSpec, run_dir: Path, *, address: str | None = None, p
         tuner = new_tuner(spec, run_dir, live_every_s=live_every_s)
         return _fit(tuner, run_dir, spec, "search")
     finally:
-        _shutdown(started)
+        release_ray(started)
 
 
 def resume_search(run_dir: Path, *, address: str | None = None, progress: bool = True) -> list[TrialRecord]:
@@ -71,7 +71,7 @@ def resume_search(run_dir: Path, *, address: str | None = None, progress: bool =
         _prepare_and_check(spec, spec.base, run_dir, progress)
         return _fit(restored_tuner(run_dir), run_dir, spec, "resumed search")
     finally:
-        _shutdown(started)
+        release_ray(started)
 
 
 def _prepare_and_check(spec: SearchSpec, base: ExperimentConfig, run_dir: Path, progress: bool) -> None:
@@ -112,7 +112,8 @@ def _with_base(spec: SearchSpec, base: ExperimentConfig) -> SearchSpec:
     return dataclasses.replace(spec, base=base)
 
 
-def _shutdown(started: bool) -> None:
+def release_ray(started: bool) -> None:
+    """Shut Ray down if ``ensure_ray`` started it (``started``); leave a caller's own Ray running."""
     if started:
         import ray
 

@@ -42,6 +42,7 @@ RANK_METRIC = "best_val_corr"  # trials are ranked (and Optuna is told) by their
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table reports trials
 
 
 def optuna_space(spec: SearchSpec) -> dict[str, optuna.distributions.BaseDistribution]:

@@ -111,3 +111,18 @@ def test_boundary_check_flags_a_best_value_at_the_edge(finished_run):
     assert any("train.lr" in line and "high end" in line for line in boundary_check(spec, best))
     best.params = {**best.params, "train.lr": (lr.low * lr.high) ** 0.5}  # the middle on a log scale
     assert not boundary_check(spec, best)
+
+
+def test_demo_smoke_runs_every_stage_and_scores_against_the_oracle(ray_session, tmp_path):
+    from search.demo import run_demo
+
+    summary = run_demo(tmp_path / "demo", smoke=True, seeds=2)
+    assert summary["trials"]["run"] == summary["trials"]["requested"] == 3
+    assert set(summary["seconds"]) == {"synth", "search", "export", "retrain", "baseline", "report", "total"}
+    table = summary["table"]
+    for label in ("oracle (noise-free truth)", "baseline, untuned (1 seed)", "tuned, seed 0", "tuned, ensemble of 2"):
+        assert label in table
+    assert Path(summary["report"]).is_file() and Path(summary["demo_md"]).is_file()
+    key = next(iter(summary["oracle"]))
+    assert (tmp_path / "demo" / "search" / "retrain" / key / "submission_file_final_test.csv").is_file()
+    assert (tmp_path / "demo" / "baseline" / key / "submission_file_live_test.csv").is_file()
