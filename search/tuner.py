@@ -161,6 +161,8 @@ def new_tuner(spec: SearchSpec, run_dir: Path, live_every_s: float = 20.0) -> tu
     """A Tuner for a fresh run folder; writes search.yaml and study.json first."""
     if (run_dir / "tuner.pkl").exists():
         raise UserError(f"{run_dir}: already holds a search; continue it with `resume {run_dir}` or pick --out")
+    if (run_dir / JOURNAL_FILE).exists():
+        raise UserError(f"{run_dir}: holds the Optuna study of a search that never started; delete it or pick --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     study_name = f"sensorium-search-{run_dir.name}"
     (run_dir / SEARCH_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
