@@ -91,19 +91,23 @@ class LiveTable(tune.Callback):
         at = "-" if epoch is None else int(epoch)
         self._line(f"trial {trial.trial_id} {verb} at epoch {at}, best val corr {best}{where}")
 
-    def print_table(self) -> None:
-        """Print all trials seen so far, best first."""
+    def print_table(self, top: int = 10) -> None:
+        """Print the running trials and the ``top`` best others, best first; the rest as one count."""
         self._last_print = time.monotonic()
         header = f"{'trial':<14}{'status':<9}{'epoch':>6}{'val_corr':>10}{'best':>9}{'@ep':>5}"
         lines = [header]
         order = sorted(self.rows.items(), key=lambda kv: -_num(kv[1].get("best_val_corr")))
-        for trial_id, row in order:
+        ended = [kv for kv in order if kv[1].get("status") != "running"]
+        shown = [kv for kv in order if kv[1].get("status") == "running" or kv in ended[:top]]
+        for trial_id, row in shown:
             epoch = row.get("epoch")
             lines.append(
                 f"{trial_id:<14}{row.get('status', ''):<9}{'-' if epoch is None else int(epoch):>6}"
                 f"{_fmt(row.get('val_corr')):>10}{_fmt(row.get('best_val_corr')):>9}"
                 f"{'-' if row.get('best_epoch') is None else int(row['best_epoch']):>5}"
             )
+        if len(shown) < len(order):
+            lines.append(f"... and {len(order) - len(shown)} more ended trials")
         print("\n".join(lines), file=self.stream or sys.stdout, flush=True)
 
     def _line(self, text: str) -> None:

@@ -122,7 +122,7 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
     counts = {s: sum(r.status == s for r in records) for s in ("done", "stopped", "error")}
     table = _table(tuned, baseline)
     summary = {
-        "smoke": smoke, "out": str(out), "search_run": str(run_dir), "search_file": str(spec_file),
+        "smoke": smoke, "out": str(out), "search_run": str(run_dir), "search_file": f"configs/{spec_file.name}",
         "trials": {"requested": spec.settings.num_trials, "run": len(records), **counts},
         "best": {k: provenance[k] for k in ("trial_id", "best_val_corr", "best_epoch", "config_hash", "searched")},
         "epoch_cap": cap, "seeds": seeds, "scores": {"tuned": tuned.get("scores"), "baseline": baseline.get("scores")},
@@ -189,6 +189,6 @@ def _markdown(summary: dict[str, Any], detail: str) -> str:
         "## Test scores of the competition scan (ground truth from the generator)", "",
         "```", summary["table"], "```", "",
         "## Every retrained model", "", "```", detail, "```", "",
-        f"Search report: {summary['report']}", "",
+        f"Search report: {Path(summary['report']).relative_to(summary['out'])}", "",
         "```yaml", yaml.safe_dump({"searched": b["searched"]}, sort_keys=False).strip(), "```", "",
     ])
