@@ -41,16 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
 def export_best(run_dir: Path, out: Path | None = None) -> Path:
     """Write the best trial's config with provenance; returns the file's path."""
-    from search.results import best_trial, load_trials
-    from search.space import parse_search
+    from search.results import best_trial, load_run
     from sensorium.runtime import git_sha, library_versions
 
-    run_dir = Path(run_dir).resolve()
-    search_file = run_dir / "search.yaml"
-    if not search_file.is_file():
-        raise UserError(f"{run_dir}: not a search run folder (search.yaml is missing)")
-    spec = parse_search(yaml.safe_load(search_file.read_text()), source=str(search_file))
-    records = load_trials(run_dir)
+    run_dir, spec, records = load_run(run_dir)
     best = best_trial(records)
     cfg = spec.resolve(best.params)
     provenance: dict[str, Any] = {

@@ -16,10 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from search.results import TrialRecord, load_trials
-from search.space import Param, SearchSpec, parse_search
+from search.results import TrialRecord, load_run
+from search.space import Param, SearchSpec
 from sensorium.errors import UserError
 
 HELP = "trials.csv, a markdown summary and plots of a search"
@@ -40,12 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write trials.csv, report.md and the PNGs; returns the output folder."""
-    run_dir = Path(run_dir).resolve()
-    search_file = run_dir / "search.yaml"
-    if not search_file.is_file():
-        raise UserError(f"{run_dir}: not a search run folder (search.yaml is missing)")
-    spec = parse_search(yaml.safe_load(search_file.read_text()), source=str(search_file))
-    records = load_trials(run_dir)
+    run_dir, spec, records = load_run(run_dir)
     if not records:
         raise UserError(f"{run_dir}: the search has no trials yet")
     out = Path(out) if out else run_dir / "report"

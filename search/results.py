@@ -10,12 +10,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from search.trainable import ran_to_end
 from sensorium.errors import UserError
+
+if TYPE_CHECKING:
+    from search.space import SearchSpec
 
 CURVE_KEYS = ("epoch", "train_loss", "val_corr", "best_val_corr", "best_epoch", "lr", "rss_mb", "private_mb")
 
@@ -53,6 +56,18 @@ def load_trials(run_dir: Path) -> list[TrialRecord]:
     max_t = _max_t(run_dir)
     records = [_record(trial, run_dir, max_t) for trial in analysis.trials]
     return sorted(records, key=lambda r: (not r.ranked, -(r.best_val_corr or 0.0) if r.ranked else 0.0, r.trial_id))
+
+
+def load_run(run_dir: Path) -> tuple[Path, SearchSpec, list[TrialRecord]]:
+    """The resolved run folder, its search spec (from the saved ``search.yaml``) and its trials, best first."""
+    from search.space import parse_search
+
+    run_dir = Path(run_dir).resolve()
+    search_file = run_dir / "search.yaml"
+    if not search_file.is_file():
+        raise UserError(f"{run_dir}: not a search run folder (search.yaml is missing)")
+    spec = parse_search(yaml.safe_load(search_file.read_text()), source=str(search_file))
+    return run_dir, spec, load_trials(run_dir)
 
 
 def best_trial(records: list[TrialRecord]) -> TrialRecord:

@@ -23,7 +23,7 @@ _EXPORTS = {
     "resolve_scan_paths": "sensorium.data.reader",
     "Scan": "sensorium.data.scan",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["Batch", "Scan", "ScanData", "load_data", "load_scan", "resolve_scan_paths"]  # = _EXPORTS
 
 if TYPE_CHECKING:
     from sensorium.data.cache import load_scan
