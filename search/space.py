@@ -37,7 +37,13 @@ _EXHAUSTIVE = 256  # integer ranges up to this many values are checked value by 
 # Searching these would let a study "tune" what should be fixed (playbook: keep the best checkpoint instead).
 _NOT_SEARCHABLE = {"train.max_epochs": "never tune the number of epochs; early stopping keeps the best one"}
 # A searched key is only read when its switch is on: searching it with the switch off searches nothing.
+# searched key (prefix) -> the switch that must be true for anything to read it
 _REQUIRES = {"model.shifter.": "model.shifter.enabled", "model.readout.gmp_": "model.readout.grid_mean_predictor"}
+# searched key -> the switch that must be false for anything to read it
+_EXCLUDED_BY = {
+    "model.readout.init_mu_range": "model.readout.grid_mean_predictor",  # positions come from the predictor
+    "model.core.gamma_hidden": "model.core.depth_separable",  # no group sparsity on depth-separable convs
+}
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,9 @@ def validate(spec: SearchSpec) -> None:
         for switch_prefix, switch in _REQUIRES.items():
             if p.key.startswith(switch_prefix) and p.key != switch and not get_value(spec.base, switch):
                 raise ConfigError(f"parameters.{p.key}: searched while {switch} is false, so nothing reads it")
+        switch = _EXCLUDED_BY.get(p.key)
+        if switch and get_value(spec.base, switch):
+            raise ConfigError(f"parameters.{p.key}: searched while {switch} is true, so nothing reads it")
         for value in p.edge_values():
             _try(spec.base, {p.key: value}, f"parameters.{p.key}")
     for end in ("low", "high"):  # interactions: every parameter at the same end at once

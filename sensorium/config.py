@@ -66,7 +66,7 @@ class CoreConfig:
     pad_input: bool = False  # 36x64 -> 28x56 with input_kern 9
     batch_norm: bool = True
     momentum: float = 0.9
-    input_regularizer: str = "LaplaceL2norm"
+    input_regularizer: Literal["LaplaceL2norm", "LaplaceL2", "GaussianLaplaceL2"] = "LaplaceL2norm"
     stack: int = -1  # read out only the last layer
 
     def __post_init__(self) -> None:
@@ -76,6 +76,11 @@ class CoreConfig:
                 raise ConfigError(f"model.core.{name}={getattr(self, name)}: expected an odd kernel size")
         if self.gamma_input < 0 or self.gamma_hidden < 0:
             raise ConfigError("model.core.gamma_input / gamma_hidden: expected values >= 0")
+        if not -self.layers <= self.stack < self.layers:
+            raise ConfigError(f"model.core.stack={self.stack}: expected a layer index in [-layers, layers) = "
+                              f"[{-self.layers}, {self.layers})")
+        if not 0.0 < self.momentum <= 1.0:
+            raise ConfigError(f"model.core.momentum={self.momentum}: expected 0 < value <= 1 (batch-norm momentum)")
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ class ReadoutConfig:
             raise ConfigError(f"model.readout.init_sigma={self.init_sigma}: expected a value > 0")
         if self.gamma_readout < 0:
             raise ConfigError(f"model.readout.gamma_readout={self.gamma_readout}: expected a value >= 0")
+        if self.gmp_hidden_layers < 0:
+            raise ConfigError(f"model.readout.gmp_hidden_layers={self.gmp_hidden_layers}: expected a value >= 0")
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,6 @@ class ShifterConfig:
     enabled: bool = True
     hidden_channels: int = 5
     layers: int = 3  # Linear(2,5)-Tanh-Linear(5,5)-Tanh-Linear(5,2)-Tanh
-    gamma_shifter: float = 0.0
 
     def __post_init__(self) -> None:
         _positive(self, "hidden_channels", "layers")
@@ -135,7 +141,7 @@ class TrainConfig:
     lr_decay_steps: int = 4  # lr-decay rounds before early stopping ends the run
     tolerance: float = 1e-6  # absolute improvement that counts
     min_lr: float = 1e-4
-    loss_scale: bool = True  # multiply the summed Poisson loss by sqrt(n_train_trials / batch_size)
+    loss_scale: bool = True  # multiply the summed Poisson loss by sqrt(n_trials_of_scan / batch_size)
     train_on_validation: bool = False  # also train on the validation tier (a recorded retrain choice)
     max_batches_per_epoch: int = 0  # 0 = all; >0 caps batches per scan and epoch (smoke runs)
     device: str = "auto"  # auto -> cuda if available else cpu; or cpu, cuda, cuda:1
@@ -148,6 +154,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr_decay_factor={self.lr_decay_factor}: expected 0 < value < 1")
         if self.max_batches_per_epoch < 0 or self.threads < 0:
             raise ConfigError("train.max_batches_per_epoch / train.threads: expected values >= 0")
+        if self.min_lr < 0 or self.tolerance < 0:
+            raise ConfigError("train.min_lr / train.tolerance: expected values >= 0")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,11 @@ def test_defaults_are_the_reference_values():
         ("data.batch_size=0", "data.batch_size=0: expected a value > 0"),
         ("model.core.input_kern=8", "expected an odd kernel size"),
         ("train.lr", "expected KEY=VALUE"),
+        ("model.core.stack=5", "model.core.stack=5: expected a layer index in [-layers, layers)"),
+        ("model.core.input_regularizer=foo", "expected one of ['LaplaceL2norm'"),
+        ("model.core.momentum=5", "model.core.momentum=5.0: expected 0 < value <= 1"),
+        ("train.min_lr=-1", "train.min_lr / train.tolerance: expected values >= 0"),
+        ("model.readout.gmp_hidden_layers=-1", "model.readout.gmp_hidden_layers=-1: expected a value >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

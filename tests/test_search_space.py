@@ -96,12 +96,29 @@ def test_invalid_search_is_refused_naming_the_key(changes, message):
 
 def test_a_range_end_the_config_rejects_is_refused_before_any_trial():
     """init_mu_range must lie in (0, 1]: a range reaching past 1 fails at validation, not in trial 7."""
-    raw = _search(**{"param:model.readout.init_mu_range": {"type": "uniform", "low": 0.1, "high": 1.0,
-                                                           "role": "nuisance"}})
+    free_grid = {"train": {"max_epochs": 6}, "model": {"readout": {"grid_mean_predictor": False}}}
+    raw = _search(base=free_grid, **{"param:model.readout.init_mu_range": {"type": "uniform", "low": 0.1,
+                                                                          "high": 1.0, "role": "nuisance"}})
     assert parse_search(raw).params[-1].high == 1.0
-    raw = _search(**{"param:model.readout.init_mu_range": {"type": "uniform", "low": 0.1, "high": 1.5,
-                                                           "role": "nuisance"}})
+    raw = _search(base=free_grid, **{"param:model.readout.init_mu_range": {"type": "uniform", "low": 0.1,
+                                                                          "high": 1.5, "role": "nuisance"}})
     with pytest.raises(ConfigError, match=r"parameters.model.readout.init_mu_range: the config rejects"):
+        parse_search(raw)
+
+
+@pytest.mark.parametrize(
+    "key, value, switch",
+    [
+        ("model.readout.init_mu_range", {"type": "uniform", "low": 0.1, "high": 0.5},
+         "model.readout.grid_mean_predictor is true"),
+        ("model.core.gamma_hidden", {"type": "loguniform", "low": 0.01, "high": 1.0},
+         "model.core.depth_separable is true"),
+    ],
+)
+def test_a_key_nothing_reads_under_the_base_config_is_refused(key, value, switch):
+    base = {"train": {"max_epochs": 6}, "model": {"core": {"depth_separable": True}}}
+    raw = _search(base=base, **{f"param:{key}": {**value, "role": "nuisance"}})
+    with pytest.raises(ConfigError, match=f"parameters.{key}: searched while {switch}, so nothing reads it"):
         parse_search(raw)
 
 
@@ -139,7 +156,7 @@ def test_default_search_varies_what_the_issue_asks_and_starts_from_the_baseline(
     assert {
         "model.core.layers", "model.core.hidden_channels", "model.core.input_kern", "model.core.hidden_kern",
         "model.core.depth_separable", "model.readout.samples", "model.readout.gauss_type",
-        "model.readout.init_sigma", "model.readout.init_mu_range", "model.core.gamma_input",
+        "model.readout.init_sigma", "model.core.gamma_input",
         "model.readout.gamma_readout", "train.lr", "data.batch_size",
     } <= keys
     baseline = load_config(CONFIGS / "sensorium_plus.yaml")

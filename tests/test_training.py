@@ -16,6 +16,7 @@ import yaml
 from sensorium import cli
 from sensorium.config import ExperimentConfig, load_config, set_value
 from sensorium.data import ScanData, load_data
+from sensorium.errors import UserError
 from sensorium.training import EarlyStopper, fit, load_model
 from sensorium.training.rundir import CURVE_FIELDS, RunDir
 
@@ -207,6 +208,26 @@ def test_nan_loss_raises_with_epoch_and_scan(tiny_cfg, tiny_scans, tmp_path):
     broken = ScanData(dataclasses.replace(good.scan, responses=responses), tiny_cfg.data.behavior_channels)
     with pytest.raises(FloatingPointError, match=f"epoch 1, scan {key}"):
         fit(tiny_cfg, tmp_path / "nan", data={key: broken}, progress=False)
+
+
+def test_training_on_validation_runs_exactly_max_epochs_and_keeps_the_last_weights(tiny_cfg, tiny_scans, tmp_path):
+    cfg = set_value(set_value(tiny_cfg, "train.train_on_validation", True), "train.max_epochs", 3)
+    cfg = set_value(cfg, "train.patience", 1)  # would stop or decay early if validation steered anything
+    result = fit(cfg, tmp_path / "tov", data=tiny_scans, progress=False)
+    curves = _curves(result.run_dir)
+    assert (result.epochs_run, result.best_epoch) == (3, 3)
+    assert [row["lr"] for row in curves] == [cfg.train.lr] * 3  # no lr decay
+    last = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(result.run_dir / "checkpoints" / "best.pt", weights_only=True)
+    for name, tensor in best["model"].items():
+        assert torch.equal(tensor, last["model"][name])
+
+
+def test_a_config_the_model_rejects_writes_no_run_folder(tiny_cfg, tiny_scans, tmp_path):
+    cfg = set_value(tiny_cfg, "model.core.input_kern", 41)  # larger than the 36 px images
+    with pytest.raises(UserError, match="does not fit the core"):
+        fit(cfg, tmp_path / "bad", data=tiny_scans, progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 # ---------------------------------------------------------------------------------------- command

@@ -129,6 +129,5 @@ def build_model(
             input_channels=2,  # horizontal, vertical pupil position
             hidden_channels_shifter=cfg.shifter.hidden_channels,
             shift_layers=cfg.shifter.layers,
-            gamma_shifter=cfg.shifter.gamma_shifter,
         )
     return SensoriumModel(core, readouts, shifter, elu_offset=cfg.elu_offset)

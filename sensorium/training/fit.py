@@ -77,11 +77,10 @@ def fit(
 
         data = load_data(cfg.data, progress=progress)
     in_shape = _check_data(cfg, data)
+    meta = scan_meta(data)
+    model = build_model(cfg.model, meta, in_shape).to(device)  # before the run folder: a bad config writes nothing
     run = RunDir(Path(run_dir))
     run.prepare(cfg, resume=resume is not None)
-
-    meta = scan_meta(data)
-    model = build_model(cfg.model, meta, in_shape).to(device)
     if cfg.train.channels_last:
         model.use_channels_last()
     generator = torch.Generator(device=device).manual_seed(cfg.seed)  # readout position draws
@@ -93,7 +92,13 @@ def fit(
         optimizer, mode="max", factor=t.lr_decay_factor, patience=t.patience,
         threshold=t.tolerance, threshold_mode="abs", min_lr=t.min_lr,
     )
-    stopper = EarlyStopper(t.patience, t.lr_decay_steps, t.tolerance, t.max_epochs)
+    if t.train_on_validation:
+        # Validation is training data here, so it cannot steer anything: no lr schedule, no early stopping;
+        # train exactly max_epochs (retrain sets it to the search's best epoch) and keep the last weights
+        # (a tolerance of -inf makes every finite epoch an "improvement").
+        stopper = EarlyStopper(t.max_epochs + 1, 1, -math.inf, t.max_epochs)
+    else:
+        stopper = EarlyStopper(t.patience, t.lr_decay_steps, t.tolerance, t.max_epochs)
 
     if resume is not None:
         ckpt = read_checkpoint(checkpoint_path(resume, "last.pt"))
@@ -120,7 +125,8 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         train_loss = _train_epoch(model, data, optimizer, cfg, rng, device, epoch, progress)
         val_corr = _validation_corr(model, data, device, cfg.data.eval_batch_size)
-        scheduler.step(val_corr)
+        if not t.train_on_validation:
+            scheduler.step(val_corr)
         step = stopper.step(val_corr)
         if step.improved:
             best_state = cpu_state(model)
@@ -137,9 +143,9 @@ def fit(
             best_model=best_state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
             stopper=stopper.state_dict(), torch_generator=generator.get_state(), numpy_rng=rng.bit_generator.state,
         )
-        save_atomic(last, run.last)
-        if step.improved:
+        if step.improved:  # best before last: a crash in between replays this epoch on resume
             save_atomic(model_payload(best_state, cfg, meta, in_shape, epoch, val_corr), run.best)
+        save_atomic(last, run.last)
         if report is not None:
             report(epoch, metrics, run.checkpoints)
         if progress:
