@@ -8,8 +8,8 @@ synthetic layout ``<gt>/<key>/ground_truth_<tier>.csv``), every file is scored; 
 beside the scores when ``<gt>/<key>/oracle.json`` exists. Everything goes to ``OUT/retrain.json``.
 
 ``--train-on-validation`` (a recorded choice) adds the validation tier to the training data; since early
-stopping on data the model trains on is meaningless, the number of epochs is then fixed to the search's
-best epoch (from the best config's provenance).
+stopping on data the model trains on is meaningless, fit then trains exactly ``train.max_epochs``, set to
+the search's best epoch (from the best config's provenance), with no lr schedule, keeping the last weights.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from sensorium.config import ExperimentConfig, config_hash, load_config, set_val
 from sensorium.errors import UserError
 
 HELP = "retrain the best config with several seeds, ensemble, write and score submissions"
-SUBMISSIONS = {"submission_file_live_test.csv": "test", "submission_file_final_test.csv": "final_test"}
-GROUND_TRUTH = {"test": "ground_truth_live_test.csv", "final_test": "ground_truth_final_test.csv"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +58,7 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
     from sensorium.data import load_data
     from sensorium.predict import predict
     from sensorium.runtime import resolve_device
-    from sensorium.submission import write_submission
+    from sensorium.submission import SUBMISSION_FILES, write_submission
     from sensorium.training.fit import fit
 
     if seeds < 1:
@@ -97,7 +95,7 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
                   "best_epoch": result.best_epoch, "epochs": result.epochs_run,
                   "seconds": round(time.perf_counter() - t0, 1), "files": {}}
         for key in competition:
-            for name, tier in SUBMISSIONS.items():
+            for name, tier in SUBMISSION_FILES.items():
                 pred = predict(result.model, scans[key], tier, device, cfg.data.eval_batch_size)
                 path = write_submission(seed_dir / "submission" / key / name, pred.trial_ids, pred.image_ids,
                                         pred.neuron_ids, pred.values, overwrite=True)
@@ -163,13 +161,13 @@ def find_ground_truth(cfg: ExperimentConfig) -> Path | None:
 
 def score_all_files(files: dict[str, str], gt: Path) -> dict[str, dict[str, dict[str, float]]]:
     """key -> tier -> scores, for every submission file whose ground truth exists under ``gt``."""
-    from sensorium.submission import score_files
+    from sensorium.submission import GROUND_TRUTH_FILES, SUBMISSION_FILES, score_files
 
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for rel, path in files.items():
         key, name = rel.split("/")
-        tier = SUBMISSIONS[name]
-        truth = gt / key / GROUND_TRUTH[tier]
+        tier = SUBMISSION_FILES[name]
+        truth = gt / key / GROUND_TRUTH_FILES[tier]
         if truth.is_file():
             scores.setdefault(key, {})[tier] = {k: float(v) for k, v in score_files(path, truth).items()}
     return scores

@@ -22,11 +22,6 @@ from sensorium.models import SensoriumModel
 
 HELP = "write the competition CSVs of a trained run for every competition scan"
 
-# official file name -> tier whose trials it holds (SENSORIUM.md §5)
-SUBMISSION_FILES = {
-    "submission_file_live_test.csv": "test",
-    "submission_file_final_test.csv": "final_test",
-}
 
 
 @dataclass
@@ -100,7 +95,7 @@ def write_submissions(
     overwrite: bool = False,
 ) -> list[Path]:
     """Write both official CSVs for every competition scan of ``data`` to ``out/<data_key>/``."""
-    from sensorium.submission import write_submission
+    from sensorium.submission import SUBMISSION_FILES, write_submission
 
     written = []
     competition = [key for key, scan in data.items() if scan.scan.is_competition]

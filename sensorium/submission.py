@@ -28,8 +28,10 @@ from sensorium.errors import UserError
 
 ID_COLUMNS = ("trial_indices", "image_ids", "neuron_ids")
 VALUE_COLUMNS = ("prediction", "responses")
-LIVE_TEST_FILE = "submission_file_live_test.csv"
-FINAL_TEST_FILE = "submission_file_final_test.csv"
+# official submission file name -> the tier whose trials it holds (SENSORIUM.md §5)
+SUBMISSION_FILES = {"submission_file_live_test.csv": "test", "submission_file_final_test.csv": "final_test"}
+# tier -> ground-truth file name (the synthetic generator's layout: <ground truth>/<data key>/<name>)
+GROUND_TRUTH_FILES = {"test": "ground_truth_live_test.csv", "final_test": "ground_truth_final_test.csv"}
 
 _INT = re.compile(r"^-?\d+$")
 
@@ -104,7 +106,7 @@ def write_submission(
     if column not in VALUE_COLUMNS:
         raise UserError(f"column must be one of {VALUE_COLUMNS}, got {column!r}")
     if path.exists() and not overwrite:
-        raise UserError(f"{path} exists; refusing to overwrite it (pass overwrite=True)")
+        raise UserError(f"{path} exists; refusing to overwrite it (use --force / overwrite=True)")
     trials = _id_strings(trial_ids, "trial ids")
     images = _int_ids(image_ids, "image ids")
     neurons = _int_ids(neuron_ids, "neuron ids")
@@ -243,6 +245,11 @@ def score_files(submission_csv: str | Path, ground_truth_csv: str | Path) -> dic
         raise UserError(
             f"{submission_csv}: {int(differ.sum())} trials carry other image ids than in {ground_truth_csv} "
             f"(e.g. trial {_examples(gt_trials[gt_rows][differ])})"
+        )
+    if len(gt_trials) < 2 or len(gt_neurons) < 1:
+        raise UserError(
+            f"{ground_truth_csv}: scores need at least 2 trials and 1 neuron, got {len(gt_trials)} trials and "
+            f"{len(gt_neurons)} neurons"
         )
     pred = pred[sub_rows][:, np.argsort(sub_neurons)]
     resp = resp[gt_rows][:, np.argsort(gt_neurons)]

@@ -206,3 +206,7 @@ def test_evaluate_command_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "1 trial ids missing" in err
     assert main(["evaluate", str(tmp_path / "nope.csv"), str(gt)]) == 2
     assert "no such file" in capsys.readouterr().err
+    one = [submission.write_submission(tmp_path / f"one_{n}.csv", trials[:1], images[:1], neurons, pred[:1],
+                                       column=c) for n, c in (("sub", "prediction"), ("gt", "responses"))]
+    assert main(["evaluate", str(one[0]), str(one[1])]) == 2
+    assert "scores need at least 2 trials and 1 neuron, got 1 trials" in capsys.readouterr().err

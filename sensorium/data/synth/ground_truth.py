@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from sensorium.data.normalization import response_precision
-from sensorium.submission import write_submission
+from sensorium.submission import GROUND_TRUTH_FILES, write_submission
 
-CSV_NAMES = {"test": "ground_truth_live_test.csv", "final_test": "ground_truth_final_test.csv"}
 
 
 def write_ground_truth(
@@ -43,7 +42,7 @@ def write_ground_truth(
     np.save(folder / "responses.npy", responses.astype(np.float32))
     np.save(folder / "expected.npy", expected.astype(np.float32))
     precision = response_precision(response_std)
-    for tier, name in CSV_NAMES.items():
+    for tier, name in GROUND_TRUTH_FILES.items():
         rows = np.flatnonzero(trials["tiers"] == tier)
         if len(rows):
             write_submission(
