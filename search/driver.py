@@ -62,14 +62,15 @@ def run_search(spec: SearchSpec, run_dir: Path, *, address: str | None = None, p
 
 def resume_search(run_dir: Path, *, address: str | None = None, progress: bool = True) -> list[TrialRecord]:
     """Continue an interrupted search: completed trials are kept, unfinished ones resume from checkpoints."""
-    from search.tuner import load_run_spec, restored_tuner
+    from search.space import load_run_spec
+    from search.tuner import restored_tuner
 
     run_dir = Path(run_dir).resolve()
     spec = load_run_spec(run_dir)
     started = ensure_ray(address, num_cpus=None)
     try:
         _prepare_and_check(spec, spec.base, run_dir, progress)
-        return _fit(restored_tuner(run_dir), run_dir, spec, "resumed search")
+        return _fit(restored_tuner(run_dir, spec), run_dir, spec, "resumed search")
     finally:
         release_ray(started)
 
@@ -93,7 +94,7 @@ def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str) -> list[Tria
     )
     start = time.perf_counter()
     tuner.fit()  # type: ignore[attr-defined]
-    records = load_trials(run_dir)
+    records = load_trials(run_dir, s.asha.max_t)
     counts = {status: sum(r.status == status for r in records) for status in ("done", "stopped", "error")}
     ended = sum(counts.values())
     if ended == len(records) and (ended >= s.num_trials or s.time_budget_s):

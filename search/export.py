@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from sensorium.config import BEST_CONFIG_KIND, ExperimentConfig, config_hash, save_config
 from sensorium.errors import UserError
@@ -73,10 +72,9 @@ def export_best(run_dir: Path, out: Path | None = None) -> Path:
 
 def read_best_config(path: Path) -> tuple[ExperimentConfig, dict[str, Any]]:
     """(config, provenance) of a best_config.yaml; UserError when the file is not one."""
-    from sensorium.config import load_config
+    from sensorium.config import load_config, read_yaml_mapping
 
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    prov = raw.get("provenance") if isinstance(raw, dict) else None
+    prov = read_yaml_mapping(path).get("provenance")
     if not isinstance(prov, dict) or prov.get("kind") != BEST_CONFIG_KIND:
         raise UserError(f"{path}: not a best_config.yaml written by `sensorium-search export`")
     return load_config(path), prov

@@ -10,15 +10,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import yaml
-
+from search.space import SearchSpec, load_run_spec
 from search.trainable import ran_to_end
 from sensorium.errors import UserError
-
-if TYPE_CHECKING:
-    from search.space import SearchSpec
 
 CURVE_KEYS = ("epoch", "train_loss", "val_corr", "best_val_corr", "best_epoch", "lr", "rss_mb", "private_mb")
 
@@ -45,29 +41,29 @@ class TrialRecord:
         return self.status in ("done", "stopped") and _finite(self.best_val_corr)
 
 
-def load_trials(run_dir: Path) -> list[TrialRecord]:
-    """Every trial of the run, best first (ranked trials by best_val_corr, then the others by id)."""
+def load_trials(run_dir: Path, max_t: int | None = None) -> list[TrialRecord]:
+    """Every trial of the run, best first (ranked trials by best_val_corr, then the others by id).
+
+    ``max_t``: ASHA's epoch cap (trials that reached it were not cut short); read from the run's
+    search.yaml when not given.
+    """
     from ray.tune import ExperimentAnalysis
 
     run_dir = Path(run_dir).resolve()
     if not list(run_dir.glob("experiment_state-*.json")):
         raise UserError(f"{run_dir}: no Ray Tune experiment state here (is it a search run folder?)")
     analysis = ExperimentAnalysis(str(run_dir))
-    max_t = _max_t(run_dir)
+    if max_t is None:
+        max_t = load_run_spec(run_dir).settings.asha.max_t
     records = [_record(trial, run_dir, max_t) for trial in analysis.trials]
     return sorted(records, key=lambda r: (not r.ranked, -(r.best_val_corr or 0.0) if r.ranked else 0.0, r.trial_id))
 
 
 def load_run(run_dir: Path) -> tuple[Path, SearchSpec, list[TrialRecord]]:
     """The resolved run folder, its search spec (from the saved ``search.yaml``) and its trials, best first."""
-    from search.space import parse_search
-
     run_dir = Path(run_dir).resolve()
-    search_file = run_dir / "search.yaml"
-    if not search_file.is_file():
-        raise UserError(f"{run_dir}: not a search run folder (search.yaml is missing)")
-    spec = parse_search(yaml.safe_load(search_file.read_text()), source=str(search_file))
-    return run_dir, spec, load_trials(run_dir)
+    spec = load_run_spec(run_dir)
+    return run_dir, spec, load_trials(run_dir, spec.settings.asha.max_t)
 
 
 def best_trial(records: list[TrialRecord]) -> TrialRecord:
@@ -77,12 +73,6 @@ def best_trial(records: list[TrialRecord]) -> TrialRecord:
         statuses = ", ".join(f"{r.trial_id}: {r.status}" for r in records) or "no trials"
         raise UserError(f"no trial finished with a validation score yet ({statuses})")
     return ranked[0]
-
-
-def _max_t(run_dir: Path) -> int:
-    """ASHA's max_t of the run (from search.yaml); trials that reached it were not cut short."""
-    raw = yaml.safe_load((run_dir / "search.yaml").read_text()) if (run_dir / "search.yaml").is_file() else {}
-    return int(((raw or {}).get("search") or {}).get("asha", {}).get("max_t", 10**9))
 
 
 def _record(trial: Any, run_dir: Path, max_t: int) -> TrialRecord:

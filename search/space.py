@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
 from search.settings import SearchSettings, build_settings, check_keys, number, plain_settings
-from sensorium.config import ExperimentConfig, field_types, get_value, set_value
-from sensorium.errors import ConfigError
+from sensorium.config import ExperimentConfig, field_types, get_value, read_yaml_mapping, set_value
+from sensorium.errors import ConfigError, UserError
+
+SEARCH_FILE = "search.yaml"  # the resolved search, saved in every run folder
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical")
 ROLES = ("scientific", "nuisance")
@@ -113,16 +114,19 @@ def resolve(base: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
 def load_search(path: str | Path) -> SearchSpec:
     """Read and validate a search file; errors name the file and the offending key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: search file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    raw = read_yaml_mapping(path, "search file")
     try:
         return parse_search(raw, base_dir=path.parent, source=str(path))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
+
+
+def load_run_spec(run_dir: Path) -> SearchSpec:
+    """The validated search of a run folder (``search.yaml``, written when the run started)."""
+    path = Path(run_dir) / SEARCH_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a search run folder ({SEARCH_FILE} is missing)")
+    return parse_search(read_yaml_mapping(path, "search file"), source=str(path))
 
 
 def parse_search(raw: Any, base_dir: Path = Path("."), source: str = "") -> SearchSpec:
@@ -201,7 +205,7 @@ def _load_base(raw: Any, base_dir: Path) -> ExperimentConfig:
         path = (base_dir / raw).resolve()
         if not path.is_file():
             raise ConfigError(f"base: config file {raw!r} not found (looked at {path})")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml_mapping(path)
         where = f"base ({path.name})"
     else:
         where = "base"

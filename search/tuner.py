@@ -28,11 +28,10 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search.callbacks import LiveTable, TensorBoardHParams
-from search.space import SearchSpec, parse_search
+from search.space import SEARCH_FILE, SearchSpec
 from search.trainable import train_trial
 from sensorium.errors import UserError
 
-SEARCH_FILE = "search.yaml"
 STUDY_FILE = "study.json"
 JOURNAL_FILE = "optuna_journal.log"
 RANK_METRIC = "best_val_corr"  # trials are ranked (and Optuna is told) by their best epoch, not their last
@@ -182,20 +181,13 @@ def new_tuner(spec: SearchSpec, run_dir: Path, live_every_s: float = 20.0) -> tu
     return tune.Tuner(make_trainable(spec), tune_config=tune_config, run_config=run_config(run_dir, spec, live_every_s))
 
 
-def restored_tuner(run_dir: Path) -> tune.Tuner:
-    """The Tuner of an interrupted run: finished trials are kept, unfinished ones resume from their latest
-    checkpoint, errored ones stay errored (a failure is a result), and the searcher keeps its history."""
-    spec = load_run_spec(run_dir)
+def restored_tuner(run_dir: Path, spec: SearchSpec) -> tune.Tuner:
+    """The Tuner of an interrupted run (``spec``: its saved search): finished trials are kept, unfinished ones
+    resume from their latest checkpoint, errored ones stay errored (a failure is a result), and the searcher
+    keeps its history."""
     if not tune.Tuner.can_restore(str(run_dir)):
         raise UserError(f"{run_dir}: no Ray Tune experiment state to resume (is it a search run folder?)")
     return tune.Tuner.restore(
         str(run_dir), trainable=make_trainable(spec), resume_unfinished=True, resume_errored=False
     )
 
-
-def load_run_spec(run_dir: Path) -> SearchSpec:
-    """The validated search of a run folder (search.yaml written when the run started)."""
-    path = run_dir / SEARCH_FILE
-    if not path.is_file():
-        raise UserError(f"{run_dir}: not a search run folder ({SEARCH_FILE} is missing)")
-    return parse_search(yaml.safe_load(path.read_text()), source=str(path))

@@ -185,17 +185,24 @@ class ExperimentConfig:
 BEST_CONFIG_KIND = "best_config"
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read an experiment YAML file, then apply ``key=value`` overrides."""
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The top-level mapping of a YAML file; ConfigError naming the file when missing, invalid or not a mapping."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read an experiment YAML file, then apply ``key=value`` overrides."""
+    path = Path(path)
+    raw = read_yaml_mapping(path)
     prov = raw.get("provenance")
     if isinstance(prov, dict) and prov.get("kind") == BEST_CONFIG_KIND:  # best_config.yaml of a search
         raw = {k: v for k, v in raw.items() if k != "provenance"}
