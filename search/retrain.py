@@ -56,7 +56,7 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
             progress: bool = True) -> dict[str, Any]:
     """Train, ensemble, write and score; returns what retrain.json holds."""
     from sensorium.data import load_data
-    from sensorium.predict import predict
+    from sensorium.predict import competition_keys, predict
     from sensorium.runtime import resolve_device
     from sensorium.submission import SUBMISSION_FILES, write_submission
     from sensorium.training.fit import fit
@@ -79,9 +79,7 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     scans = load_data(cfg.data, progress=progress)
-    competition = [key for key, scan in scans.items() if scan.scan.is_competition]
-    if not competition:
-        raise UserError(f"none of the scans {list(scans)} is a competition scan (one with a final_test tier)")
+    competition = competition_keys(scans)
     device = resolve_device(cfg.train.device)
 
     members: list[dict[str, Any]] = []

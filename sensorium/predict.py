@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +86,14 @@ def predict(
     )
 
 
+def competition_keys(data: Mapping[str, ScanData]) -> list[str]:
+    """Data keys of the competition scans (those with a final_test tier); UserError when there are none."""
+    keys = [key for key, scan in data.items() if scan.scan.is_competition]
+    if not keys:
+        raise UserError(f"none of the scans {list(data)} is a competition scan (one with a final_test tier)")
+    return keys
+
+
 def write_submissions(
     model: SensoriumModel,
     data: dict[str, ScanData],
@@ -98,10 +106,7 @@ def write_submissions(
     from sensorium.submission import SUBMISSION_FILES, write_submission
 
     written = []
-    competition = [key for key, scan in data.items() if scan.scan.is_competition]
-    if not competition:
-        raise UserError(f"none of the scans {list(data)} is a competition scan (one with a final_test tier)")
-    for key in competition:
+    for key in competition_keys(data):
         for name, tier in SUBMISSION_FILES.items():
             pred = predict(model, data[key], tier, device, batch_size)
             path = write_submission(
