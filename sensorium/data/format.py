@@ -34,7 +34,6 @@ NEURON_META = (
 )
 STATISTICS = ("mean", "std", "min", "max", "median")
 TIERS = ("train", "validation", "test", "final_test")
-OFFICIAL_IMAGE_SHAPE = (144, 256)
 DATASET_HASH = "94c6ff995dac583098847cfecd43e7b6"
 
 _NAME = re.compile(r"^static(?P<key>.+?)-GrayImageNet-(?P<hash>[0-9a-f]+)$")
