@@ -25,11 +25,11 @@ from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.summary import hparams
 
 from search.space import SearchSpec
-from search.trainable import ran_to_end
+from search.trainable import TRIAL_METRICS, ran_to_end
 
 # Scalars written per epoch; the first ones are the HParams table's metric columns.
 HPARAM_METRICS = ("best_val_corr", "val_corr", "best_epoch", "epoch")
-SCALARS = (*HPARAM_METRICS, "train_loss", "lr", "epoch_seconds", "rss_mb", "private_mb")
+SCALARS = tuple(dict.fromkeys((*HPARAM_METRICS, *TRIAL_METRICS)))  # every per-epoch metric, once
 
 
 def trial_hparams(spec: SearchSpec, params: dict[str, Any]) -> dict[str, Any]:

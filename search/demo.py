@@ -99,19 +99,19 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
 
     print(f"== retrain: best config x {seeds} seeds", flush=True)
     t = time.perf_counter()
-    tuned = retrain(best_file, out=run_dir / "retrain", seeds=seeds, progress=False)
+    tuned = retrain(best_file, out=run_dir / "retrain", seeds=seeds, progress=not smoke)
     stage("retrain", t)
 
     baseline_file = CONFIGS / ("tiny.yaml" if smoke else "sensorium_plus.yaml")
     cap = spec.base.train.max_epochs
     baseline_cfg = out / "baseline_config.yaml"
-    base = load_config(baseline_file, [f"train.max_epochs={cap}", f"train.channels_last={spec.base.train.channels_last}"])
+    base = load_config(baseline_file, [f"train.max_epochs={cap}"])
     for key, value in data.items():
         base = set_value(base, key, value)
     save_config(base, baseline_cfg)
     print(f"== baseline: {baseline_file.name} as is, but max_epochs capped at {cap} like the search", flush=True)
     t = time.perf_counter()
-    baseline = retrain(baseline_cfg, out=out / "baseline", seeds=1, progress=False)
+    baseline = retrain(baseline_cfg, out=out / "baseline", seeds=1, progress=not smoke)
     stage("baseline", t)
 
     t = time.perf_counter()
@@ -178,7 +178,7 @@ def _markdown(summary: dict[str, Any], detail: str) -> str:
     )
     cap = (
         f"- every model (search trials, retrain, baseline) is capped at {summary['epoch_cap']} epochs; the "
-        "baseline is the reference config with only that cap, data paths and channels_last changed"
+        "baseline is the reference config with only that cap and the data paths changed"
     )
     return "\n".join([
         "# sensorium-search demo" + (" (smoke)" if summary["smoke"] else ""), "",

@@ -13,11 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from search.space import SearchSpec, load_run_spec
-from search.trainable import ran_to_end
+from search.trainable import TRIAL_METRICS, ran_to_end
 from sensorium.errors import UserError
-
-CURVE_KEYS = ("epoch", "train_loss", "val_corr", "best_val_corr", "best_epoch", "lr", "rss_mb", "private_mb")
-
 
 @dataclass
 class TrialRecord:
@@ -115,7 +112,7 @@ def _read_curve(result_json: Path) -> list[dict[str, float]]:
             continue
         result = json.loads(line)
         if "epoch" in result:
-            rows[int(result["epoch"])] = {k: result[k] for k in CURVE_KEYS if k in result}
+            rows[int(result["epoch"])] = {k: result[k] for k in TRIAL_METRICS if k in result}
     return [rows[e] for e in sorted(rows)]
 
 

@@ -1,15 +1,29 @@
 """The thin Ray Tune adapter of ``sensorium.training.fit``: one trial = one fit with a report callback.
 
 ``fit`` knows nothing of Ray. Here its per-epoch ``report(epoch, metrics, checkpoint_dir)`` becomes
-``ray.tune.report(metrics, checkpoint=...)``, a trial restarted after a driver crash resumes from
-``ray.tune.get_checkpoint()``, and torch's thread count follows the trial's CPU allocation (a reused Ray
-worker may keep an old one).
+``ray.tune.report(metrics, checkpoint=...)`` (a checkpoint only on the epochs fit wrote one: by time, at
+the end of an lr-decay round, and at every ASHA rung, where the scheduler may stop the trial), a trial
+restarted after a driver crash resumes from ``ray.tune.get_checkpoint()``, and torch's thread count
+follows the trial's CPU allocation (a reused Ray worker may keep an old one).
+
+fit's checkpoints go to a scratch folder outside the trial's working directory: Tune copies each reported
+checkpoint to storage itself, and the working directory is synced there too (fit's config.yaml,
+curves.csv, ...), so checkpoints inside it would be copied twice.
+
+``train_seed`` is the same adapter for one seed of ``retrain`` (a plain Ray task). Both run on the GPU Ray
+assigned them, or on the CPU when given none (``on_assigned_gpu``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +33,21 @@ from ray import tune
 
 from search.space import resolve
 from sensorium.config import ExperimentConfig, set_value
+from sensorium.runtime import assigned_device, cap_gpu_memory
+from sensorium.training.rundir import CURVE_FIELDS
 
-# Per-epoch metrics a trial reports (fit's keys; the process memory of the trial is added).
-REPORTED = ("epoch", "train_loss", "val_corr", "best_val_corr", "best_epoch", "lr", "epoch_seconds")
+# What a trial reports per epoch: fit's metrics and the trial process's memory (memory_mb).
+TRIAL_METRICS = (*CURVE_FIELDS, "rss_mb", "private_mb")
 FIT_DONE_FILE = "fit_result.json"  # written when fit returns by itself; absent when Tune stopped the trial
 
 
-def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float) -> None:
-    """Ray Tune function trainable. ``params``: sampled values by dotted key; ``base``: the base config.
+def train_trial(
+    params: dict[str, Any], base: dict[str, Any], cpus: float, checkpoint_epochs: Collection[int] = (),
+    gpus: float = 0.0,
+) -> None:
+    """Ray Tune function trainable. ``params``: sampled values by dotted key; ``base``: the base config;
+    ``checkpoint_epochs``: epochs that must end with a checkpoint (the scheduler's rungs); ``cpus``,
+    ``gpus``: the trial's resources (``gpus`` in cards: a fraction shares one card).
 
     Any exception (fit raises FloatingPointError on a non-finite loss) fails the trial; Tune records it.
     """
@@ -36,22 +57,77 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float) -> No
     torch.set_num_threads(threads)
     cfg = resolve(ExperimentConfig.from_dict(base), params)
     cfg = set_value(cfg, "train.threads", threads)  # a runtime field: fit sets it, resume accepts a change
-    if cfg.train.device == "auto" and not ray.get_gpu_ids():
-        # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a trial given no GPU: "auto" would take one anyway.
-        cfg = set_value(cfg, "train.device", "cpu")
+    cfg = on_assigned_gpu(cfg, gpus, "gpus_per_trial")
     # Tune runs each trial in its own working directory and syncs it to the trial folder of the run
     # (SyncConfig(sync_artifacts=True)), so fit's config.yaml, curves.csv, ... land next to Tune's files.
     run_dir = Path.cwd()
     resume = _restored_checkpoint()
 
-    def report(epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        out = {k: float(metrics[k]) for k in REPORTED if k in metrics}
+    def report(epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        out = {k: float(metrics[k]) for k in CURVE_FIELDS if k in metrics}
         out.update(memory_mb())
-        tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        tune.report(out, checkpoint=checkpoint)
 
-    result = fit(cfg, run_dir, report=report, resume=resume, progress=False)
+    scratch = Path(tempfile.mkdtemp(prefix="sensorium-checkpoints-"))
+    try:
+        result = fit(cfg, run_dir, report=report, resume=resume, progress=False, checkpoint_dir=scratch,
+                     checkpoint_epochs=set(checkpoint_epochs))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     summary = {"best_val_corr": result.best_val_corr, "best_epoch": result.best_epoch, "epochs": result.epochs_run}
     (run_dir / FIT_DONE_FILE).write_text(json.dumps(summary))
+
+
+def train_seed(cfg_dict: dict[str, Any], seed_dir: str, cpus: float, gpus: float, progress: bool) -> dict[str, Any]:
+    """One ensemble member, a Ray task given ``cpus`` CPUs (its torch threads) and ``gpus`` GPUs: fit the
+    config (its ``seed`` set) into ``seed_dir`` on data mapped from the cache, then write its submissions.
+    ``progress``: one line per epoch on stderr (Ray shows it in the driver's output).
+
+    Returns ``member`` (its retrain.json entry), ``predictions`` ((data key, file name) -> Predictions of
+    that file's tier of each competition scan, values (trials, neurons)), ``started`` (Unix time),
+    ``device`` (train.device as run) and ``host``.
+    """
+    from sensorium.data import load_data
+    from sensorium.predict import competition_keys, predict
+    from sensorium.runtime import resolve_device
+    from sensorium.submission import SUBMISSION_FILES, write_submission
+    from sensorium.training.fit import fit
+
+    started, t0 = time.time(), time.perf_counter()
+    cfg = set_value(ExperimentConfig.from_dict(cfg_dict), "train.threads", max(1, int(cpus)))
+    cfg = on_assigned_gpu(cfg, gpus, "--gpus-per-seed")
+    scans = load_data(cfg.data, progress=False)
+    def report(epoch: int, metrics: dict[str, float], _checkpoint_dir: Path | None) -> None:
+        if progress:
+            print(f"seed {cfg.seed}: epoch {epoch}/{cfg.train.max_epochs} val_corr {metrics['val_corr']:.4f} "
+                  f"(best {metrics['best_val_corr']:.4f}) {metrics['epoch_seconds']:.0f} s", file=sys.stderr,
+                  flush=True)
+
+    result = fit(cfg, Path(seed_dir), data=scans, report=report, progress=False)
+    member = {"seed": cfg.seed, "run_dir": seed_dir, "best_val_corr": result.best_val_corr,
+              "best_epoch": result.best_epoch, "epochs": result.epochs_run,
+              "seconds": round(time.perf_counter() - t0, 1), "files": {}}
+    device = resolve_device(cfg.train.device)
+    predictions = {}
+    for key in competition_keys(scans):
+        for name, tier in SUBMISSION_FILES.items():
+            pred = predict(result.model, scans[key], tier, device, cfg.data.eval_batch_size)
+            path = write_submission(Path(seed_dir) / "submission" / key / name, pred.trial_ids, pred.image_ids,
+                                    pred.neuron_ids, pred.values, overwrite=True)
+            member["files"][f"{key}/{name}"] = str(path)
+            predictions[(key, name)] = pred
+    return {"member": member, "predictions": predictions, "started": started, "device": cfg.train.device,
+            "host": platform.node()}
+
+
+def on_assigned_gpu(cfg: ExperimentConfig, gpus: float, setting: str) -> ExperimentConfig:
+    """``cfg`` with train.device set to what this Ray worker was given (``runtime.assigned_device``: cuda:0
+    for the assigned card, cpu without one), and on a card shared with others (0 < ``gpus`` < 1) the
+    process's GPU memory capped at its share. ``setting`` names the option that gives GPUs, for errors."""
+    device = assigned_device(cfg.train.device, ray.get_gpu_ids(), setting)
+    cap_gpu_memory(gpus, device)
+    return set_value(cfg, "train.device", device)
 
 
 def _restored_checkpoint() -> Path | None:

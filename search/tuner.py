@@ -121,10 +121,23 @@ def make_scheduler(spec: SearchSpec) -> ASHAScheduler:
     )
 
 
+def asha_rungs(spec: SearchSpec) -> list[int]:
+    """The epochs at which ASHA compares (and may stop) a trial: grace_period * reduction_factor**k < max_t,
+    and max_t, where every trial stops."""
+    a = spec.settings.asha
+    rungs, t = [], a.grace_period
+    while t < a.max_t:
+        rungs.append(int(t))
+        t *= a.reduction_factor
+    return [*rungs, a.max_t]
+
+
 def make_trainable(spec: SearchSpec) -> Any:
-    """``train_trial`` bound to the base config and wrapped with the per-trial resources."""
+    """``train_trial`` bound to the base config and wrapped with the per-trial resources; it checkpoints at
+    every ASHA rung, so a trial the scheduler stops keeps the weights of its last reported epoch."""
     s = spec.settings
-    bound = tune.with_parameters(train_trial, base=spec.base.to_dict(), cpus=s.cpus_per_trial)
+    bound = tune.with_parameters(train_trial, base=spec.base.to_dict(), cpus=s.cpus_per_trial,
+                                 checkpoint_epochs=asha_rungs(spec), gpus=s.gpus_per_trial)
     return tune.with_resources(bound, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
 
 

@@ -19,6 +19,7 @@ import torch
 from sensorium.data import ScanData
 from sensorium.errors import UserError
 from sensorium.models import SensoriumModel
+from sensorium.runtime import eval_batch_size
 
 HELP = "write the competition CSVs of a trained run for every competition scan"
 
@@ -47,12 +48,13 @@ def predict(
     data: ScanData,
     tiers: str | Sequence[str],
     device: torch.device,
-    batch_size: int = 64,
+    batch_size: int = 0,
 ) -> Predictions:
     """Predict every trial of ``tiers`` of one scan: eval mode (readouts at their means), no grad.
 
-    Runs in chunks of ``batch_size`` trials (about 64 is fastest on CPU); the model's train/eval mode is
-    restored afterwards.
+    Runs in chunks of ``batch_size`` trials (0: the fastest for the device, ``runtime.eval_batch_size``);
+    the recorded responses come from the host copy, never through the device. The model's train/eval
+    mode is restored afterwards.
     """
     if data.key not in model.readout:
         raise UserError(f"scan {data.key} is not one of this model's scans {model.data_keys}")
@@ -64,12 +66,12 @@ def predict(
         )
     was_training = model.training
     model.eval()
-    values, responses, rows = [], [], []
+    values, rows = [], []
     with torch.no_grad():
-        for batch in data.batches(tiers, batch_size, rng=None, device=device):
-            out = model(batch.images, data.key, batch.pupil_center)  # (B, n)
+        chunk = eval_batch_size(batch_size, device)
+        for batch in data.batches(tiers, chunk, rng=None, device=device, responses=False):
+            out = model(batch.images, data.key, batch.pupil_center, batch.channel_behavior)  # (B, n)
             values.append(out.float().cpu().numpy())
-            responses.append(batch.responses.cpu().numpy())
             rows.append(batch.rows)
     model.train(was_training)
     if not rows:
@@ -82,7 +84,7 @@ def predict(
         neuron_ids=np.asarray(data.unit_ids),
         rows=row_idx,
         values=np.concatenate(values),
-        responses=np.concatenate(responses),
+        responses=data.normalised_responses(row_idx),
     )
 
 
@@ -99,7 +101,7 @@ def write_submissions(
     data: dict[str, ScanData],
     out: Path,
     device: torch.device,
-    batch_size: int = 64,
+    batch_size: int = 0,
     overwrite: bool = False,
 ) -> list[Path]:
     """Write both official CSVs for every competition scan of ``data`` to ``out/<data_key>/``."""

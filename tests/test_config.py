@@ -47,7 +47,9 @@ def test_defaults_are_the_reference_values():
         ("model.core.stack=5", "model.core.stack=5: expected a layer index in [-layers, layers)"),
         ("model.core.input_regularizer=foo", "expected one of ['LaplaceL2norm'"),
         ("model.core.momentum=5", "model.core.momentum=5.0: expected 0 < value <= 1"),
-        ("train.min_lr=-1", "train.min_lr / train.tolerance: expected values >= 0"),
+        ("train.min_lr=-1", "train.min_lr=-1.0: expected a value >= 0"),
+            ("train.checkpoint_every_s=-5", "train.checkpoint_every_s=-5.0: expected a value >= 0"),
+            ("train.channels_last=maybe", "train.channels_last='maybe'"),
         ("model.readout.gmp_hidden_layers=-1", "model.readout.gmp_hidden_layers=-1: expected a value >= 0"),
     ],
 )

@@ -12,6 +12,7 @@ from neuralpredictors.layers.readouts import FullGaussian2d
 
 from sensorium.config import ExperimentConfig, ModelConfig, apply_overrides
 from sensorium.models import KSampleGaussian2d, ScanMeta, build_model
+from sensorium.models.builder import core_arguments
 
 IN_SHAPE = (6, 9, 11)  # (C, H, W) of a small feature map
 N_NEURONS = 7
@@ -187,3 +188,71 @@ def test_build_model_rejects_an_image_smaller_than_the_input_kernel():
 def test_scan_meta_checks_coordinates_shape():
     with pytest.raises(ValueError, match="cell_motor_coordinates"):
         ScanMeta(3, np.zeros((2, 3)))
+
+
+# ------------------------------------------------------------------------------- the core's fast forward
+def _library_forward(core, images: torch.Tensor) -> torch.Tensor:
+    """neuralpredictors' own Stacked2dCore.forward on the same modules: the plain path."""
+    from neuralpredictors.layers.cores import Stacked2dCore
+
+    return Stacked2dCore.forward(core, images)
+
+
+@pytest.mark.parametrize("overrides", [
+    [],  # the baseline: no input padding, behaviour folded into the first layer
+    ["model.core.pad_input=true"],  # padded: the channels are built as images
+    ["model.core.stack=-2", "model.core.depth_separable=false"],  # two layers read out, plain convolutions
+    ["model.core.linear=true", "model.core.layers=3"],  # the LN baseline's core
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_core_computes_the_library_core(overrides, channels_last):
+    """Same outputs and gradients as the library's forward on materialised behaviour channels, in train and
+    eval mode, in both memory layouts; state-dict keys unchanged. In float64, so that the comparison tests
+    the function and not the order of float32 sums (batch norm's backward cancels large terms)."""
+    cfg = apply_overrides(BASE, overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, META, (4, 36, 64)).double()
+    if channels_last:
+        model.use_channels_last()
+    core = model.core
+    images, behavior = torch.randn(3, 1, 36, 64, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
+    full = torch.cat([images, behavior[:, :, None, None].expand(-1, -1, 36, 64)], dim=1)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for train in (True, False):
+        core.train(train)
+        expected = _library_forward(core, full.contiguous(memory_format=layout))
+        (expected ** 2).sum().backward()
+        expected_grad = core.features[0].conv.weight.grad.clone()
+        core.zero_grad()
+        got = core(images.contiguous(memory_format=layout), behavior)
+        (got ** 2).sum().backward()
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(core.features[0].conv.weight.grad, expected_grad, rtol=1e-8, atol=1e-8)
+        core.zero_grad()
+    from neuralpredictors.layers.cores import Stacked2dCore
+
+    library = Stacked2dCore(**core_arguments(cfg.model.core, 4))
+    assert list(library.state_dict()) == list(core.state_dict())
+
+
+def test_model_with_behaviour_apart_equals_model_on_the_full_input():
+    torch.manual_seed(0)
+    model = build_model(BASE.model, META, (4, 36, 64)).eval()
+    images, behavior, pupil = torch.randn(3, 1, 36, 64), torch.randn(3, 2 + 1), torch.randn(3, 2)
+    full = torch.cat([images, behavior[:, :, None, None].expand(-1, -1, 36, 64)], dim=1)
+    torch.testing.assert_close(model(images, "scan-a", pupil, behavior), model(full, "scan-a", pupil),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="expects 4 input channels, got 1 image \\+ 2"):
+        model(images, "scan-a", pupil, behavior[:, :2])
+
+
+def test_bf16_autocast_is_opt_in_and_returns_float32_rates():
+    torch.manual_seed(0)
+    model = build_model(BASE.model, META, (4, 36, 64)).eval()
+    images, behavior, pupil = torch.randn(3, 1, 36, 64), torch.randn(3, 3), torch.randn(3, 2)
+    plain = model(images, "scan-a", pupil, behavior)
+    model.autocast = torch.bfloat16
+    low = model(images, "scan-a", pupil, behavior)
+    assert plain.dtype == low.dtype == torch.float32
+    assert not torch.equal(plain, low)  # bf16 arithmetic: close, not equal
+    torch.testing.assert_close(low, plain, rtol=0.05, atol=0.05)

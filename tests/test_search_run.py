@@ -126,6 +126,9 @@ def test_interrupted_search_resumes_to_exactly_the_requested_trials(tiny_data, t
     search_file = tmp_path / "search.yaml"
     raw = yaml.safe_load((ROOT / "configs" / "search_tiny.yaml").read_text())
     raw["base"] = str((ROOT / "configs" / raw["base"]).resolve())
+    # trials long enough (12 epochs, none stopped early) that the second one is still running when it is killed
+    raw["overrides"]["train.max_epochs"] = 12
+    raw["search"]["asha"] = {"grace_period": 12, "reduction_factor": 2, "max_t": 12}
     search_file.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "run"
     args = ["run", str(search_file), "--data", str(tiny_data.data_dir), "--out", str(run_dir),

@@ -81,7 +81,7 @@ def test_batch_objective_is_the_scaled_neuralpredictors_poisson_loss_plus_penalt
     model = build_model(load_config(TINY).model, scan_meta(tiny_scans), scan.in_shape).eval()
     batch = next(scan.batches("train", 16))
     with torch.no_grad():
-        out = model(batch.images, key, batch.pupil_center)
+        out = model(batch.images, key, batch.pupil_center, batch.channel_behavior)
         expected = math.sqrt(1000 / 16) * PoissonLoss(avg=False)(out, batch.responses) + model.regularizer(key)
         got = batch_objective(model, key, batch, n_trials=1000, loss_scale=True)
         torch.testing.assert_close(got, expected)
@@ -108,15 +108,18 @@ def tiny_run(tiny_cfg, tiny_scans, tmp_path_factory):
     calls = []
 
     def report(epoch, metrics, checkpoint_dir):
-        calls.append((epoch, dict(metrics), sorted(p.name for p in checkpoint_dir.iterdir())))
+        calls.append((epoch, dict(metrics), sorted(p.name for p in checkpoint_dir.iterdir())))  # tiny: every epoch
 
     run_dir = tmp_path_factory.mktemp("run") / "a"
     result = fit(tiny_cfg, run_dir, data=tiny_scans, report=report, progress=False)
     return result, calls
 
 
+TIMES = ("epoch_seconds", "train_seconds", "data_seconds")
+
+
 def _curves(run_dir: Path) -> list[dict[str, float]]:
-    return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in RunDir(run_dir).read_curves()]
+    return [{k: v for k, v in row.items() if k not in TIMES} for row in RunDir(run_dir).read_curves()]
 
 
 def test_fit_writes_a_self_describing_run_dir(tiny_run, tiny_cfg, tiny_data):
@@ -129,12 +132,14 @@ def test_fit_writes_a_self_describing_run_dir(tiny_run, tiny_cfg, tiny_data):
     rows = run.read_curves()
     assert [int(r["epoch"]) for r in rows] == list(range(1, result.epochs_run + 1))
     assert result.epochs_run == tiny_cfg.train.max_epochs
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"]  # it learns (the tiny data is too small for more)
+    assert min(r["train_loss"] for r in rows[1:]) < rows[0]["train_loss"]  # it learns (tiny data: no more)
     assert math.isfinite(result.best_val_corr) and result.best_val_corr == rows[result.best_epoch - 1]["val_corr"]
 
     # report: once per epoch, after both checkpoints exist, with the contract's metric keys
     assert [c[0] for c in calls] == list(range(1, result.epochs_run + 1))
-    assert all(set(c[1]) == set(CURVE_FIELDS) for c in calls)
+    assert all(set(c[1]) == set(CURVE_FIELDS) - {"peak_gpu_memory_mb"} for c in calls)  # that one: GPUs only
+    assert all(0 <= c[1]["data_seconds"] <= c[1]["train_seconds"] <= c[1]["epoch_seconds"] for c in calls)
+    assert json.loads(run.provenance.read_text())["device"] == {"type": "cpu"}
     assert all({"best.pt", "last.pt"} <= set(c[2]) for c in calls)
 
     metrics = json.loads(run.metrics.read_text())
@@ -158,8 +163,8 @@ def test_best_checkpoint_loads_with_weights_only_and_rebuilds_the_model(tiny_run
     assert cfg == tiny_cfg and not model.training
     batch = next(tiny_scans[model.data_keys[0]].batches("validation", 16))
     with torch.no_grad():
-        expected = result.model(batch.images, model.data_keys[0], batch.pupil_center)
-        assert torch.equal(model(batch.images, model.data_keys[0], batch.pupil_center), expected)
+        expected = result.model(batch.images, model.data_keys[0], batch.pupil_center, batch.channel_behavior)
+        assert torch.equal(model(batch.images, model.data_keys[0], batch.pupil_center, batch.channel_behavior), expected)
 
 
 def test_same_seed_same_curves(tiny_run, tiny_cfg, tiny_scans, tmp_path):
@@ -189,6 +194,40 @@ def test_resume_from_last_checkpoint_continues_exactly(tiny_run, tiny_cfg, tiny_
     assert _curves(run_dir) == _curves(result.run_dir)
     assert resumed.best_epoch == result.best_epoch
     for (name, a), b in zip(result.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoints_by_time_at_given_epochs_and_at_the_end(tiny_cfg, tiny_scans, tmp_path):
+    """checkpoint_every_s: between checkpoints report gets None; given epochs and the last one always get one,
+    and a resume from such a checkpoint replays the epochs after it to the same result."""
+    cfg = set_value(set_value(tiny_cfg, "train.checkpoint_every_s", 3600.0), "train.patience", 10)  # no decay
+    seen = []
+
+    def report(epoch, metrics, checkpoint_dir):
+        seen.append((epoch, checkpoint_dir is not None))
+        if checkpoint_dir is not None:
+            last = torch.load(checkpoint_dir / "last.pt", weights_only=True)
+            best = torch.load(checkpoint_dir / "best.pt", weights_only=True)
+            assert last["epoch"] == epoch and best["epoch"] == metrics["best_epoch"]
+            assert all(t.device.type == "cpu" for s in last["optimizer"]["state"].values() for t in s.values()
+                       if isinstance(t, torch.Tensor))
+
+    run_dir = tmp_path / "interval"
+    again = fit(cfg, run_dir, data=tiny_scans, report=report, progress=False, checkpoint_epochs={1})
+    assert seen == [(1, True), (2, False), (3, True)]
+
+    class Killed(Exception):
+        pass
+
+    def die_in_epoch_2(epoch, metrics, checkpoint_dir):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):  # killed after epoch 2, whose state was never written: last.pt is epoch 1's
+        fit(cfg, tmp_path / "k", data=tiny_scans, report=die_in_epoch_2, progress=False, checkpoint_epochs={1})
+    resumed = fit(cfg, tmp_path / "k", data=tiny_scans, resume=tmp_path / "k", progress=False)
+    assert _curves(tmp_path / "k") == _curves(run_dir)
+    for (name, a), b in zip(again.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -54,28 +54,33 @@ def scan_meta(data: Mapping[str, ScanData]) -> dict[str, ScanMeta]:
     }
 
 
+def core_arguments(cfg: CoreConfig, input_channels: int) -> dict[str, Any]:
+    """The keyword arguments of neuralpredictors' ``Stacked2dCore`` for ``cfg`` (SENSORIUM+ baseline settings)."""
+    return dict(
+        input_channels=input_channels,
+        hidden_channels=cfg.hidden_channels,
+        input_kern=cfg.input_kern,
+        hidden_kern=cfg.hidden_kern,
+        layers=cfg.layers,
+        gamma_input=cfg.gamma_input,
+        gamma_hidden=cfg.gamma_hidden,
+        bias=False,  # the reference core has no conv biases (batch norm carries them)
+        momentum=cfg.momentum,
+        pad_input=cfg.pad_input,
+        batch_norm=cfg.batch_norm,
+        laplace_padding=None,  # half the Laplace kernel: no border artefacts (library recommendation)
+        input_regularizer=cfg.input_regularizer,
+        stack=cfg.stack,
+        depth_separable=cfg.depth_separable,
+        linear=cfg.linear,
+    )
+
+
 def build_core(cfg: CoreConfig, input_channels: int) -> Core:
-    """The shared ``Stacked2dCore`` (SENSORIUM+ baseline settings, see CoreConfig)."""
+    """The shared core: ``Stacked2dCore`` with :func:`core_arguments`, and the faster forward of :class:`Core`."""
     with warnings.catch_warnings():  # the library warns on every build that it averages the Laplace penalty
         warnings.filterwarnings("ignore", message="The averaged value of regularizer will be used")
-        return Core(
-            input_channels=input_channels,
-            hidden_channels=cfg.hidden_channels,
-            input_kern=cfg.input_kern,
-            hidden_kern=cfg.hidden_kern,
-            layers=cfg.layers,
-            gamma_input=cfg.gamma_input,
-            gamma_hidden=cfg.gamma_hidden,
-            bias=False,  # the reference core has no conv biases (batch norm carries them)
-            momentum=cfg.momentum,
-            pad_input=cfg.pad_input,
-            batch_norm=cfg.batch_norm,
-            laplace_padding=None,  # half the Laplace kernel: no border artefacts (library recommendation)
-            input_regularizer=cfg.input_regularizer,
-            stack=cfg.stack,
-            depth_separable=cfg.depth_separable,
-            linear=cfg.linear,
-        )
+        return Core(**core_arguments(cfg, input_channels))
 
 
 def core_output_shape(core: nn.Module, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:

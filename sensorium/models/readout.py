@@ -106,7 +106,9 @@ class KSampleGaussian2d(FullGaussian2d):
             offset = torch.einsum("ancd,bnid->bnic", self.sigma, norm)  # (B, n, K, 2) = L @ z
         else:
             offset = norm * self.sigma
-        return torch.clamp(offset + mu, min=-1, max=1)
+        # einsum leaves the batch dimension innermost in memory; grid_sample on CPU is ~9x slower on such a
+        # grid than on a contiguous one (same values either way)
+        return torch.clamp(offset + mu, min=-1, max=1).contiguous()
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, sample: bool | None = None, shift: torch.Tensor | None = None
@@ -128,7 +130,9 @@ class KSampleGaussian2d(FullGaussian2d):
         y = F.grid_sample(x, grid[:, :, :1], align_corners=self.align_corners)  # (B, C, n, 1)
         for i in range(1, k):
             y = y + F.grid_sample(x, grid[:, :, i : i + 1], align_corners=self.align_corners)
-        y = y.squeeze(-1) / k  # (B, C, n); exactly the K = 1 readout when k = 1
+        y = y.squeeze(-1)  # (B, C, n)
+        if k > 1:
+            y = y / k
         feat = self.features.view(1, channels, self.outdims)  # (1, C, n)
         y = (y * feat).sum(dim=1)  # (B, n)
         if self.bias is not None:

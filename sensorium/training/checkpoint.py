@@ -7,8 +7,8 @@ weights_only=True)`` reads them:
   weights), ``scan_meta`` (data key -> {n_neurons, cell_motor_coordinates (n, 3)}), ``in_shape`` [C, H, W],
   ``epoch`` (the best epoch) and ``val_corr``. It alone rebuilds the model (:func:`load_model`).
 - ``last.pt``: the same keys for the current weights, plus ``best_model``, ``optimizer``, ``scheduler``,
-  ``stopper``, ``torch_generator`` (readout position draws) and ``numpy_rng`` (batch shuffling) - the full
-  state ``fit(resume=...)`` continues from.
+  ``stopper`` and ``numpy_rng`` (batch shuffling) - the full state ``fit(resume=...)`` continues from
+  (the readout's position draws are seeded per epoch, so they need no state). Every tensor is on the CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from sensorium.config import ExperimentConfig
 from sensorium.errors import UserError
 from sensorium.models import ScanMeta, SensoriumModel, build_model
+from sensorium.runtime import autocast_dtype, use_channels_last
 
 FORMAT = "sensorium-search/checkpoint/1"
 
@@ -31,6 +32,18 @@ FORMAT = "sensorium-search/checkpoint/1"
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the model's state dict (safe to keep while training goes on)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` (nested dicts / lists of tensors, e.g. an optimiser state dict) with every tensor on the CPU,
+    so a checkpoint written on a GPU loads on a machine without one."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
 
 
 def meta_dict(meta: Mapping[str, ScanMeta]) -> dict[str, dict[str, Any]]:
@@ -109,6 +122,7 @@ def load_model(path: str | Path, device: torch.device) -> tuple[SensoriumModel, 
     model = build_model(cfg.model, meta_from_dict(ckpt["scan_meta"]), in_shape)  # type: ignore[arg-type]
     model.load_state_dict(ckpt["model"])
     model.to(device)
-    if cfg.train.channels_last:
+    if use_channels_last(cfg.train.channels_last, device):
         model.use_channels_last()
+    model.autocast = autocast_dtype(cfg.train.precision)
     return model.eval(), cfg

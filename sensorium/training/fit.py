@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,15 +30,22 @@ from sensorium.errors import ConfigError, DataError
 from sensorium.metrics import score_all, single_trial_correlation
 from sensorium.models import SensoriumModel, build_model, scan_meta
 from sensorium.predict import predict
-from sensorium.runtime import resolve_device, seed_everything, set_threads
-from sensorium.training.checkpoint import checkpoint_path, cpu_state, model_payload, read_checkpoint, save_atomic
+from sensorium.runtime import (
+    autocast_dtype, configure_backends, device_info, eval_batch_size, gpu_memory, resolve_device, seed_everything,
+    set_threads, use_channels_last,
+)
+from sensorium.training.checkpoint import (
+    checkpoint_path, cpu_state, model_payload, read_checkpoint, save_atomic, to_cpu,
+)
 from sensorium.training.early_stopping import EarlyStopper
 from sensorium.training.rundir import RunDir, write_json
 
-ReportFn = Callable[[int, dict[str, float], Path], None]  # (epoch 1-based, metrics, checkpoint_dir)
+# (epoch 1-based, metrics, checkpoint_dir holding this epoch's best.pt + last.pt, or None when none was written)
+ReportFn = Callable[[int, dict[str, float], "Path | None"], None]
 
 POISSON_EPS = 1e-12  # neuralpredictors PoissonLoss bias inside the log
-RUNTIME_KEYS = ("device", "threads")  # train.* fields a resumed run may change (they do not alter results)
+# train.* fields a resumed run may change: where and how fast it runs, not what it computes
+RUNTIME_KEYS = ("device", "threads", "channels_last", "checkpoint_every_s")
 
 
 @dataclass
@@ -60,17 +67,26 @@ def fit(
     report: ReportFn | None = None,
     resume: Path | None = None,
     progress: bool = True,
+    checkpoint_dir: Path | None = None,
+    checkpoint_epochs: Container[int] = (),
 ) -> FitResult:
     """Train ``cfg`` into ``run_dir`` and return the best model (see the module docstring for the recipe).
 
     ``data``: already loaded scans (default: ``load_data(cfg.data)``). ``report(epoch, metrics,
-    checkpoint_dir)`` is called once per epoch after checkpoints/last.pt and best.pt are written; metrics
-    keys: epoch, train_loss, val_corr, best_val_corr, best_epoch, lr (used in this epoch), epoch_seconds.
-    ``resume``: a last.pt (or its run/checkpoints folder) to continue from exactly where it stopped.
-    A non-finite loss raises FloatingPointError naming the epoch and scan.
+    checkpoint_dir)`` is called once per epoch; metrics keys: CURVE_FIELDS of the run directory (epoch,
+    train_loss, val_corr, best_val_corr, best_epoch, lr used in this epoch, epoch_seconds, train_seconds,
+    data_seconds: the part of train_seconds spent assembling batches, peak_gpu_memory_mb on a GPU).
+    Checkpoints (best.pt, then last.pt, into ``checkpoint_dir``, default RUN_DIR/checkpoints) are written
+    when ``train.checkpoint_every_s`` has passed since the last one (0: every epoch), at the epochs in
+    ``checkpoint_epochs`` (e.g. where a scheduler may stop the run), at the end of every lr-decay round and
+    of the run; ``report`` gets the folder on those epochs and None on the others.
+    ``resume``: a last.pt (or its run/checkpoints folder) to continue from exactly where it was written;
+    the epochs after it are trained again, with the same results.
+    A non-finite loss raises FloatingPointError naming the epoch, scan and batch.
     """
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    configure_backends(device, cfg.train.deterministic, cfg.train.precision)
     seed_everything(cfg.seed)
     if data is None:
         from sensorium.data import load_data
@@ -79,12 +95,14 @@ def fit(
     in_shape = _check_data(cfg, data)
     meta = scan_meta(data)
     model = build_model(cfg.model, meta, in_shape).to(device)  # before the run folder: a bad config writes nothing
-    run = RunDir(Path(run_dir))
-    run.prepare(cfg, resume=resume is not None)
-    if cfg.train.channels_last:
+    run = RunDir(Path(run_dir), checkpoint_dir)
+    run.prepare(cfg, resume=resume is not None, device=device)
+    if use_channels_last(cfg.train.channels_last, device):
         model.use_channels_last()
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # readout position draws
+    model.autocast = autocast_dtype(cfg.train.precision)
+    generator = torch.Generator(device=device)  # readout position draws, seeded per epoch (_epoch_seed)
     model.set_generator(generator)
+    eval_size = eval_batch_size(cfg.data.eval_batch_size, device)
     rng = np.random.default_rng(cfg.seed)  # batch shuffling
     t = cfg.train
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
@@ -108,23 +126,26 @@ def fit(
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         stopper.load_state_dict(ckpt["stopper"])
-        generator.set_state(ckpt["torch_generator"])
         rng.bit_generator.state = ckpt["numpy_rng"]
         run.truncate_curves(stopper.epoch)
         if not run.best.exists():  # resumed into a fresh folder (e.g. a restored Ray checkpoint)
             payload = model_payload(best_state, cfg, meta, in_shape, stopper.best_epoch, stopper.best_score)
             save_atomic(payload, run.best)
     else:
-        stopper.start(_validation_corr(model, data, device, cfg.data.eval_batch_size))
+        stopper.start(_validation_corr(model, data, device, eval_size))
         best_state = cpu_state(model)
         save_atomic(model_payload(best_state, cfg, meta, in_shape, 0, stopper.best_score), run.best)
+    best_saved = stopper.best_epoch  # the epoch whose weights best.pt holds
+    last_checkpoint = time.monotonic()
 
     while not stopper.done:
         start = time.perf_counter()
         epoch = stopper.epoch + 1
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = _train_epoch(model, data, optimizer, cfg, rng, device, epoch, progress)
-        val_corr = _validation_corr(model, data, device, cfg.data.eval_batch_size)
+        generator.manual_seed(_epoch_seed(cfg.seed, epoch))
+        train_loss, data_seconds = _train_epoch(model, data, optimizer, cfg, rng, device, epoch, progress)
+        train_seconds = time.perf_counter() - start
+        val_corr = _validation_corr(model, data, device, eval_size)
         if not t.train_on_validation:
             scheduler.step(val_corr)
         step = stopper.step(val_corr)
@@ -136,29 +157,45 @@ def fit(
             "epoch": epoch, "train_loss": train_loss, "val_corr": val_corr,
             "best_val_corr": stopper.best_score, "best_epoch": stopper.best_epoch,
             "lr": lr, "epoch_seconds": time.perf_counter() - start,
+            "train_seconds": train_seconds, "data_seconds": data_seconds,
+            **gpu_memory(device),
         }
         run.append_curve(metrics)
-        last = model_payload(cpu_state(model), cfg, meta, in_shape, epoch, val_corr)
-        last.update(
-            best_model=best_state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            stopper=stopper.state_dict(), torch_generator=generator.get_state(), numpy_rng=rng.bit_generator.state,
+        due = (
+            step.action != "continue" or epoch in checkpoint_epochs
+            or time.monotonic() - last_checkpoint >= t.checkpoint_every_s
         )
-        if step.improved:  # best before last: a crash in between replays this epoch on resume
-            save_atomic(model_payload(best_state, cfg, meta, in_shape, epoch, val_corr), run.best)
-        save_atomic(last, run.last)
+        if due:
+            if best_saved != stopper.best_epoch:  # best before last: a crash in between replays from last.pt
+                payload = model_payload(best_state, cfg, meta, in_shape, stopper.best_epoch, stopper.best_score)
+                save_atomic(payload, run.best)
+                best_saved = stopper.best_epoch
+            last = model_payload(cpu_state(model), cfg, meta, in_shape, epoch, val_corr)
+            last.update(
+                best_model=best_state, optimizer=to_cpu(optimizer.state_dict()), scheduler=scheduler.state_dict(),
+                stopper=stopper.state_dict(), numpy_rng=rng.bit_generator.state,
+            )
+            save_atomic(last, run.last)
+            last_checkpoint = time.monotonic()
         if report is not None:
-            report(epoch, metrics, run.checkpoints)
+            report(epoch, metrics, run.checkpoints if due else None)
         if progress:
             print(_summary(metrics, step.action), file=sys.stderr, flush=True)
 
     model.load_state_dict(best_state)
     model.eval()
-    scores = final_scores(model, data, device, cfg.data.eval_batch_size)
+    scores = final_scores(model, data, device, eval_size)
     write_json(run.metrics, {
         "best_val_corr": stopper.best_score, "best_epoch": stopper.best_epoch,
-        "epochs_run": stopper.epoch, "scans": scores,
+        "epochs_run": stopper.epoch, "scans": scores, "device": device_info(device), **gpu_memory(device),
     })
     return FitResult(stopper.best_score, stopper.best_epoch, stopper.epoch, run.root, model)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the readout position draws in ``epoch``: a function of (seed, epoch) only, so a run resumed
+    from any epoch, on any device type, needs no generator state."""
+    return (seed * 1_000_003 + epoch) % 2**63
 
 
 def cycle_batches(
@@ -195,7 +232,7 @@ def batch_objective(model: SensoriumModel, key: str, batch: Batch, n_trials: int
     (neuralpredictors ``PoissonLoss(avg=False)``). Like the reference, ``n_trials`` is the size of the
     whole scan (all tiers: the reference's dataset object), not of its train tier.
     """
-    out = model(batch.images, key, batch.pupil_center)  # (B, n) rates
+    out = model(batch.images, key, batch.pupil_center, batch.channel_behavior)  # (B, n) rates
     poisson = (out - batch.responses * torch.log(out + POISSON_EPS)).sum()
     scale = math.sqrt(n_trials / len(batch)) if loss_scale else 1.0
     return scale * poisson + model.regularizer(key)
@@ -210,27 +247,41 @@ def _train_epoch(
     device: torch.device,
     epoch: int,
     progress: bool,
-) -> float:
-    """One epoch of updates; returns the mean per-batch objective (scaled Poisson loss + penalties)."""
+) -> tuple[float, float]:
+    """One epoch of updates; returns (mean per-batch objective, seconds spent assembling batches).
+
+    The losses stay on the device until the epoch ends (one synchronisation per epoch, not per batch);
+    a non-finite one then raises FloatingPointError naming the first such batch.
+    """
     model.train()
     total, steps = cycle_batches(data, cfg, rng, device)
     n_scans = len(data)
-    loss_sum = 0.0
+    losses: list[torch.Tensor] = []
+    keys: list[str] = []
+    data_seconds = 0.0
     optimizer.zero_grad()
-    bar = tqdm(steps, total=total, desc=f"epoch {epoch}", file=sys.stderr, leave=False, disable=not progress)
-    for i, (key, batch) in enumerate(bar):
+    bar = tqdm(total=total, desc=f"epoch {epoch}", file=sys.stderr, leave=False, disable=not progress)
+    for i in range(total):
+        tick = time.perf_counter()
+        key, batch = next(steps)
+        data_seconds += time.perf_counter() - tick
         loss = batch_objective(model, key, batch, data[key].scan.n_trials, cfg.train.loss_scale)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"epoch {epoch}, scan {key}, batch {i + 1}: loss is {value} (not finite)")
         loss.backward()
         if (i + 1) % n_scans == 0:  # one batch of every scan accumulated: one step
             optimizer.step()
             optimizer.zero_grad()
-        loss_sum += value
-        bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+        losses.append(loss.detach())
+        keys.append(key)
+        bar.update()
+        if progress and i % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
     bar.close()
-    return loss_sum / max(total, 1)
+    values = torch.stack(losses).cpu()
+    bad = torch.nonzero(~torch.isfinite(values)).flatten()
+    if len(bad):
+        i = int(bad[0])
+        raise FloatingPointError(f"epoch {epoch}, scan {keys[i]}, batch {i + 1}: loss is {values[i].item()} (not finite)")
+    return float(values.double().mean()), data_seconds
 
 
 def _validation_corr(model: SensoriumModel, data: Mapping[str, ScanData], device: torch.device, batch_size: int) -> float:

@@ -18,17 +18,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sensorium.config import ExperimentConfig, save_config
-from sensorium.runtime import provenance
+import torch
 
-CURVE_FIELDS = ("epoch", "train_loss", "val_corr", "best_val_corr", "best_epoch", "lr", "epoch_seconds")
+from sensorium.config import ExperimentConfig, save_config
+from sensorium.runtime import device_info, provenance
+
+# Per-epoch metrics of fit (its report callback, curves.csv, a search trial's results); the last one only
+# on GPUs. epoch_seconds = train_seconds (of which data_seconds assembling batches) + validation.
+CURVE_FIELDS = (
+    "epoch", "train_loss", "val_corr", "best_val_corr", "best_epoch", "lr",
+    "epoch_seconds", "train_seconds", "data_seconds", "peak_gpu_memory_mb",
+)
 
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths and small writers of one run directory."""
+    """Paths and small writers of one run directory (``checkpoint_dir``: elsewhere than RUN_DIR/checkpoints)."""
 
     root: Path
+    checkpoint_dir: Path | None = None
 
     @property
     def config(self) -> Path:
@@ -48,7 +56,7 @@ class RunDir:
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self.checkpoint_dir if self.checkpoint_dir is not None else self.root / "checkpoints"
 
     @property
     def last(self) -> Path:
@@ -58,8 +66,8 @@ class RunDir:
     def best(self) -> Path:
         return self.checkpoints / "best.pt"
 
-    def prepare(self, cfg: ExperimentConfig, resume: bool) -> None:
-        """Create the folders and write config.yaml and provenance.json.
+    def prepare(self, cfg: ExperimentConfig, resume: bool, device: torch.device) -> None:
+        """Create the folders and write config.yaml and provenance.json (with the device it runs on).
 
         A fresh run starts clean (old curves and metrics removed); a resumed run keeps its curves and
         original provenance and appends the resuming process's provenance under ``resumed``.
@@ -69,11 +77,12 @@ class RunDir:
         if not resume:
             self.curves.unlink(missing_ok=True)
             self.metrics.unlink(missing_ok=True)
+        now = {**provenance(cfg.seed), "device": device_info(device)}
         if resume and self.provenance.exists():
             record = json.loads(self.provenance.read_text())
-            record.setdefault("resumed", []).append(provenance(cfg.seed))
+            record.setdefault("resumed", []).append(now)
         else:
-            record = provenance(cfg.seed)
+            record = now
         write_json(self.provenance, record)
 
     def append_curve(self, row: dict[str, float]) -> None:
@@ -90,7 +99,8 @@ class RunDir:
         if not self.curves.exists():
             return []
         with open(self.curves, newline="") as f:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+            # a column empty in a row (peak_gpu_memory_mb on the CPU) is left out of that row
+            return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
     def truncate_curves(self, last_epoch: int) -> None:
         """Drop rows after ``last_epoch`` (a run killed between its curve row and its checkpoint)."""
