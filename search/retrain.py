@@ -1,11 +1,16 @@
 """``sensorium-search retrain RUN_DIR|best_config.yaml``: the best config as a seed ensemble, submitted.
 
-Trains the config with N seeds (``seed``, ``seed + 1``, ...) on the same loaded data, averages the N
-models' predictions of every competition scan (aligned by trial and neuron id), and writes the official
-CSVs ``OUT/<data key>/submission_file_{live,final}_test.csv`` (each seed's own under
-``OUT/seed_<s>/submission/``). When a ground-truth folder is given or found next to the data (the
-synthetic layout ``<gt>/<key>/ground_truth_<tier>.csv``), every file is scored; the oracle is reported
-beside the scores when ``<gt>/<key>/oracle.json`` exists. Everything goes to ``OUT/retrain.json``.
+Trains the config with N seeds (``seed``, ``seed + 1``, ...), averages the N models' predictions of every
+competition scan (aligned by trial and neuron id), and writes the official CSVs
+``OUT/<data key>/submission_file_{live,final}_test.csv`` (each seed's own under ``OUT/seed_<s>/submission/``).
+When a ground-truth folder is given or found next to the data (the synthetic layout
+``<gt>/<key>/ground_truth_<tier>.csv``), every file is scored; the oracle is reported beside the scores when
+``<gt>/<key>/oracle.json`` exists. Everything goes to ``OUT/retrain.json``.
+
+Each seed is one Ray task with its own resources (``--cpus-per-seed``, ``--gpus-per-seed``), on a private
+local Ray or a cluster (``--address``), as many at once as the resources allow. The driver builds the
+memory-mapped data cache once; each task maps it, runs ``fit``, writes its seed folder and submissions and
+returns its test-tier predictions, which the driver adds up as the tasks finish.
 
 ``--train-on-validation`` (a recorded choice) adds the validation tier to the training data; since early
 stopping on data the model trains on is meaningless, fit then trains exactly ``train.max_epochs``, set to
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,8 +31,10 @@ import numpy as np
 
 from sensorium.config import ExperimentConfig, config_hash, load_config, set_value
 from sensorium.errors import UserError
+from sensorium.runtime import is_cuda_request
 
 HELP = "retrain the best config with several seeds, ensemble, write and score submissions"
+DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device accepts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,14 +45,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/retrain or next to the config)")
     parser.add_argument("--ground-truth", type=Path, help="folder with <key>/ground_truth_*_test.csv to score against")
     parser.add_argument("--data", nargs="+", metavar="PATH", help="scans to use instead of the config's data.scans")
+    parser.add_argument("--device", help="train.device of every seed: auto, cpu, cuda or cuda:N (default: the config's)")
+    parser.add_argument("--cpus-per-seed", type=float,
+                        help="CPUs per seed, also its torch threads (default: the largest node's CPUs / seeds)")
+    parser.add_argument("--gpus-per-seed", type=float, help="GPUs per seed; a fraction shares one card (default: 1 "
+                        "when train.device is cuda, or auto on a cluster with GPUs; else 0)")
+    parser.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: local Ray)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing retrain folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
     summary = retrain(
         args.source, out=args.out, seeds=args.seeds, train_on_validation=args.train_on_validation,
         ground_truth=args.ground_truth, data=args.data, force=args.force, progress=not args.quiet,
+        device=args.device, cpus_per_seed=args.cpus_per_seed, gpus_per_seed=args.gpus_per_seed, address=args.address,
     )
     print(format_scores(summary))
     print(f"submissions and retrain.json in {summary['out']}")
@@ -53,56 +68,54 @@ def run(args: argparse.Namespace) -> int:
 
 def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_validation: bool = False,
             ground_truth: Path | None = None, data: list[str] | None = None, force: bool = False,
-            progress: bool = True) -> dict[str, Any]:
-    """Train, ensemble, write and score; returns what retrain.json holds."""
+            progress: bool = True, device: str | None = None, cpus_per_seed: float | None = None,
+            gpus_per_seed: float | None = None, address: str | None = None) -> dict[str, Any]:
+    """Train, ensemble, write and score; returns what retrain.json holds. ``device``: train.device of every
+    seed (None: the config's); ``cpus_per_seed``, ``gpus_per_seed``: one seed task's resources (None: see
+    ``seed_resources``); ``address``: a Ray cluster to join (None: this process's Ray, else a local one)."""
+    from search.driver import ensure_ray, release_ray
+    from search.preflight import preflight
+    from search.prepare import absolute_data_paths
     from sensorium.data import load_data
-    from sensorium.predict import competition_keys, predict
-    from sensorium.runtime import resolve_device
-    from sensorium.submission import SUBMISSION_FILES, write_submission
-    from sensorium.training.fit import fit
+    from sensorium.predict import competition_keys
+    from sensorium.submission import write_submission
 
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: expected at least 1")
+    if device is not None and not DEVICES.fullmatch(device):
+        raise UserError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if cpus_per_seed is not None and cpus_per_seed <= 0:
+        raise UserError(f"--cpus-per-seed {cpus_per_seed:g}: expected a value > 0")
     cfg, provenance, default_out = load_source(Path(source))
     if data:
         cfg = set_value(cfg, "data.scans", [str(Path(p).resolve()) for p in data])
     choices: dict[str, Any] = {"train_on_validation": train_on_validation}
+    if device is not None:
+        cfg = set_value(cfg, "train.device", device)
+        choices["device"] = device
     if train_on_validation:
         epochs = (provenance or {}).get("best_epoch")
         if not epochs:
             raise UserError(f"{source}: --train-on-validation needs the search's best epoch (a best_config.yaml)")
         cfg = set_value(set_value(cfg, "train.train_on_validation", True), "train.max_epochs", max(1, int(epochs)))
         choices["max_epochs"] = max(1, int(epochs))
-    out = Path(out or default_out)
+    if gpus_per_seed == 0 and is_cuda_request(cfg.train.device):
+        raise UserError(f"train.device={cfg.train.device!r} needs a GPU, but --gpus-per-seed is 0")
+    out = Path(out or default_out).resolve()
     if (out / "retrain.json").exists() and not force:
         raise UserError(f"{out} already holds a retrain; pass --force to overwrite or choose --out")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    scans = load_data(cfg.data, progress=progress)
-    competition = competition_keys(scans)
-    device = resolve_device(cfg.train.device)
-
-    members: list[dict[str, Any]] = []
-    ensemble: dict[tuple[str, str], Any] = {}  # (key, file name) -> Predictions with summed values
-    for i in range(seeds):
-        seed_cfg = set_value(cfg, "seed", cfg.seed + i)
-        seed_dir = out / f"seed_{seed_cfg.seed}"
-        t0 = time.perf_counter()
-        result = fit(seed_cfg, seed_dir, data=scans, progress=progress)
-        member = {"seed": seed_cfg.seed, "run_dir": str(seed_dir), "best_val_corr": result.best_val_corr,
-                  "best_epoch": result.best_epoch, "epochs": result.epochs_run,
-                  "seconds": round(time.perf_counter() - t0, 1), "files": {}}
-        for key in competition:
-            for name, tier in SUBMISSION_FILES.items():
-                pred = predict(result.model, scans[key], tier, device, cfg.data.eval_batch_size)
-                path = write_submission(seed_dir / "submission" / key / name, pred.trial_ids, pred.image_ids,
-                                        pred.neuron_ids, pred.values, overwrite=True)
-                member["files"][f"{key}/{name}"] = str(path)
-                _accumulate(ensemble, (key, name), pred)
-        members.append(member)
-        if progress:
-            print(f"retrain: seed {seed_cfg.seed} best val corr {result.best_val_corr:.4f} at epoch "
-                  f"{result.best_epoch} ({member['seconds']:.0f} s)", file=sys.stderr)
+    run_cfg = absolute_data_paths(cfg)  # tasks run in other folders, maybe on other nodes
+    started = ensure_ray(address)
+    try:
+        cpus, gpus = seed_resources(run_cfg.train.device, seeds, cpus_per_seed, gpus_per_seed)
+        preflight(cpus, gpus, str(out), [Path(p) for p in run_cfg.data.scans])
+        # Builds the memory-mapped cache here, once, before the tasks map it.
+        competition = competition_keys(load_data(run_cfg.data, progress=progress))
+        members, ensemble = run_seeds(run_cfg, seeds, out, cpus, gpus, progress)
+    finally:
+        release_ray(started)
 
     files = {}
     for (key, name), pred in ensemble.items():
@@ -123,6 +136,71 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
     summary["seconds"] = round(time.perf_counter() - start, 1)
     (out / "retrain.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
     return summary
+
+
+def seed_resources(device: str, seeds: int, cpus: float | None, gpus: float | None) -> tuple[float, float]:
+    """(CPUs, GPUs) of one seed's task on the connected Ray cluster; UserError naming the options when no
+    alive node fits it. Defaults: an equal share of the largest node's CPUs (all seeds at once there), and
+    one GPU when ``device`` asks for CUDA, or is auto and the cluster has GPUs (else none)."""
+    import ray
+
+    from search.preflight import fitting_nodes, node_info
+
+    nodes = [node_info(raw) for raw in ray.nodes() if raw.get("Alive")]
+    if cpus is None:
+        cpus = max(1.0, float(max((n.cpus for n in nodes), default=1.0) // seeds))
+    if gpus is None:
+        gpus = 1.0 if is_cuda_request(device) or (device == "auto" and any(n.gpus > 0 for n in nodes)) else 0.0
+    try:
+        fitting_nodes(nodes, cpus, gpus)
+    except UserError as err:
+        raise UserError(f"--cpus-per-seed {cpus:g} --gpus-per-seed {gpus:g}: {err}") from err
+    return cpus, gpus
+
+
+def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: float,
+              progress: bool) -> tuple[list[dict[str, Any]], dict[tuple[str, str], Any]]:
+    """Run seeds ``cfg.seed`` ... ``cfg.seed + seeds - 1`` as Ray tasks into ``out/seed_<s>``; returns the
+    members (retrain.json entries, by seed) and the ensemble: (data key, file name) -> Predictions whose
+    values (trials, neurons) are the float64 sum over the seeds. The first failed seed cancels the others."""
+    import ray
+
+    from search.trainable import train_seed
+
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(train_seed)
+    pending = {}
+    for i in range(seeds):
+        seed_cfg = set_value(cfg, "seed", cfg.seed + i)
+        ref = task.remote(seed_cfg.to_dict(), str(out / f"seed_{seed_cfg.seed}"), cpus, gpus, progress)
+        pending[ref] = seed_cfg.seed
+    if progress:
+        print(f"retrain: {seeds} seed(s) as Ray tasks of {cpus:g} CPU + {gpus:g} GPU, train.device "
+              f"{cfg.train.device} -> {out}", file=sys.stderr, flush=True)
+    done_by_seed: dict[int, dict[str, Any]] = {}
+    while pending:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        seed = pending.pop(ref)
+        try:
+            done = ray.get(ref)
+        except ray.exceptions.RayError as err:
+            for other in pending:
+                ray.cancel(other, force=True)
+            cause = getattr(err, "cause", None)  # RayTaskError: the task's own exception
+            if isinstance(cause, UserError):  # a bad config or device: one line, exit 2
+                raise UserError(f"seed {seed}: {cause}") from err
+            raise
+        done_by_seed[seed] = done
+        m = done["member"]
+        if progress:
+            clock = time.strftime("%H:%M:%S", time.localtime(done["started"]))
+            print(f"retrain: seed {seed} on {done['host']} ({done['device']}) started {clock}, ended "
+                  f"{time.strftime('%H:%M:%S')} ({m['seconds']:.0f} s): best val corr "
+                  f"{m['best_val_corr']:.4f} at epoch {m['best_epoch']}", file=sys.stderr, flush=True)
+    ensemble: dict[tuple[str, str], Any] = {}
+    for seed in sorted(done_by_seed):  # summed in seed order: the same files whatever order the tasks end in
+        for slot, pred in done_by_seed[seed]["predictions"].items():
+            _accumulate(ensemble, slot, pred)
+    return [done_by_seed[seed]["member"] for seed in sorted(done_by_seed)], ensemble
 
 
 def load_source(source: Path) -> tuple[ExperimentConfig, dict[str, Any] | None, Path]:

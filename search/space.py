@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-
 from search.settings import SearchSettings, build_settings, check_keys, number, plain_settings
 from sensorium.config import ExperimentConfig, field_types, get_value, read_yaml_mapping, set_value
 from sensorium.errors import ConfigError, UserError
+from sensorium.runtime import is_cuda_request
 
 SEARCH_FILE = "search.yaml"  # the resolved search, saved in every run folder
 
@@ -183,6 +183,11 @@ def validate(spec: SearchSpec) -> None:
         )
     if s.max_concurrent > s.num_trials:
         raise ConfigError(f"search.max_concurrent={s.max_concurrent}: more than num_trials={s.num_trials}")
+    devices = next((p.choices for p in spec.params if p.key == "train.device"), (spec.base.train.device,))
+    cuda = [d for d in devices if is_cuda_request(str(d))]
+    if cuda and s.gpus_per_trial == 0:  # a trial gets a GPU only through Ray's accounting, never around it
+        raise ConfigError(f"train.device={cuda[0]!r} needs a GPU, but search.gpus_per_trial is 0: give each "
+                          "trial a GPU (gpus_per_trial, --gpus-per-trial) or set train.device to auto or cpu")
 
 
 def with_settings(spec: SearchSpec, **changes: Any) -> SearchSpec:

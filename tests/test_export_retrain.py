@@ -20,6 +20,7 @@ from sensorium.cli import main
 from sensorium.config import config_hash, load_config
 from sensorium.errors import UserError
 from sensorium.submission import read_submission
+from sensorium.training.fit import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,10 +59,19 @@ def test_provenance_key_is_only_accepted_in_best_config_files(tmp_path):
         read_best_config(bad)
 
 
-def test_retrain_ensembles_seeds_and_scores_every_competition_submission(finished_run, tiny_data):
-    summary = retrain(finished_run, seeds=2, progress=False)
+def test_retrain_ensembles_seeds_and_scores_every_competition_submission(finished_run, tiny_data, tmp_path):
+    summary = retrain(finished_run, seeds=2, progress=False)  # 2 Ray tasks at once, 1 CPU each
     out = Path(summary["out"])
     key = tiny_data.competition_keys[0]
+    assert summary["seeds"] == [0, 1] and [m["seed"] for m in summary["members"]] == [0, 1]
+    assert all(set(m) == {"seed", "run_dir", "best_val_corr", "best_epoch", "epochs", "seconds", "files"}
+               for m in summary["members"])
+    # a task trains what an in-process fit of the seed's config trains
+    seed_cfg = load_config(Path(summary["members"][0]["run_dir"]) / "config.yaml")
+    assert seed_cfg.train.threads == 1 and seed_cfg.train.device == "cpu"
+    again = fit(seed_cfg, tmp_path / "in_process", progress=False)
+    assert again.best_epoch == summary["members"][0]["best_epoch"]
+    assert again.best_val_corr == pytest.approx(summary["members"][0]["best_val_corr"], abs=1e-6)
     assert set(summary["ensemble_files"]) == {f"{key}/submission_file_live_test.csv",
                                               f"{key}/submission_file_final_test.csv"}
     for name in ("submission_file_live_test.csv", "submission_file_final_test.csv"):
@@ -81,13 +91,33 @@ def test_retrain_ensembles_seeds_and_scores_every_competition_submission(finishe
         retrain(finished_run, seeds=1, progress=False)
 
 
-def test_retrain_on_train_plus_validation_is_a_recorded_choice(finished_run, tmp_path):
+def test_retrain_on_train_plus_validation_and_device_are_recorded_choices(finished_run, tmp_path, capsys):
     best = export_best(finished_run)
     prov = read_best_config(best)[1]
-    summary = retrain(best, out=tmp_path / "tv", seeds=1, train_on_validation=True, progress=False)
-    assert summary["choices"] == {"train_on_validation": True, "max_epochs": max(1, prov["best_epoch"])}
+    assert main(["retrain", str(best), "--out", str(tmp_path / "tv"), "--seeds", "1", "--train-on-validation",
+                 "--device", "auto", "--cpus-per-seed", "2"]) == 0
+    assert "retrain: seed 0 on" in capsys.readouterr().err  # progress: where, when and the best epoch
+    summary = json.loads((tmp_path / "tv" / "retrain.json").read_text())
+    epochs = max(1, prov["best_epoch"])
+    assert summary["choices"] == {"train_on_validation": True, "max_epochs": epochs, "device": "auto"}
     run_cfg = load_config(Path(summary["members"][0]["run_dir"]) / "config.yaml")
-    assert run_cfg.train.train_on_validation and run_cfg.train.max_epochs == max(1, prov["best_epoch"])
+    assert run_cfg.train.train_on_validation and run_cfg.train.max_epochs == epochs
+    assert run_cfg.train.device == "cpu" and run_cfg.train.threads == 2  # auto with no GPU given: the CPU
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    # 1 seed on the session's 2-CPU Ray: 2 CPUs by default
+    (["--gpus-per-seed", "1"], "--cpus-per-seed 2 --gpus-per-seed 1: a trial needs CPU 2 GPU 1 on one node, but no"),
+    (["--device", "cuda"], "--gpus-per-seed 1: a trial needs"),  # cuda asks for a GPU per seed by default
+    (["--device", "cuda:1", "--gpus-per-seed", "0"], "train.device='cuda:1' needs a GPU, but --gpus-per-seed is 0"),
+    (["--cpus-per-seed", "64"], "--cpus-per-seed 64 --gpus-per-seed 0"),
+    (["--device", "gpu"], "--device gpu: expected auto, cpu, cuda or cuda:N"),
+])
+def test_retrain_refuses_impossible_resources_with_one_line(finished_run, tmp_path, capsys, options, message):
+    assert main(["retrain", str(finished_run), "--seeds", "1", "--out", str(tmp_path / "r"), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "r" / "seed_0").exists()
 
 
 def test_report_writes_table_summary_and_plots(finished_run):
