@@ -25,8 +25,8 @@ class Core(Stacked2dCore):
       ``value * kernel.sum()``: the first layer convolves only the image and adds (B, C_out) offsets,
       a quarter of its work for 1 image + 3 behaviour channels. With input padding the channels are
       appended as images (the borders differ there);
-    - ``AdaptiveELU(0, 0)`` computes ``elu(x - 0) + 0``: plain ELU, two passes over each activation
-      map fewer, the same values;
+    - ``AdaptiveELU(0, 0)`` computes ``elu(x - 0) + 0``: plain ELU, in place on the batch norm's output
+      (which no backward needs), two passes and one allocation per activation map fewer, the same values;
     - with one layer read out (``stack=-1``) its output is returned as is, not copied by ``torch.cat``.
 
     The Laplace penalty also works in ``channels_last`` layout: the library's calls ``.view`` on the
@@ -41,7 +41,7 @@ class Core(Stacked2dCore):
         for layer in self.features:
             nonlin = getattr(layer, "nonlin", None)
             if isinstance(nonlin, AdaptiveELU) and nonlin.xshift == 0 and nonlin.yshift == 0:
-                layer.nonlin = nn.ELU()
+                layer.nonlin = nn.ELU(inplace=True)
 
     def forward(self, images: torch.Tensor, behavior: torch.Tensor | None = None) -> torch.Tensor:
         """images (B, C_img, H, W), behavior (B, k) or None -> features (B, C', H', W').
