@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from sensorium.config import DataConfig
 from sensorium.data import load_scan, resolve_scan_paths
+from sensorium.data.format import data_key, key_from_name
 from sensorium.data.reader import ScanReader
 from sensorium.errors import DataError
 
@@ -157,3 +159,79 @@ def test_resolve_scan_paths(make_scan, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no scan folders"):
         resolve_scan_paths([tmp_path / "empty"])
+
+
+# ------------------------------------------------------------------------------------------- data keys
+def _set_key_meta(scan: Path, animal: object, session: object, scan_idx: object, n_neurons: int = 6) -> None:
+    """Give every neuron of ``scan`` these animal id, session and scan index."""
+    for name, value in (("animal_ids", animal), ("sessions", session), ("scan_idx", scan_idx)):
+        np.save(scan / f"meta/neurons/{name}.npy", np.full(n_neurons, value))
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("static27204-5-13-GrayImageNet-94c6ff995dac583098847cfecd43e7b6", "27204-5-13"),
+        ("static27204-5-13-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip", "27204-5-13"),
+        ("static26872-17-20-ColorImageNet-0123abcd.zip", "26872-17-20"),
+        ("static22564-2-13-preproc0", "22564-2-13-0"),
+        ("static22564-2-13-preproc0_nobehavior.zip", "22564-2-13-0"),
+        ("ds", None),
+        ("static29999-1-1", None),
+    ],
+)
+def test_key_from_name_follows_the_official_loader(name, key):
+    assert key_from_name(name) == key
+
+
+def test_official_name_keeps_its_key_without_reading_meta(make_scan):
+    scan = make_scan(key="27204-5-13")
+    _set_key_meta(scan, 29999, 1, 1)  # the name wins, as in the official loader
+    (scan / "meta/neurons/animal_ids.npy").unlink()
+    assert data_key(scan) == "27204-5-13"
+
+
+def test_renamed_folder_and_zip_take_their_key_from_meta(make_scan, tmp_path):
+    scan = make_scan()
+    _set_key_meta(scan, 29999, 1, 1)
+    folder = scan.rename(scan.parent / "ds")
+    archive = zip_scan(folder, tmp_path / "ds.zip")
+    uploaded = zip_scan(folder, tmp_path / "upload (1).zip")  # zip and inner folder named differently
+    assert data_key(folder) == data_key(archive) == data_key(uploaded) == "29999-1-1"
+    cfg = DataConfig(cache_dir=str(tmp_path / "cache"))
+    for source in (folder, archive):
+        loaded = load_scan(source, cfg, progress=False)
+        assert loaded.key == "29999-1-1" and loaded.cache_dir.name.startswith("29999-1-1-")
+
+
+def test_meta_key_accepts_strings_and_integral_floats(make_scan):
+    scan = make_scan()
+    _set_key_meta(scan, "mouseA", 3.0, np.uint8(7))
+    assert data_key(scan.rename(scan.parent / "ds")) == "mouseA-3-7"
+
+
+@pytest.mark.parametrize("where", ["folder", "zip"])
+def test_missing_key_meta_names_the_file(make_scan, tmp_path, where):
+    folder = make_scan().rename(tmp_path / "scans" / "ds")
+    (folder / "meta/neurons/sessions.npy").unlink()
+    path = folder if where == "folder" else zip_scan(folder, tmp_path / "ds.zip")
+    shown = f"{folder}/" if where == "folder" else f"{path}:ds/"
+    with pytest.raises(DataError, match=rf"^{re.escape(shown)}meta/neurons/sessions\.npy: missing file; 'ds"):
+        data_key(path)
+    with pytest.raises(DataError, match=r"sessions\.npy: missing file"):
+        load_scan(path, DataConfig(cache_dir=str(tmp_path / "cache")), progress=False)
+
+
+def test_key_meta_must_be_constant_across_neurons(make_scan):
+    folder = make_scan()
+    np.save(folder / "meta/neurons/animal_ids.npy", np.array([1, 1, 1, 2, 2, 2]))
+    folder = folder.rename(folder.parent / "ds")
+    with pytest.raises(DataError, match=r"ds/meta/neurons/animal_ids\.npy: 2 different values \(1, 2\), "
+                                        r"expected the same animal_ids for every neuron"):
+        data_key(folder)
+
+
+@pytest.mark.parametrize("name", ["static1.5-2-3-GrayImageNet-abc", "static-GrayImageNet-abc"])
+def test_unusable_key_names_the_scan(name):
+    with pytest.raises(DataError, match=rf"{re.escape(name)}: data key .* is unusable"):
+        data_key(Path("data") / name)

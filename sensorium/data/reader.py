@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sensorium.data.format import DATA_GROUPS, NEURON_META, TIERS, TRIAL_META
+from sensorium.data.format import DATA_GROUPS, KEY_META, NEURON_META, TIERS, TRIAL_META
 from sensorium.errors import DataError
 
 _STAT_NAMES = ("mean", "std")  # the only statistics the reference normaliser reads
@@ -123,6 +123,51 @@ class _ZipSource:
         self.zip.close()
 
 
+def _open_source(path: Path) -> _FolderSource | _ZipSource:
+    """The files of the scan folder or zip at ``path``."""
+    if path.is_file() and path.suffix == ".zip":
+        return _ZipSource(path)
+    if is_scan_folder(path):
+        return _FolderSource(path)
+    raise DataError(f"{path}: expected a scan folder (with data/ and meta/) or an official .zip file")
+
+
+def _load_npy(source: _FolderSource | _ZipSource, rel: str) -> np.ndarray:
+    """One ``.npy`` file of ``source`` (no pickled objects) as an array."""
+    raw = source.read(rel)
+    try:
+        array = np.load(raw if isinstance(raw, Path) else io.BytesIO(raw), allow_pickle=False)
+    except ValueError as err:
+        raise DataError(f"{source.where(rel)}: not a plain .npy array ({err})") from err
+    except (OSError, EOFError) as err:
+        raise DataError(f"{source.where(rel)}: unreadable .npy file ({err})") from err
+    if not isinstance(array, np.ndarray):
+        raise DataError(f"{source.where(rel)}: expected one array, got {type(array).__name__}")
+    return array
+
+
+def read_key_meta(path: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """``meta/neurons/{animal_ids,sessions,scan_idx}.npy`` of the scan folder or zip at ``path``, as
+    name -> (where it was read, array): the data key of a scan whose name carries none
+    (:func:`sensorium.data.format.data_key`). Reads only these three files.
+    """
+    source = _open_source(path)
+    try:
+        present = source.names("meta/neurons") or set()
+        columns = {}
+        for name in KEY_META:
+            rel = f"meta/neurons/{name}.npy"
+            if f"{name}.npy" not in present:
+                raise DataError(
+                    f"{source.where(rel)}: missing file; {path.name!r} is not named static<key>-GrayImageNet-<hash>, "
+                    f"so its data key comes from meta/neurons/{{{','.join(KEY_META)}}}.npy"
+                )
+            columns[name] = (source.where(rel), _load_npy(source, rel))
+        return columns
+    finally:
+        source.close()
+
+
 # --------------------------------------------------------------------------------------------- the reader
 @dataclass
 class ScanMeta:
@@ -144,13 +189,7 @@ class ScanReader:
     """
 
     def __init__(self, path: Path) -> None:
-        path = Path(path)
-        if path.is_file() and path.suffix == ".zip":
-            self.source: _FolderSource | _ZipSource = _ZipSource(path)
-        elif is_scan_folder(path):
-            self.source = _FolderSource(path)
-        else:
-            raise DataError(f"{path}: expected a scan folder (with data/ and meta/) or an official .zip file")
+        self.source = _open_source(Path(path))
         try:
             self.meta = self._read_meta()
         except BaseException:
@@ -165,16 +204,7 @@ class ScanReader:
 
     def load(self, rel: str) -> np.ndarray:
         """One ``.npy`` file (no pickled objects) as an array."""
-        raw = self.source.read(rel)
-        try:
-            array = np.load(raw if isinstance(raw, Path) else io.BytesIO(raw), allow_pickle=False)
-        except ValueError as err:
-            raise DataError(f"{self.source.where(rel)}: not a plain .npy array ({err})") from err
-        except (OSError, EOFError) as err:
-            raise DataError(f"{self.source.where(rel)}: unreadable .npy file ({err})") from err
-        if not isinstance(array, np.ndarray):
-            raise DataError(f"{self.source.where(rel)}: expected one array, got {type(array).__name__}")
-        return array
+        return _load_npy(self.source, rel)
 
     def item(self, group: str, i: int) -> np.ndarray:
         """``data/<group>/<i>.npy``, checked: images (1, H, W), responses (n,), behavior (3,),
@@ -188,7 +218,8 @@ class ScanReader:
             "pupil_center": (2,),
         }[group]
         if array.shape != expected:
-            raise DataError(f"{self.source.where(rel)}: shape {array.shape}, expected {expected}")
+            why = " (one value per neuron of meta/neurons/unit_ids.npy)" if group == "responses" else ""
+            raise DataError(f"{self.source.where(rel)}: shape {array.shape}, expected {expected}{why}")
         self._check_numeric(rel, array)
         return array
 
