@@ -128,6 +128,24 @@ class LocalCluster:
             shutil.rmtree(temp_dir, ignore_errors=True)
         self._temp_dirs.clear()
 
+    def kill_node(self, index: int) -> list[int]:
+        """SIGKILL every process of worker node ``index`` (its daemons and the workers its raylet forked),
+        like a machine that vanishes; returns the pids killed. The head and other nodes are left alone."""
+        if index == 0:
+            raise ValueError("kill_node: the head (index 0) is the cluster; stop() it instead")
+        temp_dir = str(self._temp_dirs[index]).encode()
+        killed = []
+        for pid in self.pids():
+            try:
+                pgrp = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+                mine = pgrp == self._groups[index] or temp_dir in Path(f"/proc/{pid}/cmdline").read_bytes()
+                if mine:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            except (OSError, ValueError, IndexError):
+                continue
+        return killed
+
     def pids(self) -> list[int]:
         """Live (non-zombie) processes of this cluster: its ``ray start`` process groups, and every process
         carrying its token in the environment (the workers a raylet forks get process groups of their own).

@@ -25,7 +25,7 @@ from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.summary import hparams
 
 from search.space import SearchSpec
-from search.trainable import TRIAL_METRICS, ran_to_end
+from search.trainable import TRIAL_ERROR, TRIAL_METRICS, ran_to_end
 
 # Scalars written per epoch; the first ones are the HParams table's metric columns.
 HPARAM_METRICS = ("best_val_corr", "val_corr", "best_epoch", "epoch")
@@ -72,29 +72,46 @@ class LiveTable(tune.Callback):
             self.print_table()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._end(trial, "ended")
+        reason = (trial.last_result or {}).get(TRIAL_ERROR)
+        if reason is not None:  # the trial's own failure: recorded once, not retried
+            self._end(trial, "failed", status="failed", reason=str(reason))
+        else:
+            self._end(trial, "ended")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._end(trial, "failed", error=True)
+        self._end(trial, "failed on its node (no retries left)", status="error")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self.rows.setdefault(trial.trial_id, {})
+        row["retries"] = row.get("retries", 0) + 1
+        row["status"] = "retrying"
+        at = "its start" if trial.checkpoint is None else "its latest checkpoint"
+        self._line(f"trial {trial.trial_id}: its worker or node was lost; restarting from {at} "
+                   f"(retry {row['retries']})")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.print_table()
 
-    def _end(self, trial: Any, verb: str, error: bool = False) -> None:
+    def _end(self, trial: Any, verb: str, status: str | None = None, reason: str | None = None) -> None:
         row = self.rows.setdefault(trial.trial_id, {})
         epoch = row.get("epoch")
-        row["status"] = "error" if error else ("done" if ran_to_end(trial.path, epoch, self.max_t) else "stopped")
-        if not error and row["status"] == "stopped":
+        row["status"] = status or ("done" if ran_to_end(trial.last_result or {}, self.max_t) else "stopped")
+        if row["status"] == "stopped":
             verb = "stopped early"
         best = _fmt(row.get("best_val_corr"))
-        where = f" (error file: {trial.error_file})" if error and getattr(trial, "error_file", None) else ""
+        if reason is not None:
+            where = f": {reason}"
+        elif status == "error" and getattr(trial, "error_file", None):
+            where = f" (error file: {trial.error_file})"
+        else:
+            where = ""
         at = "-" if epoch is None else int(epoch)
         self._line(f"trial {trial.trial_id} {verb} at epoch {at}, best val corr {best}{where}")
 
     def print_table(self, top: int = 10) -> None:
         """Print the running trials and the ``top`` best others, best first; the rest as one count."""
         self._last_print = time.monotonic()
-        header = f"{'trial':<14}{'status':<9}{'epoch':>6}{'val_corr':>10}{'best':>9}{'@ep':>5}"
+        header = f"{'trial':<14}{'status':<9}{'epoch':>6}{'val_corr':>10}{'best':>9}{'@ep':>5}{'retries':>8}"
         lines = [header]
         order = sorted(self.rows.items(), key=lambda kv: -_num(kv[1].get("best_val_corr")))
         ended = [kv for kv in order if kv[1].get("status") != "running"]
@@ -104,10 +121,14 @@ class LiveTable(tune.Callback):
             lines.append(
                 f"{trial_id:<14}{row.get('status', ''):<9}{'-' if epoch is None else int(epoch):>6}"
                 f"{_fmt(row.get('val_corr')):>10}{_fmt(row.get('best_val_corr')):>9}"
-                f"{'-' if row.get('best_epoch') is None else int(row['best_epoch']):>5}"
+                f"{'-' if row.get('best_epoch') is None else int(row['best_epoch']):>5}{row.get('retries', 0):>8}"
             )
         if len(shown) < len(order):
             lines.append(f"... and {len(order) - len(shown)} more ended trials")
+        statuses = [row.get("status") for row in self.rows.values()]
+        retried = sum(row.get("retries", 0) for row in self.rows.values())
+        lines.append(f"failed by themselves: {statuses.count('failed')}, lost to infrastructure: "
+                     f"{statuses.count('error')}, restarts after a lost worker or node: {retried}")
         print("\n".join(lines), file=self.stream or sys.stdout, flush=True)
 
     def _line(self, text: str) -> None:
@@ -144,7 +165,8 @@ class TensorBoardHParams(tune.Callback):
         writer.flush()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, Status.Value("STATUS_SUCCESS"))
+        failed = TRIAL_ERROR in (trial.last_result or {})
+        self._close(trial, Status.Value("STATUS_FAILURE" if failed else "STATUS_SUCCESS"))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._close(trial, Status.Value("STATUS_FAILURE"))

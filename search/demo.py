@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from sensorium.atomic import write_text
 from sensorium.errors import UserError
 
 HELP = "the whole story on synthetic data: synth, search, export, retrain, submission, report"
@@ -47,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nwall time {summary['seconds']['total']:.0f} s: "
           + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items() if k != "total"))
     print(f"summary: {summary['demo_md']}")
-    print(f"TensorBoard:      tensorboard --logdir {run_dir}")
-    print(f"optuna-dashboard: pip install optuna-dashboard && optuna-dashboard {run_dir}/optuna_journal.log")
+    print(f"TensorBoard:      tensorboard --logdir {run_dir} --host 127.0.0.1")
+    print(f"optuna-dashboard: pip install optuna-dashboard && optuna-dashboard --host 127.0.0.1 "
+          f"{run_dir}/optuna_journal.log")
     return 0
 
 
@@ -58,6 +60,7 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
     from search.driver import ensure_ray, release_ray, run_search
     from search.export import export_best, read_best_config
     from search.report import write_report
+    from search.results import status_counts
     from search.retrain import format_scores, retrain
     from search.space import load_search, with_settings
     from sensorium.config import load_config, save_config, set_value
@@ -119,7 +122,7 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
     stage("report", t)
     seconds["total"] = round(time.perf_counter() - clock, 1)
 
-    counts = {s: sum(r.status == s for r in records) for s in ("done", "stopped", "error")}
+    counts = status_counts(records)
     table = _table(tuned, baseline)
     summary = {
         "smoke": smoke, "out": str(out), "search_run": str(run_dir), "search_file": f"configs/{spec_file.name}",
@@ -129,8 +132,8 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
         "oracle": tuned.get("oracle"), "seconds": seconds, "table": table, "report": str(report_dir / "report.md"),
     }
     summary["demo_md"] = str(out / "demo.md")
-    (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "demo.md").write_text(_markdown(summary, format_scores(tuned)))
+    write_text(out / "demo.json", json.dumps(summary, indent=2, default=str))
+    write_text(out / "demo.md", _markdown(summary, format_scores(tuned)))
     return summary
 
 
@@ -174,7 +177,7 @@ def _markdown(summary: dict[str, Any], detail: str) -> str:
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items() if k != "total")
     trials = (
         f"- search: {t['run']} of {t['requested']} trials ran: {t['done']} to the end, {t['stopped']} stopped "
-        f"early (ASHA or the time budget), {t['error']} failed ({summary['search_file']})"
+        f"early (ASHA or the time budget), {t['failed'] + t['error']} failed ({summary['search_file']})"
     )
     cap = (
         f"- every model (search trials, retrain, baseline) is capped at {summary['epoch_cap']} epochs; the "

@@ -6,15 +6,25 @@ Used by the ``run``, ``resume`` and ``demo`` commands and by the tests (which br
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from search.prepare import absolute_data_paths, build_cache
-from search.results import TrialRecord, load_trials
+from search.results import ENDED, TrialRecord, load_trials, status_counts
 from search.space import SearchSpec
+from sensorium.atomic import exclusive_lock
 from sensorium.config import ExperimentConfig
-from sensorium.errors import UserError
+from sensorium.errors import SearchInterrupted, UserError
+
+# In the run folder, held by the driver for a whole run or resume: a second driver there is refused (one
+# line naming the folder and the holder's pid); the kernel frees it when the holder dies, killed or not.
+SEARCH_LOCK = ".search.lock"
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -33,7 +43,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
             ray.init(address=address, **common)
         else:
             # "local": never attach to some other Ray found on this machine. A small object store: trials
-            # share data through the memory-mapped cache, not through Ray objects.
+            # share data through the memory-mapped cache, not through Ray objects. Token authentication:
+            # Ray 2.60 turns it on for a new local cluster and logs a warning that it did; it stays on, the
+            # warning (not ours to act on) is kept out of the command's output. The dashboard is off.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(
                 address="local", num_cpus=num_cpus, include_dashboard=False,
                 object_store_memory=256 * 1024**2, **common,
@@ -51,13 +64,14 @@ def run_search(spec: SearchSpec, run_dir: Path, *, address: str | None = None, p
     run_dir = Path(run_dir).resolve()
     base = absolute_data_paths(spec.base)
     spec = _with_base(spec, base)
-    started = ensure_ray(address, num_cpus=None)
-    try:
-        _prepare_and_check(spec, base, run_dir, progress)
-        tuner = new_tuner(spec, run_dir, live_every_s=live_every_s)
-        return _fit(tuner, run_dir, spec, "search")
-    finally:
-        release_ray(started)
+    with exclusive_lock(run_dir / SEARCH_LOCK, "search"):
+        started = ensure_ray(address, num_cpus=None)
+        try:
+            _prepare_and_check(spec, base, run_dir, progress)
+            tuner = new_tuner(spec, run_dir, live_every_s=live_every_s)
+            return _fit(tuner, run_dir, spec, "search", address)
+        finally:
+            release_ray(started)
 
 
 def resume_search(run_dir: Path, *, address: str | None = None, progress: bool = True) -> list[TrialRecord]:
@@ -67,12 +81,13 @@ def resume_search(run_dir: Path, *, address: str | None = None, progress: bool =
 
     run_dir = Path(run_dir).resolve()
     spec = load_run_spec(run_dir)
-    started = ensure_ray(address, num_cpus=None)
-    try:
-        _prepare_and_check(spec, spec.base, run_dir, progress)
-        return _fit(restored_tuner(run_dir, spec), run_dir, spec, "resumed search")
-    finally:
-        release_ray(started)
+    with exclusive_lock(run_dir / SEARCH_LOCK, "search"):
+        started = ensure_ray(address, num_cpus=None)
+        try:
+            _prepare_and_check(spec, spec.base, run_dir, progress)
+            return _fit(restored_tuner(run_dir, spec), run_dir, spec, "resumed search", address)
+        finally:
+            release_ray(started)
 
 
 def _prepare_and_check(spec: SearchSpec, base: ExperimentConfig, run_dir: Path, progress: bool) -> None:
@@ -83,7 +98,8 @@ def _prepare_and_check(spec: SearchSpec, base: ExperimentConfig, run_dir: Path, 
     preflight(s.cpus_per_trial, s.gpus_per_trial, str(run_dir), scans)
 
 
-def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str) -> list[TrialRecord]:
+def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str, address: str | None) -> list[TrialRecord]:
+    """Run the trials; Ctrl-C or SIGTERM stops them cleanly (SearchInterrupted, with the resume command)."""
     from search.tuner import close_orphans
 
     s = spec.settings
@@ -93,18 +109,45 @@ def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str) -> list[Tria
         flush=True,
     )
     start = time.perf_counter()
-    tuner.fit()  # type: ignore[attr-defined]
+    with _sigterm_stops_tune():
+        tuner.fit()  # type: ignore[attr-defined]
     records = load_trials(run_dir, s.asha.max_t)
-    counts = {status: sum(r.status == status for r in records) for status in ("done", "stopped", "error")}
-    ended = sum(counts.values())
+    counts = status_counts(records)
+    ended = sum(counts[status] for status in ENDED)
     if ended == len(records) and (ended >= s.num_trials or s.time_budget_s):
         close_orphans(run_dir)  # the search is over: Optuna trials still "running" never ran
     print(
-        f"{what} ended after {time.perf_counter() - start:.0f} s: {counts['done']} done, "
-        f"{counts['stopped']} stopped early, {counts['error']} failed, {len(records) - ended} unfinished",
+        f"{what} ended after {time.perf_counter() - start:.0f} s: {counts['done']} done, {counts['stopped']} "
+        f"stopped early, {counts['failed']} failed by themselves, {counts['error']} lost to infrastructure "
+        f"failures, {len(records) - ended} unfinished; {counts['retries']} restarts after a lost worker or node",
         flush=True,
     )
+    if len(records) - ended > 0 or (ended < s.num_trials and not s.time_budget_s):
+        command = f"sensorium-search resume {run_dir}" + (f" --address {address}" if address else "")
+        raise SearchInterrupted(
+            f"the search stopped before its trials ended; every checkpoint is kept. Continue it with: {command}"
+        )
     return records
+
+
+@contextmanager
+def _sigterm_stops_tune() -> Iterator[None]:
+    """Inside: SIGTERM (what SLURM and `kill` send) stops the search the way Ctrl-C does.
+
+    Tune handles SIGINT and SIGUSR1 by ending the run after saving the experiment state one last time;
+    SIGTERM is turned into SIGUSR1 for it. The previous handler comes back on exit.
+    """
+    def forward(signum: int, frame: object) -> None:
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _with_base(spec: SearchSpec, base: ExperimentConfig) -> SearchSpec:

@@ -65,8 +65,7 @@ def export_best(run_dir: Path, out: Path | None = None) -> Path:
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     path = Path(out) if out else run_dir / BEST_CONFIG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, path, extra={"provenance": provenance})
+    save_config(cfg, path, extra={"provenance": provenance})  # whole or not at all: an old file survives a failure
     return path
 
 

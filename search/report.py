@@ -4,7 +4,7 @@ Writes into ``RUN_DIR/report/``: ``trials.csv`` (every searched parameter, statu
 ``report.md`` (best trial, statuses and failed-trial share, boundary check of the best values, parameter
 importances, memory per trial) and PNGs: ``history.png`` (optimisation history), ``importances.png``,
 ``param_<key>.png`` (score vs value, one per searched parameter) and ``curves.png`` (validation curves of
-the top trials).
+the top trials). Each file is written whole or not at all (:mod:`sensorium.atomic`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from search.results import TrialRecord, load_run
+from search.results import TrialRecord, load_run, status_counts
 from search.space import Param, SearchSpec
+from sensorium.atomic import atomic_write, save_figure, write_text
 from sensorium.errors import UserError
 
 HELP = "trials.csv, a markdown summary and plots of a search"
@@ -46,14 +47,14 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     write_trials_csv(records, spec, out / "trials.csv")
     importances, note = _importances(run_dir)
     figures = _plots(records, spec, importances, run_dir, out)
-    (out / "report.md").write_text(_markdown(run_dir, spec, records, importances, note, figures))
+    write_text(out / "report.md", _markdown(run_dir, spec, records, importances, note, figures))
     return out
 
 
 def write_trials_csv(records: list[TrialRecord], spec: SearchSpec, path: Path) -> None:
     """One row per trial, best first: id, status, best score and epoch, epochs run, every searched value."""
     keys = [p.key for p in spec.params]
-    with open(path, "w", newline="") as fh:
+    with atomic_write(path, newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["rank", "trial_id", "status", "best_val_corr", "best_epoch", "epochs", *keys, "error"])
         for rank, r in enumerate(records, 1):
@@ -80,13 +81,16 @@ def boundary_check(spec: SearchSpec, best: TrialRecord) -> list[str]:
 # ----------------------------------------------------------------------------------------- markdown
 def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], importances: dict[str, float],
               note: str, figures: list[str]) -> str:
-    counts = {s: sum(r.status == s for r in records) for s in ("done", "stopped", "error", "running", "pending")}
+    counts = status_counts(records)
     ranked = [r for r in records if r.ranked]
     n_sci = sum(p.role == "scientific" for p in spec.params)
+    lost = counts["failed"] + counts["error"]
     trials = (
         f"- trials: {len(records)} of {spec.settings.num_trials} requested: {counts['done']} ran to the end, "
-        f"{counts['stopped']} stopped early by ASHA, {counts['error']} failed ({counts['error'] / len(records):.0%}), "
-        f"{counts['running'] + counts['pending']} unfinished"
+        f"{counts['stopped']} stopped early by ASHA, {counts['failed']} failed by themselves and "
+        f"{counts['error']} lost to infrastructure failures ({lost / len(records):.0%} in all), "
+        f"{counts['running'] + counts['pending']} unfinished; {counts['retries']} restarts from a checkpoint "
+        f"after a lost worker or node (at most {spec.settings.max_retries} per trial)"
     )
     objective = (
         "- objective: best-epoch validation single-trial correlation (`best_val_corr`); ASHA compares "
@@ -119,9 +123,11 @@ def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], impor
     else:
         lines += [f"- not computed: {note}"]
     lines += ["", "## Memory per trial", "", _memory_line(records)]
-    failed = [r for r in records if r.status == "error"]
+    failed = [r for r in records if r.status in ("failed", "error")]
     if failed:
-        lines += ["", "## Failed trials", ""] + [f"- `{r.trial_id}`: {r.error}" for r in failed]
+        lines += ["", "## Failed trials", ""]
+        lines += [f"- `{r.trial_id}` ({'its own failure' if r.status == 'failed' else 'infrastructure, no retries left'}"
+                  f"): {r.error}" for r in failed]
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
     return "\n".join(lines)
 
@@ -230,11 +236,14 @@ def _history(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def _save(fig: Any, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    """Save ``fig`` to ``path`` (format from its suffix) whole or not at all, and close it."""
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)  # also when saving failed: pyplot would keep the figure alive
     return path.name
 
 

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from search.space import SearchSpec, load_run_spec
-from search.trainable import TRIAL_METRICS, ran_to_end
+from search.trainable import TRIAL_ERROR, TRIAL_METRICS, ran_to_end
 from sensorium.errors import UserError
 
 @dataclass
 class TrialRecord:
-    """One trial. ``status``: done (fit ended by itself), stopped (ASHA / time budget), error, running,
-    pending. ``best_val_corr`` / ``best_epoch`` come from the trial's best epoch, not its last."""
+    """One trial. ``status``: done (fit ended by itself), stopped (ASHA / time budget), failed (the trial's
+    own failure: non-finite loss, a config the model rejects, ...; never retried), error (infrastructure
+    failures beyond the retries), running, pending. ``retries``: restarts from a checkpoint after its worker
+    or node died. ``best_val_corr`` / ``best_epoch`` come from the trial's best epoch, not its last."""
 
     trial_id: str
     status: str
@@ -29,7 +31,8 @@ class TrialRecord:
     epochs: int
     path: Path
     checkpoint: Path | None = None  # latest persisted checkpoint folder (holds best.pt and last.pt)
-    error: str | None = None  # first lines of the error, for failed trials
+    error: str | None = None  # the reason of a failed trial, the last lines of the error of an errored one
+    retries: int = 0
     curve: list[dict[str, float]] = field(default_factory=list)  # per-epoch results, in order
 
     @property
@@ -56,6 +59,15 @@ def load_trials(run_dir: Path, max_t: int | None = None) -> list[TrialRecord]:
     return sorted(records, key=lambda r: (not r.ranked, -(r.best_val_corr or 0.0) if r.ranked else 0.0, r.trial_id))
 
 
+ENDED = ("done", "stopped", "failed", "error")  # statuses of trials that will not run again
+
+
+def status_counts(records: list[TrialRecord]) -> dict[str, int]:
+    """How many trials have each status, plus ``retries``: restarts after a lost worker or node, summed."""
+    counts = {status: sum(r.status == status for r in records) for status in (*ENDED, "running", "pending")}
+    return {**counts, "retries": sum(r.retries for r in records)}
+
+
 def load_run(run_dir: Path) -> tuple[Path, SearchSpec, list[TrialRecord]]:
     """The resolved run folder, its search spec (from the saved ``search.yaml``) and its trials, best first."""
     run_dir = Path(run_dir).resolve()
@@ -74,12 +86,14 @@ def best_trial(records: list[TrialRecord]) -> TrialRecord:
 
 def _record(trial: Any, run_dir: Path, max_t: int) -> TrialRecord:
     path = run_dir / Path(trial.path).name  # the folder as it is now (the run may have been moved)
-    curve = _read_curve(path / "result.json")
+    curve, reported = _read_results(path / "result.json")
     last = curve[-1] if curve else {}
     status = {"ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "pending"}.get(trial.status)
-    if status is None:  # TERMINATED
-        status = "done" if ran_to_end(path, last.get("epoch"), max_t) else "stopped"
     error = None
+    if status is None and TRIAL_ERROR in reported:  # TERMINATED by its own failure
+        status, error = "failed", str(reported[TRIAL_ERROR])
+    elif status is None:  # TERMINATED
+        status = "done" if ran_to_end(reported, max_t) else "stopped"
     error_name = getattr(trial.run_metadata, "error_filename", None)
     if status == "error":
         error_file = path / (error_name or "error.txt")
@@ -98,22 +112,26 @@ def _record(trial: Any, run_dir: Path, max_t: int) -> TrialRecord:
         path=path,
         checkpoint=checkpoint if checkpoint is not None and checkpoint.is_dir() else None,
         error=error,
+        retries=int(getattr(trial.run_metadata, "num_failures", 0) or 0) - (status == "error"),
         curve=curve,
     )
 
 
-def _read_curve(result_json: Path) -> list[dict[str, float]]:
-    """Per-epoch rows of Tune's result.json (one JSON object per line), one row per epoch (last wins)."""
+def _read_results(result_json: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """Tune's result.json (one JSON object per line): the per-epoch rows, one per epoch (last wins: a trial
+    restarted from an older checkpoint reports some epochs again), and the last result as reported (it
+    carries ``TRIAL_ERROR`` or ``FIT_DONE`` when the trial ended by itself)."""
     if not result_json.is_file():
-        return []
+        return [], {}
     rows: dict[int, dict[str, float]] = {}
+    last: dict[str, Any] = {}
     for line in result_json.read_text().splitlines():
         if not line.strip():
             continue
-        result = json.loads(line)
-        if "epoch" in result:
-            rows[int(result["epoch"])] = {k: result[k] for k in TRIAL_METRICS if k in result}
-    return [rows[e] for e in sorted(rows)]
+        last = json.loads(line)
+        if "epoch" in last and TRIAL_ERROR not in last:
+            rows[int(last["epoch"])] = {k: last[k] for k in TRIAL_METRICS if k in last}
+    return [rows[e] for e in sorted(rows)], last
 
 
 def _tail(path: Path, lines: int = 3) -> str:

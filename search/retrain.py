@@ -29,12 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from sensorium.atomic import exclusive_lock, write_text
 from sensorium.config import ExperimentConfig, config_hash, load_config, set_value
 from sensorium.errors import UserError
 from sensorium.runtime import is_cuda_request
 
 HELP = "retrain the best config with several seeds, ensemble, write and score submissions"
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device accepts
+RETRAIN_LOCK = ".retrain.lock"  # in the output folder, held by the retrain writing it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +74,8 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
             gpus_per_seed: float | None = None, address: str | None = None) -> dict[str, Any]:
     """Train, ensemble, write and score; returns what retrain.json holds. ``device``: train.device of every
     seed (None: the config's); ``cpus_per_seed``, ``gpus_per_seed``: one seed task's resources (None: see
-    ``seed_resources``); ``address``: a Ray cluster to join (None: this process's Ray, else a local one)."""
+    ``seed_resources``); ``address``: a Ray cluster to join (None: this process's Ray, else a local one).
+    A folder another retrain is writing is refused (FolderInUse naming the folder and that process)."""
     from search.driver import ensure_ray, release_ray
     from search.preflight import preflight
     from search.prepare import absolute_data_paths
@@ -102,39 +105,41 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
     if gpus_per_seed == 0 and is_cuda_request(cfg.train.device):
         raise UserError(f"train.device={cfg.train.device!r} needs a GPU, but --gpus-per-seed is 0")
     out = Path(out or default_out).resolve()
-    if (out / "retrain.json").exists() and not force:
-        raise UserError(f"{out} already holds a retrain; pass --force to overwrite or choose --out")
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    run_cfg = absolute_data_paths(cfg)  # tasks run in other folders, maybe on other nodes
-    started = ensure_ray(address)
-    try:
-        cpus, gpus = seed_resources(run_cfg.train.device, seeds, cpus_per_seed, gpus_per_seed)
-        preflight(cpus, gpus, str(out), [Path(p) for p in run_cfg.data.scans])
-        # Builds the memory-mapped cache here, once, before the tasks map it.
-        competition = competition_keys(load_data(run_cfg.data, progress=progress))
-        members, ensemble = run_seeds(run_cfg, seeds, out, cpus, gpus, progress)
-    finally:
-        release_ray(started)
+    # Held to the end: a second retrain into this folder is refused, not interleaved with this one's files;
+    # the kernel frees it if this process dies.
+    with exclusive_lock(out / RETRAIN_LOCK, "retrain"):
+        if (out / "retrain.json").exists() and not force:
+            raise UserError(f"{out} already holds a retrain; pass --force to overwrite or choose --out")
+        start = time.perf_counter()
+        run_cfg = absolute_data_paths(cfg)  # tasks run in other folders, maybe on other nodes
+        started = ensure_ray(address)
+        try:
+            cpus, gpus = seed_resources(run_cfg.train.device, seeds, cpus_per_seed, gpus_per_seed)
+            preflight(cpus, gpus, str(out), [Path(p) for p in run_cfg.data.scans])
+            # Builds the memory-mapped cache here, once, before the tasks map it.
+            competition = competition_keys(load_data(run_cfg.data, progress=progress))
+            members, ensemble = run_seeds(run_cfg, seeds, out, cpus, gpus, progress)
+        finally:
+            release_ray(started)
 
-    files = {}
-    for (key, name), pred in ensemble.items():
-        path = write_submission(out / key / name, pred.trial_ids, pred.image_ids, pred.neuron_ids,
-                                pred.values / seeds, overwrite=True)
-        files[f"{key}/{name}"] = str(path)
+        files = {}
+        for (key, name), pred in ensemble.items():
+            path = write_submission(out / key / name, pred.trial_ids, pred.image_ids, pred.neuron_ids,
+                                    pred.values / seeds, overwrite=True)
+            files[f"{key}/{name}"] = str(path)
 
-    gt = Path(ground_truth) if ground_truth else find_ground_truth(cfg)
-    summary: dict[str, Any] = {
-        "source": str(source), "out": str(out), "config_hash": config_hash(cfg), "seeds": [m["seed"] for m in members],
-        "choices": choices, "search_provenance": provenance, "members": members, "ensemble_files": files,
-        "ground_truth": str(gt) if gt else None, "seconds": None,
-    }
-    if gt is not None:
-        summary["scores"] = {"ensemble": score_all_files(files, gt),
-                             **{f"seed_{m['seed']}": score_all_files(m["files"], gt) for m in members}}
-        summary["oracle"] = read_oracle(gt, competition)
-    summary["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "retrain.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
+        gt = Path(ground_truth) if ground_truth else find_ground_truth(cfg)
+        summary: dict[str, Any] = {
+            "source": str(source), "out": str(out), "config_hash": config_hash(cfg),
+            "seeds": [m["seed"] for m in members], "choices": choices, "search_provenance": provenance,
+            "members": members, "ensemble_files": files, "ground_truth": str(gt) if gt else None, "seconds": None,
+        }
+        if gt is not None:
+            summary["scores"] = {"ensemble": score_all_files(files, gt),
+                                 **{f"seed_{m['seed']}": score_all_files(m["files"], gt) for m in members}}
+            summary["oracle"] = read_oracle(gt, competition)
+        summary["seconds"] = round(time.perf_counter() - start, 1)
+        write_text(out / "retrain.json", json.dumps(summary, indent=2, default=_jsonable))
     return summary
 
 
@@ -171,14 +176,20 @@ def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: f
     pending = {}
     for i in range(seeds):
         seed_cfg = set_value(cfg, "seed", cfg.seed + i)
-        ref = task.remote(seed_cfg.to_dict(), str(out / f"seed_{seed_cfg.seed}"), cpus, gpus, progress)
+        ref = task.remote(seed_cfg.to_dict(), str(out / f"seed_{seed_cfg.seed}"), cpus, gpus)
         pending[ref] = seed_cfg.seed
     if progress:
         print(f"retrain: {seeds} seed(s) as Ray tasks of {cpus:g} CPU + {gpus:g} GPU, train.device "
               f"{cfg.train.device} -> {out}", file=sys.stderr, flush=True)
     done_by_seed: dict[int, dict[str, Any]] = {}
+    shown: dict[int, int] = {}  # seed -> last epoch printed
     while pending:
-        [ref], _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+        if not ready:
+            if progress:
+                _print_epochs(out, sorted(pending.values()), shown)
+            continue
+        [ref] = ready
         seed = pending.pop(ref)
         try:
             done = ray.get(ref)
@@ -201,6 +212,22 @@ def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: f
         for slot, pred in done_by_seed[seed]["predictions"].items():
             _accumulate(ensemble, slot, pred)
     return [done_by_seed[seed]["member"] for seed in sorted(done_by_seed)], ensemble
+
+
+def _print_epochs(out: Path, seeds: list[int], shown: dict[int, int]) -> None:
+    """One line per seed and newly finished epoch, read from the seed's curves.csv (the tasks' own output
+    does not reach the driver; the run folder is shared with every node)."""
+    from sensorium.training.rundir import RunDir
+
+    for seed in seeds:
+        try:
+            rows = RunDir(out / f"seed_{seed}").read_curves()
+        except (OSError, ValueError):  # not written yet, or a row being appended
+            continue
+        for row in rows[shown.get(seed, 0):]:
+            print(f"retrain: seed {seed} epoch {int(row['epoch'])}: val corr {row['val_corr']:.4f} "
+                  f"(best {row['best_val_corr']:.4f}) {row['epoch_seconds']:.0f} s", file=sys.stderr, flush=True)
+        shown[seed] = max(shown.get(seed, 0), len(rows))
 
 
 def load_source(source: Path) -> tuple[ExperimentConfig, dict[str, Any] | None, Path]:

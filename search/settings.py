@@ -42,6 +42,9 @@ class SearchSettings:
     time_budget_s: float | None = None  # stop starting/continuing trials after this many seconds
     seed: int = 0  # seeds the TPE sampler (trials themselves use the config's seed)
     metric: Literal["val_corr", "best_val_corr"] = "val_corr"  # what ASHA compares at its rungs
+    # restarts of a trial from its latest checkpoint after its worker or node died (a trial's own failure,
+    # e.g. a non-finite loss, is never retried)
+    max_retries: int = 3
     asha: AshaSettings = field(default_factory=AshaSettings)
     tpe: TpeSettings = field(default_factory=TpeSettings)
     # Parameter sets evaluated first (Optuna enqueues them), e.g. the untuned baseline's values;
@@ -82,6 +85,7 @@ def build_settings(raw: Any) -> SearchSettings:
         (s.asha.reduction_factor > 1, "asha.reduction_factor", s.asha.reduction_factor, "> 1"),
         (s.asha.max_t >= s.asha.grace_period, "asha.max_t", s.asha.max_t, ">= asha.grace_period"),
         (s.tpe.n_startup_trials >= 0, "tpe.n_startup_trials", s.tpe.n_startup_trials, ">= 0"),
+        (s.max_retries >= 0, "max_retries", s.max_retries, ">= 0"),
     ]
     for ok, name, value, expected in checks:
         if not ok:

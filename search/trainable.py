@@ -16,11 +16,10 @@ assigned them, or on the CPU when given none (``on_assigned_gpu``).
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Collection
@@ -38,7 +37,11 @@ from sensorium.training.rundir import CURVE_FIELDS
 
 # What a trial reports per epoch: fit's metrics and the trial process's memory (memory_mb).
 TRIAL_METRICS = (*CURVE_FIELDS, "rss_mb", "private_mb")
-FIT_DONE_FILE = "fit_result.json"  # written when fit returns by itself; absent when Tune stopped the trial
+# A failure of the machine, not of the trial: disk or network file system trouble, a lost Ray connection.
+# Tune retries these from the trial's latest checkpoint; a killed worker or a lost node are retried too.
+INFRASTRUCTURE = (OSError, ray.exceptions.RayError)
+TRIAL_ERROR = "trial_error"  # result key of a trial's own failure: its reason (one line)
+FIT_DONE = "fit_done"  # result key of a trial whose fit ended by itself (early stopping or max_epochs): its epochs
 
 
 def train_trial(
@@ -49,7 +52,11 @@ def train_trial(
     ``checkpoint_epochs``: epochs that must end with a checkpoint (the scheduler's rungs); ``cpus``,
     ``gpus``: the trial's resources (``gpus`` in cards: a fraction shares one card).
 
-    Any exception (fit raises FloatingPointError on a non-finite loss) fails the trial; Tune records it.
+    Two kinds of failure (see ``INFRASTRUCTURE``): the trial's own (a non-finite loss, a config the model
+    rejects, GPU memory too small for the config, a bug) ends the trial with one last result carrying
+    ``TRIAL_ERROR`` (its reason) and is not retried; an infrastructure failure is raised to Tune, which
+    restarts the trial from its latest checkpoint (FailureConfig.max_failures), like a killed worker or a
+    lost node, which never reach this code.
     """
     from sensorium.training.fit import fit
 
@@ -63,9 +70,12 @@ def train_trial(
     run_dir = Path.cwd()
     resume = _restored_checkpoint()
 
+    last: dict[str, float] = {"epoch": 0, "val_corr": math.nan, "best_val_corr": math.nan}
+
     def report(epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         out = {k: float(metrics[k]) for k in CURVE_FIELDS if k in metrics}
         out.update(memory_mb())
+        last.update(out)
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
         tune.report(out, checkpoint=checkpoint)
 
@@ -73,16 +83,23 @@ def train_trial(
     try:
         result = fit(cfg, run_dir, report=report, resume=resume, progress=False, checkpoint_dir=scratch,
                      checkpoint_epochs=set(checkpoint_epochs))
+    except INFRASTRUCTURE:
+        raise
+    except Exception as err:  # the trial's own failure: recorded once, with its reason, not retried
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        tune.report({**last, TRIAL_ERROR: reason})
+        return
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    summary = {"best_val_corr": result.best_val_corr, "best_epoch": result.best_epoch, "epochs": result.epochs_run}
-    (run_dir / FIT_DONE_FILE).write_text(json.dumps(summary))
+    # The outcome goes into the results, not into a file: Ray's last artifact sync of a finishing trial can
+    # run before files written after the last report exist. The row repeats the last epoch's metrics.
+    tune.report({**last, FIT_DONE: float(result.epochs_run)})
 
 
-def train_seed(cfg_dict: dict[str, Any], seed_dir: str, cpus: float, gpus: float, progress: bool) -> dict[str, Any]:
+def train_seed(cfg_dict: dict[str, Any], seed_dir: str, cpus: float, gpus: float) -> dict[str, Any]:
     """One ensemble member, a Ray task given ``cpus`` CPUs (its torch threads) and ``gpus`` GPUs: fit the
-    config (its ``seed`` set) into ``seed_dir`` on data mapped from the cache, then write its submissions.
-    ``progress``: one line per epoch on stderr (Ray shows it in the driver's output).
+    config (its ``seed`` set) into ``seed_dir`` on data mapped from the cache, then write its submissions
+    (the driver follows its progress in ``seed_dir``/curves.csv).
 
     Returns ``member`` (its retrain.json entry), ``predictions`` ((data key, file name) -> Predictions of
     that file's tier of each competition scan, values (trials, neurons)), ``started`` (Unix time),
@@ -98,13 +115,7 @@ def train_seed(cfg_dict: dict[str, Any], seed_dir: str, cpus: float, gpus: float
     cfg = set_value(ExperimentConfig.from_dict(cfg_dict), "train.threads", max(1, int(cpus)))
     cfg = on_assigned_gpu(cfg, gpus, "--gpus-per-seed")
     scans = load_data(cfg.data, progress=False)
-    def report(epoch: int, metrics: dict[str, float], _checkpoint_dir: Path | None) -> None:
-        if progress:
-            print(f"seed {cfg.seed}: epoch {epoch}/{cfg.train.max_epochs} val_corr {metrics['val_corr']:.4f} "
-                  f"(best {metrics['best_val_corr']:.4f}) {metrics['epoch_seconds']:.0f} s", file=sys.stderr,
-                  flush=True)
-
-    result = fit(cfg, Path(seed_dir), data=scans, report=report, progress=False)
+    result = fit(cfg, Path(seed_dir), data=scans, progress=False)
     member = {"seed": cfg.seed, "run_dir": seed_dir, "best_val_corr": result.best_val_corr,
               "best_epoch": result.best_epoch, "epochs": result.epochs_run,
               "seconds": round(time.perf_counter() - t0, 1), "files": {}}
@@ -131,14 +142,25 @@ def on_assigned_gpu(cfg: ExperimentConfig, gpus: float, setting: str) -> Experim
 
 
 def _restored_checkpoint() -> Path | None:
-    """The checkpoint folder this trial resumes from (after a driver restart), else None."""
+    """The checkpoint folder this trial resumes from (after a driver restart), else None.
+
+    A folder without last.pt (persisted only in part) has no state to resume: None, with a warning, and
+    the trial starts again from epoch 0, as fit does itself for a damaged last.pt. Starting again is
+    right for a trial: its result is a function of its config, so it reaches the same score.
+    """
+    import warnings
+
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     if checkpoint.filesystem is not None and checkpoint.filesystem.type_name != "local":
-        local = Path.cwd() / "restored_checkpoint"
-        return Path(checkpoint.to_directory(str(local)))
-    return Path(checkpoint.path)
+        path = Path(checkpoint.to_directory(str(Path.cwd() / "restored_checkpoint")))
+    else:
+        path = Path(checkpoint.path)
+    if not (path / "last.pt").is_file():
+        warnings.warn(f"{path}: restored checkpoint holds no last.pt; starting the trial again from epoch 0")
+        return None
+    return path
 
 
 def memory_mb() -> dict[str, float]:
@@ -160,8 +182,8 @@ def memory_mb() -> dict[str, float]:
     return {"rss_mb": fields.get("Rss", 0.0), "private_mb": private}
 
 
-def ran_to_end(trial_path: str | Path, epochs: Any, max_t: int) -> bool:
+def ran_to_end(last_result: dict[str, Any], max_t: int) -> bool:
     """True when a trial that stopped was not cut short: its fit ended by itself (early stopping or
-    max_epochs: the trainable wrote FIT_DONE_FILE) or it reached ASHA's max_t (where ASHA always stops)."""
-    reached = isinstance(epochs, (int, float)) and epochs >= max_t
-    return reached or (Path(trial_path) / FIT_DONE_FILE).is_file()
+    max_epochs: its last result carries FIT_DONE) or it reached ASHA's max_t (where ASHA always stops)."""
+    epochs = last_result.get("epoch")
+    return FIT_DONE in last_result or (isinstance(epochs, (int, float)) and epochs >= max_t)

@@ -29,7 +29,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.callbacks import LiveTable, TensorBoardHParams
 from search.space import SEARCH_FILE, SearchSpec
-from search.trainable import train_trial
+from search.trainable import FIT_DONE, TRIAL_ERROR, train_trial
+from sensorium.atomic import write_text
 from sensorium.errors import UserError
 
 STUDY_FILE = "study.json"
@@ -85,6 +86,24 @@ def close_orphans(run_dir: Path) -> int:
     return len(orphans)
 
 
+class StudySearch(OptunaSearch):
+    """OptunaSearch that tells the study FAIL, with no value, for a trial that failed by itself.
+
+    Such a trial ends normally for Tune (so Tune does not retry it) with a last result carrying
+    ``TRIAL_ERROR``; that result is kept from the study's intermediate values. A trial Tune restarts after
+    an infrastructure failure is told nothing until it ends: the study gets every trial exactly once.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if TRIAL_ERROR not in result and FIT_DONE not in result:  # those repeat the last epoch's metrics
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and TRIAL_ERROR in result:
+            result, error = None, True
+        super().on_trial_complete(trial_id, result, error=error)
+
+
 def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str) -> OptunaSearch:
     """OptunaSearch with a seeded TPE sampler whose settings are all explicit (Optuna 5.0 changed them).
 
@@ -102,7 +121,7 @@ def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str) -> OptunaSea
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler)
     for point in s.start_with:
         study.enqueue_trial(dict(point))
-    return OptunaSearch(
+    return StudySearch(
         space=optuna_space(spec), metric=RANK_METRIC, mode="max", sampler=sampler,
         study_name=study_name, storage=storage,
     )
@@ -161,8 +180,9 @@ def run_config(run_dir: Path, spec: SearchSpec, live_every_s: float) -> tune.Run
         storage_path=str(run_dir.parent),
         verbose=0,
         callbacks=callbacks(spec, live_every_s),
-        # A failing trial (exception, NaN loss) is recorded with its error; the search goes on.
-        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        # A trial whose worker or node died restarts from its latest checkpoint, up to max_retries times (the
+        # trainable ends a trial that failed by itself normally, with its reason, so it is never retried).
+        failure_config=tune.FailureConfig(max_failures=spec.settings.max_retries, fail_fast=False),
         # The latest checkpoint holds both last.pt (to resume) and best.pt (the trial's best epoch).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         sync_config=tune.SyncConfig(sync_artifacts=True),
@@ -177,10 +197,9 @@ def new_tuner(spec: SearchSpec, run_dir: Path, live_every_s: float = 20.0) -> tu
         raise UserError(f"{run_dir}: holds the Optuna study of a search that never started; delete it or pick --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     study_name = f"sensorium-search-{run_dir.name}"
-    (run_dir / SEARCH_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    (run_dir / STUDY_FILE).write_text(
-        json.dumps({"study_name": study_name, "storage": JOURNAL_FILE, "metric": RANK_METRIC, "mode": "max"})
-    )
+    write_text(run_dir / SEARCH_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    write_text(run_dir / STUDY_FILE,
+               json.dumps({"study_name": study_name, "storage": JOURNAL_FILE, "metric": RANK_METRIC, "mode": "max"}))
     s = spec.settings
     tune_config = tune.TuneConfig(
         search_alg=make_searcher(spec, run_dir, study_name),
@@ -195,9 +214,10 @@ def new_tuner(spec: SearchSpec, run_dir: Path, live_every_s: float = 20.0) -> tu
 
 
 def restored_tuner(run_dir: Path, spec: SearchSpec) -> tune.Tuner:
-    """The Tuner of an interrupted run (``spec``: its saved search): finished trials are kept, unfinished ones
-    resume from their latest checkpoint, errored ones stay errored (a failure is a result), and the searcher
-    keeps its history."""
+    """The Tuner of an interrupted run (``spec``: its saved search): finished trials are kept (trials that
+    failed by themselves are finished), unfinished ones (running when the driver stopped) resume from their
+    latest checkpoint; trials that ran out of retries after infrastructure failures stay errored (the study
+    was told so), and the searcher keeps its history."""
     if not tune.Tuner.can_restore(str(run_dir)):
         raise UserError(f"{run_dir}: no Ray Tune experiment state to resume (is it a search run folder?)")
     return tune.Tuner.restore(

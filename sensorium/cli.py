@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from sensorium.errors import UserError
+from sensorium.errors import SearchInterrupted, UserError
 
 # name -> module; the order is the data flow, and the order --help lists them in.
 COMMANDS: dict[str, str] = {
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SearchInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -26,6 +26,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from sensorium.atomic import write_text
 from sensorium.errors import ConfigError
 
 
@@ -216,11 +217,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """Write ``cfg`` as YAML (optionally with extra top-level provenance keys, e.g. for best_config)."""
+    """Write ``cfg`` as YAML (optionally with extra top-level provenance keys, e.g. for best_config), whole or
+    not at all (:func:`sensorium.atomic.write_text`)."""
     data = cfg.to_dict()
     if extra:
         data = {**data, **extra}
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:

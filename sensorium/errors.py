@@ -11,3 +11,11 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A scan (folder or zip) that is missing files, has wrong shapes or dtypes, or non-finite values."""
+
+
+class SearchInterrupted(Exception):
+    """A search stopped by Ctrl-C or SIGTERM before its trials ended; the message holds the resume command.
+
+    The CLI prints it on one line and exits with 130 (interrupted), so a batch script can tell it from a
+    finished search (0) and from bad input (2).
+    """

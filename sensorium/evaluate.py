@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from sensorium.atomic import write_text
 from sensorium.metrics import FEV_THRESHOLD, SCORE_NAMES
 from sensorium.submission import score_files
 
@@ -44,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
             "ground_truth": str(args.ground_truth),
             **{k: (None if math.isnan(v) else v) for k, v in scores.items()},
         }
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        write_text(args.json, json.dumps(record, indent=2) + "\n")
     return 0

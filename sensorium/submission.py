@@ -14,9 +14,7 @@ hashed ids are compared the same way.
 from __future__ import annotations
 
 import csv
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from sensorium import metrics
+from sensorium.atomic import atomic_write
 from sensorium.errors import UserError
 
 ID_COLUMNS = ("trial_indices", "image_ids", "neuron_ids")
@@ -99,8 +98,9 @@ def write_submission(
     writes a ground-truth file. Rows are written sorted by trial id.
 
     Refuses (UserError): length mismatches, an empty table, duplicate trial or neuron ids, non-finite
-    values, an unknown ``column``, and an existing ``path`` unless ``overwrite``. The file is written to a
-    temporary file in the same folder and renamed into place, so a failure leaves no partial file.
+    values, an unknown ``column``, and an existing ``path`` unless ``overwrite``. The file is written whole
+    or not at all (:func:`sensorium.atomic.atomic_write`): a failure (a full disk: WriteError naming the
+    file) leaves no partial file and an overwritten one as it was.
     """
     path = Path(path)
     if column not in VALUE_COLUMNS:
@@ -131,21 +131,12 @@ def write_submission(
             f"{path.name}: {int(bad.sum())} non-finite {column} values in {int(bad.any(axis=1).sum())} trials "
             f"(first: trial {trials[t]}, neuron {neurons[j]})"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
     neuron_text = "[" + ", ".join(str(int(n)) for n in neurons) + "]"
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["trial_indices", "image_ids", column, "neuron_ids"])
-            for t in _row_order(trials):
-                writer.writerow([trials[t], int(images[t]), _format_values(values[t]), neuron_text])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path, newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["trial_indices", "image_ids", column, "neuron_ids"])
+        for t in _row_order(trials):
+            writer.writerow([trials[t], int(images[t]), _format_values(values[t]), neuron_text])
     return path
 
 

@@ -77,8 +77,9 @@ def test_gpu_memory_is_capped_only_for_a_fractional_share(fake_cuda):
     assert len(fake_cuda) == 1
 
 
-class _Stop(Exception):
-    """Raised by the stand-in for fit once the trial has set its device up."""
+class _Stop(BaseException):
+    """Raised by the stand-in for fit once the trial has set its device up (a BaseException: the trainable
+    records an Exception as the trial's own failure and returns)."""
 
 
 def _run_trial(monkeypatch, device: str, gpu_ids: list[int], gpus: float) -> Any:

@@ -77,7 +77,7 @@ def test_search_completes_and_ranks_by_each_trials_best_epoch(search_run):
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(search_run):
     run_dir, records = search_run
-    failed = [r for r in records if r.status == "error"]
+    failed = [r for r in records if r.status == "failed"]  # its own failure: recorded, not retried
     assert failed, [(r.trial_id, r.status) for r in records]
     assert all(r.params["model.core.input_kern"] == 41 for r in failed)
     assert "does not fit the core" in failed[0].error
@@ -100,7 +100,7 @@ def test_tensorboard_has_curves_and_hparams_of_every_trial(search_run):
         assert start["model.readout.gauss_type"].string_value == r.params["model.readout.gauss_type"]
         assert start["model.core.layers"].number_value == 2  # resolved from the base, not only the searched keys
         status = plugin["_hparams_/session_end_info"].session_end_info.status
-        assert status == (2 if r.status == "error" else 1)  # STATUS_FAILURE / STATUS_SUCCESS
+        assert status == (2 if r.status == "failed" else 1)  # STATUS_FAILURE / STATUS_SUCCESS
         if r.ranked:
             best = acc.Scalars("best_val_corr")
             assert [e.step for e in best] == [c["epoch"] for c in r.curve]

@@ -8,12 +8,12 @@ changing the image size, gives a new folder.
 Building is safe when many processes (e.g. Ray trials) open the same scan at once: one process takes an
 exclusive ``fcntl`` lock, builds into a temporary folder and publishes it with an atomic rename; the others
 wait for the lock, then map the published folder. A half-built cache is never visible under the final
-name, and leftovers of a crashed build are removed by the next builder.
+name: a failed build (a full disk: WriteError naming the cache folder) removes its temporary folder, and
+leftovers of a killed build are removed by the next builder.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -21,8 +21,6 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from numpy.lib.format import open_memmap
 from skimage.transform import resize
 from tqdm import tqdm
 
+from sensorium.atomic import exclusive_lock, write_error, write_text
 from sensorium.config import DataConfig
 from sensorium.data.format import DATA_GROUPS, data_key
 from sensorium.data.reader import ScanReader
@@ -55,7 +54,7 @@ def load_scan(path: Path, cfg: DataConfig, progress: bool = True) -> Scan:
     final = root / name
     if (final / MANIFEST).is_file():
         return Scan.open(final)
-    with _exclusive_lock(root / f".{name}.lock"):
+    with exclusive_lock(root / f".{name}.lock", "cache build", wait=True):
         if not (final / MANIFEST).is_file():  # another process may have built it while we waited
             for stale in root.glob(f".{name}.tmp-*"):  # we hold the lock: nobody is building these
                 shutil.rmtree(stale, ignore_errors=True)
@@ -65,6 +64,8 @@ def load_scan(path: Path, cfg: DataConfig, progress: bool = True) -> Scan:
             try:
                 build_cache(path, tmp, (cfg.image_height, cfg.image_width), progress=progress)
                 os.rename(tmp, final)
+            except OSError as err:  # name the cache folder, not a file in the temporary one
+                raise write_error(final, err) from err
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return Scan.open(final)
@@ -132,7 +133,7 @@ def build_cache(source: Path, out: Path, size: tuple[int, int], progress: bool =
             "behavior": (n, 3),
             "pupil_center": (n, 2),
         }
-        arrays = {g: open_memmap(out / f"{g}.npy", mode="w+", dtype=np.float32, shape=shapes[g]) for g in DATA_GROUPS}
+        arrays = {g: _allocated_memmap(out / f"{g}.npy", shapes[g]) for g in DATA_GROUPS}
         start = time.perf_counter()
         for i in tqdm(range(n), desc=f"caching {key}", unit="trial", disable=not progress, file=sys.stderr):
             arrays["images"][i, 0] = downscale(reader.item("images", i)[0], size)
@@ -166,15 +167,17 @@ def build_cache(source: Path, out: Path, size: tuple[int, int], progress: bool =
             "build_id": uuid.uuid4().hex,
             "build_seconds": round(time.perf_counter() - start, 3),
         }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        write_text(out / MANIFEST, json.dumps(manifest, indent=1))  # last, and whole: it marks the cache complete
 
 
-@contextmanager
-def _exclusive_lock(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive ``fcntl.flock`` on ``lock_path`` (blocks until free; released on exit or crash)."""
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new float32 .npy file of ``shape``, memory-mapped for writing, its disk blocks reserved up front.
+
+    open_memmap makes a sparse file; writing its pages on a full disk would kill the process with SIGBUS
+    (no error, no clean-up). Reserving the blocks first turns that into an OSError (ENOSPC) here.
+    """
+    array = open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    if hasattr(os, "posix_fallocate"):  # not on macOS, where a full disk can still end a build with SIGBUS
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return array

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sensorium.atomic import atomic_write, save_figure, write_text
 from sensorium.config import DataConfig
 from sensorium.data.format import TIERS
 
@@ -72,20 +73,20 @@ def summarise(scan) -> dict[str, object]:
 
 def write_tables(rows: list[dict[str, object]], out: Path) -> str:
     """Write ``summary.csv`` (one row per scan) and ``summary.md`` (one column per scan); return the latter."""
-    with open(out / "summary.csv", "w", newline="") as f:
+    with atomic_write(out / "summary.csv", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| | " + " | ".join(str(r["scan"]) for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
     lines += [f"| {field} | " + " | ".join(str(r[field]) for r in rows) + " |" for field in list(rows[0])[1:]]
     markdown = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(markdown)
+    write_text(out / "summary.md", markdown)
     return markdown
 
 
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def _sample_rows(scan, tiers: tuple[str, ...], k: int, rng: np.random.Generator) -> np.ndarray:

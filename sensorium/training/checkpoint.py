@@ -1,4 +1,4 @@
-"""Checkpoint files: what they hold, atomic writes, and rebuilding a trained model from one.
+"""Checkpoint files: what they hold, whole-or-nothing writes, and rebuilding a trained model from one.
 
 Both files hold only tensors, plain dicts, lists, numbers and strings, so ``torch.load(path,
 weights_only=True)`` reads them:
@@ -13,7 +13,7 @@ weights_only=True)`` reads them:
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from sensorium.atomic import atomic_write
 from sensorium.config import ExperimentConfig
 from sensorium.errors import UserError
 from sensorium.models import ScanMeta, SensoriumModel, build_model
 from sensorium.runtime import autocast_dtype, use_channels_last
 
 FORMAT = "sensorium-search/checkpoint/1"
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint file that exists but cannot be loaded (truncated, corrupt): its state is lost.
+
+    Callers that resume decide what that means (``fit`` starts the run again from epoch 0); a missing
+    file or another program's file stays a plain UserError (a wrong path, not damage).
+    """
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -81,22 +90,31 @@ def model_payload(
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file, then rename: a kill mid-write never leaves a broken checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save ``obj`` to ``path`` whole or not at all (:func:`sensorium.atomic.atomic_write`): a kill
+    or a full disk mid-write leaves the previous checkpoint as it was (a full disk: WriteError naming it)."""
+    # Serialised in memory first (a checkpoint is megabytes): a write that fails mid-stream inside torch.save
+    # surfaces as a RuntimeError ("unexpected pos"), whether torch writes the path or a file object; one
+    # plain write of the bytes keeps the OSError (ENOSPC) that atomic_write turns into a WriteError.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_write(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file with ``weights_only=True`` onto the CPU; clear error if it is not one of ours."""
+    """Load a checkpoint file with ``weights_only=True`` onto the CPU; clear error if it is not one of ours.
+
+    Raises UserError when the file is missing or not a sensorium-search checkpoint, and its subclass
+    :class:`DamagedCheckpoint` when torch cannot load it (truncated or corrupt).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+        reason = (str(err).strip().splitlines() or [""])[0]  # some torch messages run over many lines
+        raise DamagedCheckpoint(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not a sensorium-search checkpoint (expected format {FORMAT!r})")
     return ckpt

@@ -1,6 +1,12 @@
 """``sensorium-search train CONFIG.yaml [--set key=value ...] [--out RUN_DIR] [--data PATH ...]``.
 
     sensorium-search train configs/sensorium_plus.yaml --data data/ --set train.threads=2 --out runs/baseline
+
+``--resume`` continues the run in ``--out`` from its ``checkpoints/last.pt``. When that file is damaged
+(truncated by a full disk, corrupt), the run starts again from epoch 0 with a warning naming the file and
+the reason: what the user asked for is the finished run, the damaged state cannot give it, and a fresh
+start reproduces it (a refusal would leave only deleting the file by hand). A missing last.pt is still
+refused: it means a wrong ``--out``, not damage.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="scan folders, official zips or directories holding them (sets data.scans)",
     )
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<name>-<time>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last.pt (a damaged one: start again, with a warning)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 

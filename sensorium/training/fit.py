@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ from sensorium.runtime import (
     set_threads, use_channels_last,
 )
 from sensorium.training.checkpoint import (
-    checkpoint_path, cpu_state, model_payload, read_checkpoint, save_atomic, to_cpu,
+    DamagedCheckpoint, checkpoint_path, cpu_state, model_payload, read_checkpoint, save_atomic, to_cpu,
 )
 from sensorium.training.early_stopping import EarlyStopper
 from sensorium.training.rundir import RunDir, write_json
@@ -81,7 +83,9 @@ def fit(
     ``checkpoint_epochs`` (e.g. where a scheduler may stop the run), at the end of every lr-decay round and
     of the run; ``report`` gets the folder on those epochs and None on the others.
     ``resume``: a last.pt (or its run/checkpoints folder) to continue from exactly where it was written;
-    the epochs after it are trained again, with the same results.
+    the epochs after it are trained again, with the same results. A damaged (truncated, corrupt) last.pt
+    holds nothing to continue from: the run starts again from epoch 0, with a warning naming the file
+    and the reason, and reaches the same result (see :func:`_resume_state`).
     A non-finite loss raises FloatingPointError naming the epoch, scan and batch.
     """
     set_threads(cfg.train.threads)
@@ -95,8 +99,9 @@ def fit(
     in_shape = _check_data(cfg, data)
     meta = scan_meta(data)
     model = build_model(cfg.model, meta, in_shape).to(device)  # before the run folder: a bad config writes nothing
+    ckpt = _resume_state(cfg, resume) if resume is not None else None  # likewise a refused resume
     run = RunDir(Path(run_dir), checkpoint_dir)
-    run.prepare(cfg, resume=resume is not None, device=device)
+    run.prepare(cfg, resume=ckpt is not None, device=device)
     if use_channels_last(cfg.train.channels_last, device):
         model.use_channels_last()
     model.autocast = autocast_dtype(cfg.train.precision)
@@ -118,9 +123,7 @@ def fit(
     else:
         stopper = EarlyStopper(t.patience, t.lr_decay_steps, t.tolerance, t.max_epochs)
 
-    if resume is not None:
-        ckpt = read_checkpoint(checkpoint_path(resume, "last.pt"))
-        _check_resume(cfg, ckpt["config"], resume)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         best_state = ckpt["best_model"]
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -327,6 +330,23 @@ def _check_data(cfg: ExperimentConfig, data: Mapping[str, ScanData]) -> tuple[in
             if len(scan.tier_indices(tier)) == 0:
                 raise DataError(f"scan {key} ({scan.scan.source}) has no '{tier}' trials; fit needs both")
     return want
+
+
+def _resume_state(cfg: ExperimentConfig, resume: Path) -> dict[str, Any] | None:
+    """The state in ``resume``'s last.pt, checked against ``cfg``; None (with a warning) when it is damaged.
+
+    A damaged last.pt (truncated by a full disk or a crash while it was copied) holds nothing to continue
+    from, and a run is a function of its config, so starting again from epoch 0 reaches the result the
+    interrupted run would have: better than failing the run. A missing file or another config's
+    checkpoint stays an error: that is a wrong path or config, not damage.
+    """
+    try:
+        ckpt = read_checkpoint(checkpoint_path(resume, "last.pt"))
+    except DamagedCheckpoint as err:
+        warnings.warn(f"{err}; starting the run again from epoch 0", stacklevel=3)
+        return None
+    _check_resume(cfg, ckpt["config"], resume)
+    return ckpt
 
 
 def _check_resume(cfg: ExperimentConfig, saved: dict, resume: Path) -> None:

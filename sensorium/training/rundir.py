@@ -13,13 +13,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
+from sensorium.atomic import atomic_write, write_text
 from sensorium.config import ExperimentConfig, save_config
 from sensorium.runtime import device_info, provenance
 
@@ -86,10 +86,14 @@ class RunDir:
         write_json(self.provenance, record)
 
     def append_curve(self, row: dict[str, float]) -> None:
-        """Append one epoch's metrics to curves.csv (header written with the first row)."""
+        """Append one epoch's metrics to curves.csv (header written with the first row).
+
+        Appended, not rewritten whole: a crash or a full disk mid-row can leave a partial last row; it belongs
+        to an epoch after the last checkpoint, which a resume drops (:meth:`truncate_curves`).
+        """
         new = not self.curves.exists()
         with open(self.curves, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CURVE_FIELDS, extrasaction="ignore", lineterminator="\n")
+            writer = _curve_writer(f)
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -103,18 +107,26 @@ class RunDir:
             return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
     def truncate_curves(self, last_epoch: int) -> None:
-        """Drop rows after ``last_epoch`` (a run killed between its curve row and its checkpoint)."""
+        """Drop rows after ``last_epoch`` (a run killed between its curve row and its checkpoint).
+
+        The file is rewritten whole or not at all: a failure keeps every row, never a part of them.
+        """
         rows = [r for r in self.read_curves() if r["epoch"] <= last_epoch]
-        self.curves.unlink(missing_ok=True)
-        for row in rows:
-            self.append_curve({k: int(v) if k in ("epoch", "best_epoch") else v for k, v in row.items()})
+        with atomic_write(self.curves, newline="") as f:
+            writer = _curve_writer(f)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: int(v) if k in ("epoch", "best_epoch") else v for k, v in row.items()})
+
+
+def _curve_writer(f: IO[str]) -> csv.DictWriter:
+    return csv.DictWriter(f, fieldnames=CURVE_FIELDS, extrasaction="ignore", lineterminator="\n")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename); NaN/inf become null, so the file stays standard JSON."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write JSON whole or not at all (:func:`sensorium.atomic.write_text`); NaN/inf become null, so the file
+    stays standard JSON."""
+    write_text(path, json.dumps(_finite(data), indent=2) + "\n")
 
 
 def _finite(obj: Any) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sensorium.atomic import write_text
 from sensorium.data.normalization import response_precision
 from sensorium.submission import GROUND_TRUTH_FILES, write_submission
 
@@ -53,5 +54,5 @@ def write_ground_truth(
                 responses[rows] * precision,
                 column="responses",
             )
-    (folder / "oracle.json").write_text(json.dumps(oracle, indent=2, sort_keys=True) + "\n")
+    write_text(folder / "oracle.json", json.dumps(oracle, indent=2, sort_keys=True) + "\n")
     return folder

@@ -31,6 +31,7 @@ from sensorium.data.synth.ground_truth import write_ground_truth
 from sensorium.data.synth.images import make_images
 from sensorium.data.synth.oracle import scan_oracle, summarise
 from sensorium.data.synth.population import sample_population
+from sensorium.atomic import write_text
 from sensorium.data.synth.responses import simulate_responses
 from sensorium.data.synth.trials import ImageIds, design_scan, draw_image_ids, hashed_trial_idx, scan_keys
 from sensorium.errors import UserError
@@ -98,7 +99,7 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
         paths.append(path)
     bar.close()
     summary = {"scans": oracles, "mean": summarise(oracles), "config": dataclasses.asdict(cfg)}
-    (truth_dir / "oracle.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_text(truth_dir / "oracle.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return SynthResult(
         data_dir=data_dir,
         ground_truth_dir=truth_dir,

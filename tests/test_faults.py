@@ -1,0 +1,197 @@
+"""Fault drills: what a cluster does to a search, and what must come out of it.
+
+1. a trial's worker process SIGKILLed mid-epoch: the trial resumes from its checkpoint;
+2. the worker node of a loopback two-node cluster killed mid-search: its trial resumes on the head node;
+3. SIGTERM to the driver, then ``resume``: nothing restarts from epoch 0 that had a checkpoint;
+4. a trial that raises and one with a non-finite loss: each recorded once, with its reason, never retried.
+
+Each asserts the outcome: exactly the requested trials, none duplicated or lost, the Optuna study told each
+trial once, and the retry counts. (Drills 5 and 6, full disks and truncated checkpoints, are in
+test_safe_writes.py.) The tiny config checkpoints every epoch, so a restarted trial continues from the
+epoch after its last report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from search.driver import run_search
+from search.results import load_trials
+from search.space import parse_search, with_data
+from search.tuner import load_study
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from cluster.local_cluster import LocalCluster  # noqa: E402
+
+CLI = str(Path(sys.executable).parent / "sensorium-search")
+
+
+def _search_raw(epochs: int = 12, **search) -> dict:
+    """configs/search_tiny.yaml with trials long enough to be hit mid-run (no ASHA stop before the end)."""
+    raw = yaml.safe_load((ROOT / "configs" / "search_tiny.yaml").read_text())
+    raw["base"] = str((ROOT / "configs" / raw["base"]).resolve())
+    raw["overrides"].update({"train.max_epochs": epochs, "train.patience": epochs, "train.lr_decay_steps": 1})
+    raw["search"].update({"asha": {"grace_period": epochs, "reduction_factor": 2, "max_t": epochs}, **search})
+    return raw
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    path = trial_dir / "result.json"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _assert_clean_outcome(run_dir: Path, requested: int) -> list:
+    """Exactly the requested trials, each ended by itself, each epoch reported in order (a restart from a
+    checkpoint continues after it, never from epoch 1 again), and the study told every trial once."""
+    records = load_trials(run_dir)
+    assert len(records) == requested and len({r.trial_id for r in records}) == requested
+    assert all(r.status in ("done", "stopped") for r in records), [(r.trial_id, r.status, r.error) for r in records]
+    for r in records:
+        epochs = [row["epoch"] for row in _results(r.path) if "epoch" in row]
+        assert epochs == sorted(set(epochs)) and epochs[0] == 1, (r.trial_id, epochs)
+    study = load_study(run_dir)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * requested
+    return records
+
+
+# ------------------------------------------------------------------------------ 1. a killed worker process
+def test_a_killed_trial_worker_resumes_from_its_checkpoint(ray_session, tiny_data, tmp_path):
+    spec = with_data(parse_search(_search_raw(num_trials=2, max_concurrent=2)), [str(tiny_data.data_dir)])
+    run_dir = tmp_path / "run"
+    killed: dict[str, int] = {}
+
+    def kill_one_worker_mid_run() -> None:
+        def running_trial():
+            for trial in sorted(run_dir.glob("trial_*")):
+                rows = [r for r in _results(trial) if "epoch" in r]
+                if rows and rows[-1]["epoch"] >= 2:
+                    return trial.name, rows[-1]["pid"]
+            return None
+
+        name, pid = _wait_for(running_trial, 120, "a trial at epoch 2")
+        os.kill(pid, signal.SIGKILL)  # mid-epoch 3: the actor dies, Tune sees a lost worker
+        killed[name] = pid
+
+    killer = threading.Thread(target=kill_one_worker_mid_run, daemon=True)
+    killer.start()
+    run_search(spec, run_dir, progress=False, live_every_s=1e9)
+    killer.join(timeout=5)
+    assert killed, "no worker was killed"
+    records = _assert_clean_outcome(run_dir, 2)
+    retried = {r.path.name: r.retries for r in records}
+    assert retried[next(iter(killed))] == 1 and sum(retried.values()) == 1, retried
+    pids = {row["pid"] for row in _results(run_dir / next(iter(killed)))}
+    assert len(pids) == 2  # the second half ran in a new worker process
+
+
+# ---------------------------------------------------------------------------- 2. a lost worker node
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the local cluster needs /proc")
+def test_a_lost_node_s_trial_resumes_on_the_head_node(tiny_data, tmp_path):
+    search_file = tmp_path / "search.yaml"
+    search_file.write_text(yaml.safe_dump(_search_raw(num_trials=2, max_concurrent=2)))
+    run_dir = tmp_path / "shared" / "run"
+    with LocalCluster(nodes=2, cpus=1) as local:
+        driver = subprocess.Popen(
+            [CLI, "run", str(search_file), "--address", local.address, "--out", str(run_dir),
+             "--data", str(tiny_data.data_dir), "--quiet"],
+            env=local.env, cwd=ROOT, stdout=open(tmp_path / "run.log", "w"), stderr=subprocess.STDOUT,
+        )
+        try:
+            def trial_on_worker_node():
+                for trial in run_dir.glob("trial_*"):
+                    rows = [r for r in _results(trial) if "epoch" in r]
+                    if rows and rows[-1]["node_ip"] == local.node_ip(1) and rows[-1]["epoch"] >= 2:
+                        return trial
+                return None
+
+            lost = _wait_for(trial_on_worker_node, 180, "a trial at epoch 2 on the worker node")
+            assert local.kill_node(1), "nothing of the worker node was running"
+            assert driver.wait(timeout=420) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        finally:
+            driver.kill()
+    records = _assert_clean_outcome(run_dir, 2)
+    assert {r.path.name: r.retries for r in records}[lost.name] == 1
+    rows = [r for r in _results(lost) if "epoch" in r]
+    assert rows[0]["node_ip"] == local.node_ip(1) and rows[-1]["node_ip"] == local.node_ip(0)
+
+
+# ---------------------------------------------------------------- 3. SIGTERM to the driver, then resume
+def test_sigterm_stops_the_search_cleanly_and_resume_finishes_it(tiny_data, tmp_path):
+    search_file = tmp_path / "search.yaml"
+    search_file.write_text(yaml.safe_dump(_search_raw(num_trials=3, max_concurrent=1)))
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    log = tmp_path / "run.log"
+    driver = subprocess.Popen(
+        [CLI, "run", str(search_file), "--out", str(run_dir), "--data", str(tiny_data.data_dir), "--quiet"],
+        env=env, cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        def second_trial_running():  # one at a time: a second trial at epoch 2 means the first one ended
+            epochs = [len([r for r in _results(t) if "epoch" in r and "fit_done" not in r])
+                      for t in run_dir.glob("trial_*")]
+            return len([e for e in epochs if e > 0]) >= 2 and any(2 <= e < 12 for e in epochs)
+
+        _wait_for(second_trial_running, 180, "the second trial at epoch 2")
+        driver.send_signal(signal.SIGTERM)  # the driver only, as SLURM's TERM to the batch script's child
+        assert driver.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert f"sensorium-search resume {run_dir.resolve()}" in text
+    before = load_trials(run_dir)
+    unfinished = [r for r in before if r.status in ("running", "pending")]  # Tune pauses or leaves it running
+    assert unfinished and all(any(r.path.glob("checkpoint_*")) for r in unfinished)  # with its checkpoints
+
+    resumed = subprocess.run([CLI, "resume", str(run_dir), "--quiet"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    _assert_clean_outcome(run_dir, 3)  # includes: no epoch reported twice, so nothing restarted from 0
+
+
+# ---------------------------------------------- 4. a trial's own failures: recorded once, never retried
+def test_a_raising_trial_and_a_nan_trial_are_recorded_once_and_not_retried(ray_session, tiny_data, tmp_path):
+    raw = _search_raw(epochs=2, num_trials=2, max_concurrent=2, max_retries=2)
+    raw["parameters"]["model.core.input_kern"] = {"type": "categorical", "choices": [5, 41], "role": "scientific"}
+    raw["parameters"]["model.elu_offset"] = {"type": "categorical", "choices": [0.0, 1.0e38], "role": "nuisance"}
+    raw["search"]["start_with"] = [
+        {"model.core.input_kern": 41, "model.elu_offset": 0.0},  # the model rejects it when it is built
+        {"model.core.input_kern": 5, "model.elu_offset": 1.0e38},  # rates of 1e38: the summed loss is inf
+    ]
+    spec = with_data(parse_search(raw), [str(tiny_data.data_dir)])
+    run_dir = tmp_path / "run"
+    records = run_search(spec, run_dir, progress=False, live_every_s=1e9)
+    reasons = {r.params["model.core.input_kern"]: r for r in records}
+    assert [r.status for r in records] == ["failed", "failed"] and all(r.retries == 0 for r in records)
+    assert "does not fit the core" in reasons[41].error
+    assert "FloatingPointError" in reasons[5].error and "not finite" in reasons[5].error
+    for r in records:  # one attempt each: one worker process, one failure line
+        rows = _results(r.path)
+        assert len({row["pid"] for row in rows}) == 1 and sum("trial_error" in row for row in rows) == 1
+    study = load_study(run_dir)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
