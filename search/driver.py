@@ -99,8 +99,12 @@ def _prepare_and_check(spec: SearchSpec, base: ExperimentConfig, run_dir: Path, 
 
 
 def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str, address: str | None) -> list[TrialRecord]:
-    """Run the trials; Ctrl-C or SIGTERM stops them cleanly (SearchInterrupted, with the resume command)."""
-    from search.tuner import close_orphans
+    """Run the trials; Ctrl-C or SIGTERM stops them cleanly (SearchInterrupted, with the resume command).
+
+    A search that ran out of its time or compute budget ended normally, with fewer trials than requested
+    and the trials it stopped counted as stopped; anything else that ends it short is an interruption.
+    """
+    from search.tuner import close_orphans, compute_spent
 
     s = spec.settings
     print(
@@ -114,15 +118,20 @@ def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str, address: str
     records = load_trials(run_dir, s.asha.max_t)
     counts = status_counts(records)
     ended = sum(counts[status] for status in ENDED)
-    if ended == len(records) and (ended >= s.num_trials or s.time_budget_s):
+    seconds, epochs = compute_spent(records)
+    budget_spent = s.compute_budget_s is not None and seconds >= s.compute_budget_s
+    over_budget = bool(s.time_budget_s) or budget_spent  # a budget, not an interruption, ended it short
+    if ended == len(records) and (ended >= s.num_trials or over_budget):
         close_orphans(run_dir)  # the search is over: Optuna trials still "running" never ran
+    budget = f" of a {s.compute_budget_s:g} s budget" if s.compute_budget_s is not None else ""
     print(
         f"{what} ended after {time.perf_counter() - start:.0f} s: {counts['done']} done, {counts['stopped']} "
         f"stopped early, {counts['failed']} failed by themselves, {counts['error']} lost to infrastructure "
-        f"failures, {len(records) - ended} unfinished; {counts['retries']} restarts after a lost worker or node",
+        f"failures, {len(records) - ended} unfinished; {counts['retries']} restarts after a lost worker or node; "
+        f"compute {seconds:.0f} s of training{budget} in {epochs} trial-epochs",
         flush=True,
     )
-    if len(records) - ended > 0 or (ended < s.num_trials and not s.time_budget_s):
+    if len(records) - ended > 0 or (ended < s.num_trials and not over_budget):
         command = f"sensorium-search resume {run_dir}" + (f" --address {address}" if address else "")
         raise SearchInterrupted(
             f"the search stopped before its trials ended; every checkpoint is kept. Continue it with: {command}"

@@ -1,4 +1,4 @@
-"""Search settings: trial count, concurrency, resources per trial, budget, seed, ASHA and TPE settings.
+"""Search settings: trial count, concurrency, resources per trial, budgets, seed, sampler, scheduler, ASHA, TPE.
 
 The ``search:`` section of a search file. Plain dataclasses, checked when built; no Ray or Optuna here.
 """
@@ -17,7 +17,11 @@ from sensorium.errors import ConfigError
 
 @dataclass(frozen=True)
 class AshaSettings:
-    """ASHA early stopping on epochs: rungs at grace_period * reduction_factor**k, up to max_t epochs."""
+    """ASHA early stopping on epochs: rungs at grace_period * reduction_factor**k, up to max_t epochs.
+
+    ``max_t`` is every trial's epoch cap under either scheduler (with ``scheduler: fifo`` there are no rungs,
+    but a trial still stops at max_t epochs, or earlier by its own early stopping or train.max_epochs).
+    """
 
     grace_period: int = 2
     reduction_factor: float = 2.0
@@ -40,7 +44,17 @@ class SearchSettings:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # a fraction lets several trials share one GPU
     time_budget_s: float | None = None  # stop starting/continuing trials after this many seconds
-    seed: int = 0  # seeds the TPE sampler (trials themselves use the config's seed)
+    # Stop the search once the trials' summed training time (train_seconds of every epoch of every trial)
+    # reaches this: a budget in compute, not wall time, so it means the same at any concurrency and is fair
+    # between cheap and expensive architectures. Trials still running are stopped, like the time budget.
+    compute_budget_s: float | None = None
+    seed: int = 0  # seeds the sampler (trials themselves use the config's seed)
+    # Who proposes trials: Optuna's TPE, or Optuna's uniform RandomSampler (the baseline a search must beat);
+    # both go through the same Optuna study, so the report and resume work alike.
+    sampler: Literal["tpe", "random"] = "tpe"
+    # asha: stop weak trials early at the rungs; fifo: no early stopping, every trial runs to asha.max_t
+    # epochs (or its own early stopping)
+    scheduler: Literal["asha", "fifo"] = "asha"
     metric: Literal["val_corr", "best_val_corr"] = "val_corr"  # what ASHA compares at its rungs
     # restarts of a trial from its latest checkpoint after its worker or node died (a trial's own failure,
     # e.g. a non-finite loss, is never retried)
@@ -81,6 +95,7 @@ def build_settings(raw: Any) -> SearchSettings:
         (s.cpus_per_trial > 0, "cpus_per_trial", s.cpus_per_trial, "> 0"),
         (s.gpus_per_trial >= 0, "gpus_per_trial", s.gpus_per_trial, ">= 0"),
         (s.time_budget_s is None or s.time_budget_s > 0, "time_budget_s", s.time_budget_s, "> 0 or null"),
+        (s.compute_budget_s is None or s.compute_budget_s > 0, "compute_budget_s", s.compute_budget_s, "> 0 or null"),
         (s.asha.grace_period >= 1, "asha.grace_period", s.asha.grace_period, ">= 1"),
         (s.asha.reduction_factor > 1, "asha.reduction_factor", s.asha.reduction_factor, "> 1"),
         (s.asha.max_t >= s.asha.grace_period, "asha.max_t", s.asha.max_t, ">= asha.grace_period"),

@@ -1,4 +1,5 @@
-"""Ray Tune + Optuna wiring: a SearchSpec becomes a Tuner (OptunaSearch TPE + ASHA) over ``train_trial``.
+"""Ray Tune + Optuna wiring: a SearchSpec becomes a Tuner (OptunaSearch TPE or random + ASHA or FIFO, with a
+compute budget) over ``train_trial``.
 
 Run folder (``RUN_DIR``, Tune's experiment folder; the pieces this module adds are marked *):
 
@@ -16,6 +17,7 @@ Only the driver writes the Optuna storage (OptunaSearch runs in the driver), so 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,13 @@ import optuna
 import yaml
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
 from search.callbacks import LiveTable, TensorBoardHParams
 from search.space import SEARCH_FILE, SearchSpec
+from search.results import TrialRecord
 from search.trainable import FIT_DONE, TRIAL_ERROR, train_trial
 from sensorium.atomic import write_text
 from sensorium.errors import UserError
@@ -73,16 +77,23 @@ def load_study(run_dir: Path) -> optuna.Study:
 
 
 def close_orphans(run_dir: Path) -> int:
-    """Mark Optuna trials still RUNNING after the whole search ended as FAIL; returns how many.
+    """Close the Optuna trials still RUNNING after the whole search ended; returns how many.
 
-    A driver killed right after the sampler proposed a trial, but before Tune saved that trial, leaves
-    such a trial in the journal; on resume the restored sampler proposes it again under a new number.
-    Call only when every Tune trial has ended (an interrupted run's RUNNING trials are still live).
+    A trial that a time or compute budget stopped while it ran (Tune stops it without telling the searcher)
+    has reported epochs: it is told COMPLETE with its best so far, as a trial ASHA stopped is. One that
+    reported nothing is marked FAIL: a driver killed right after the sampler proposed a trial, but before
+    Tune saved that trial, leaves such a trial in the journal (on resume the restored sampler proposes it
+    again under a new number). Call only when every Tune trial has ended (an interrupted run's RUNNING
+    trials are still live).
     """
     study = load_study(run_dir)
     orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     for trial in orphans:
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        reported = [v for v in trial.intermediate_values.values() if math.isfinite(v)]  # RANK_METRIC per epoch
+        if reported:
+            study.tell(trial.number, max(reported))
+        else:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return len(orphans)
 
 
@@ -104,19 +115,28 @@ class StudySearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error=error)
 
 
-def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str) -> OptunaSearch:
-    """OptunaSearch with a seeded TPE sampler whose settings are all explicit (Optuna 5.0 changed them).
-
-    ``search.start_with`` points are enqueued in the study first (partial points allowed: the sampler
-    fills the keys they leave out); OptunaSearch then loads the study and hands them out first.
-    """
+def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+    """The seeded sampler of ``search.sampler``: TPE with every setting explicit (Optuna 5.0 changed its
+    defaults), or uniform random sampling (the baseline a search has to beat)."""
     s = spec.settings
-    sampler = optuna.samplers.TPESampler(
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    return optuna.samplers.TPESampler(
         seed=s.seed,
         n_startup_trials=s.tpe.n_startup_trials,
         multivariate=s.tpe.multivariate,
         constant_liar=s.tpe.constant_liar,
     )
+
+
+def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str) -> OptunaSearch:
+    """OptunaSearch with the seeded sampler of ``search.sampler``, persisting its study in the run folder.
+
+    ``search.start_with`` points are enqueued in the study first (partial points allowed: the sampler
+    fills the keys they leave out); OptunaSearch then loads the study and hands them out first.
+    """
+    s = spec.settings
+    sampler = make_sampler(spec)
     storage = journal_storage(run_dir)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler)
     for point in s.start_with:
@@ -127,8 +147,11 @@ def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str) -> OptunaSea
     )
 
 
-def make_scheduler(spec: SearchSpec) -> ASHAScheduler:
-    """ASHA on epochs: at each rung a trial continues only if its metric is in the top 1/reduction_factor."""
+def make_scheduler(spec: SearchSpec) -> ASHAScheduler | FIFOScheduler:
+    """ASHA on epochs (at each rung a trial continues only if its metric is in the top 1/reduction_factor),
+    or FIFO (``search.scheduler: fifo``: no early stopping; ``SearchStopper`` still caps trials at max_t)."""
+    if spec.settings.scheduler == "fifo":
+        return FIFOScheduler()
     a = spec.settings.asha
     return ASHAScheduler(
         time_attr="epoch",
@@ -141,9 +164,11 @@ def make_scheduler(spec: SearchSpec) -> ASHAScheduler:
 
 
 def asha_rungs(spec: SearchSpec) -> list[int]:
-    """The epochs at which ASHA compares (and may stop) a trial: grace_period * reduction_factor**k < max_t,
-    and max_t, where every trial stops."""
+    """The epochs at which the scheduler may stop a trial: ASHA's grace_period * reduction_factor**k < max_t,
+    and max_t, where every trial stops (under FIFO only max_t)."""
     a = spec.settings.asha
+    if spec.settings.scheduler == "fifo":
+        return [a.max_t]
     rungs, t = [], a.grace_period
     while t < a.max_t:
         rungs.append(int(t))
@@ -160,13 +185,64 @@ def make_trainable(spec: SearchSpec) -> Any:
     return tune.with_resources(bound, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
 
 
+class SearchStopper(Stopper, tune.Callback):
+    """Stops a trial at ``max_t`` epochs, and the whole search once the compute budget is spent.
+
+    The compute spent is the trials' summed ``train_seconds`` (one value per reported epoch of each trial; an
+    epoch a restarted trial reports again replaces the earlier one, as in ``results.load_trials``), so a
+    budget means the same whatever the concurrency, and an expensive architecture spends more of it than a
+    cheap one. ``budget_s`` None: no budget. The epoch cap is ASHA's own last rung, so under ASHA it changes
+    nothing; under FIFO it is what makes ``asha.max_t`` the cap there too.
+
+    It is also a Tune callback, registered in the same run config: at the first step of a resumed search
+    it reads the epochs the run folder already holds, so a resumed search continues its budget instead of
+    starting a new one (Tune restores the stopper as it was when the search started).
+    """
+
+    def __init__(self, max_t: int, budget_s: float | None) -> None:
+        self.max_t = max_t
+        self.budget_s = budget_s
+        self.seconds: dict[str, dict[int, float]] = {}  # trial id -> epoch -> train_seconds
+        self._seeded = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        epoch = result.get("epoch")
+        if isinstance(epoch, (int, float)) and TRIAL_ERROR not in result and FIT_DONE not in result:
+            self.seconds.setdefault(trial_id, {})[int(epoch)] = float(result.get("train_seconds", 0.0))
+        return isinstance(epoch, (int, float)) and epoch >= self.max_t
+
+    def stop_all(self) -> bool:
+        return self.budget_s is not None and self.spent()[0] >= self.budget_s
+
+    def spent(self) -> tuple[float, int]:
+        """(summed train_seconds, trial-epochs) of every result seen so far."""
+        return sum(sum(e.values()) for e in self.seconds.values()), sum(map(len, self.seconds.values()))
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._seeded:
+            return
+        self._seeded = True
+        for trial in trials:  # a fresh search has no results yet; a resumed one has its earlier epochs
+            result_json = Path(trial.path) / "result.json"
+            lines = result_json.read_text().splitlines() if result_json.is_file() else []
+            for line in filter(str.strip, lines):
+                self(trial.trial_id, json.loads(line))
+
+
+def compute_spent(records: list[TrialRecord]) -> tuple[float, int]:
+    """(summed train_seconds, trial-epochs) of a search's trials, as ``SearchStopper`` counts them."""
+    rows = [row for r in records for row in r.curve]
+    return sum(float(row.get("train_seconds", 0.0)) for row in rows), len(rows)
+
+
 def trial_name(trial: Any) -> str:
     """Trial folder and display name: ``trial_<id>`` (sampled values live in the HParams and the report)."""
     return f"trial_{trial.trial_id}"
 
 
-def callbacks(spec: SearchSpec, live_every_s: float) -> list[tune.Callback]:
+def callbacks(spec: SearchSpec, live_every_s: float, stopper: SearchStopper) -> list[tune.Callback]:
     return [
+        stopper,
         LiveTable(max_t=spec.settings.asha.max_t, every_s=live_every_s),
         TensorBoardHParams(spec),
         JsonLoggerCallback(),
@@ -175,11 +251,14 @@ def callbacks(spec: SearchSpec, live_every_s: float) -> list[tune.Callback]:
 
 
 def run_config(run_dir: Path, spec: SearchSpec, live_every_s: float) -> tune.RunConfig:
+    s = spec.settings
+    stopper = SearchStopper(max_t=s.asha.max_t, budget_s=s.compute_budget_s)  # one object: stopper + callback
     return tune.RunConfig(
         name=run_dir.name,
         storage_path=str(run_dir.parent),
         verbose=0,
-        callbacks=callbacks(spec, live_every_s),
+        stop=stopper,
+        callbacks=callbacks(spec, live_every_s, stopper),
         # A trial whose worker or node died restarts from its latest checkpoint, up to max_retries times (the
         # trainable ends a trial that failed by itself normally, with its reason, so it is never retried).
         failure_config=tune.FailureConfig(max_failures=spec.settings.max_retries, fail_fast=False),

@@ -1,0 +1,411 @@
+"""Search efficiency: the best model each search method finds against the compute it spent to find it.
+
+Every method searches configs/search_bench.yaml (the SENSORIUM+ baseline, a small search space, an epoch cap)
+on the same synthetic scans, 2 trials at a time at 1 CPU each, until the same compute budget is spent
+(``search.compute_budget_s``: the trials' summed training seconds, so cheap and expensive architectures pay
+what they cost):
+
+- ``random+fifo``: random configurations, each trained to the epoch cap: what one does without this tool;
+- ``random+asha``: random configurations, weak ones stopped early by ASHA;
+- ``tpe+fifo``: Optuna's TPE proposes, no early stopping;
+- ``tpe+asha``: TPE + ASHA, this tool's default;
+- ``bohb``: Ray Tune's TuneBOHB searcher with its HyperBandForBOHB scheduler, a multi-fidelity Bayesian
+  method (needs ``pip install hpbandster ConfigSpace``, left out with a note without them).
+
+Each search traces the best validation correlation found so far (best_val_corr of the best trial) against
+the compute spent so far (train_seconds summed in the order the results arrived; also trial-epochs). The
+table gives, per method, the final best (mean ± sd over search seeds), the compute it needs to reach random
+search's final best and the ratio random / method; the figure the traces (mean and range over seeds).
+Ray is started once; each search has its own run folder under runs/bench_search/.
+
+    .venv/bin/python bench/bench_search.py            # 5 methods x 3 seeds: about 50 min on 2 CPUs
+    .venv/bin/python bench/bench_search.py --quick    # random+fifo and tpe+asha, 1 seed, 40 s budget: ~2 min
+
+Writes results/bench_search.md and results/bench_search.png (``--quick``: under runs/bench_search/quick/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from search.driver import ensure_ray, release_ray, run_search
+from search.prepare import absolute_data_paths, build_cache
+from search.results import load_trials
+from search.space import SearchSpec, load_search, with_data, with_settings
+from search.trainable import FIT_DONE, TRIAL_ERROR
+from sensorium.config import set_value
+from sensorium.data.synth import SynthConfig, generate
+
+ROOT = Path(__file__).resolve().parent.parent
+SEARCH_FILE = ROOT / "configs" / "search_bench.yaml"
+WORK = ROOT / "runs" / "bench_search"
+# sampler, scheduler of each method the tool's own search runs (None: bohb, run by run_bohb below)
+METHODS = {"random+fifo": ("random", "fifo"), "random+asha": ("random", "asha"), "tpe+fifo": ("tpe", "fifo"),
+           "tpe+asha": ("tpe", "asha"), "bohb": None}
+BASELINE = "random+fifo"  # the reference every method is compared with: random configs, no early stopping
+QUICK_METHODS = ("random+fifo", "tpe+asha")
+FULL_BUDGET_S = 180.0  # training seconds per search: 2.5-5 min wall at 2 trials at a time (bohb the longest)
+QUICK_BUDGET_S = 40.0
+# 2 scans x 300 neurons x 600 trials at 36x64 (about 420 train and 105 validation trials per scan), with twice
+# the default stimulus drive: validation correlation then rises steadily within the 8 epochs instead of
+# drifting in the noise of 105 validation images.
+# Measured on 1 CPU: an epoch of the smallest model of the space 0.5 s, of a mid-size one 1.5-2 s, of the
+# largest 5-6 s (the compute budget charges each what it costs).
+SYNTH = SynthConfig(seed=0, n_scans=2, n_competition=1, n_neurons=300, n_trials=600, image_height=36,
+                    image_width=64, n_test_images=10, test_repeats=5, validation_fraction=0.2, signal_strength=2.0)
+
+
+@dataclass
+class Search:
+    """One search: its trace, one point per result in arrival order: (compute s, trial-epochs, best so far)."""
+
+    method: str
+    seed: int
+    trace: list[tuple[float, int, float]]
+    trials: int
+    stopped: int  # trials cut short: by ASHA / HyperBand, or still running when the budget was spent
+    wall_s: float
+
+    @property
+    def final(self) -> tuple[float, int, float]:
+        return self.trace[-1] if self.trace else (0.0, 0, math.nan)
+
+
+def make_data(work: Path) -> Path:
+    """The benchmark's synthetic scans under ``work``/synth: generated once, reused while SYNTH is unchanged."""
+    oracle = work / "synth" / "ground_truth" / "oracle.json"
+    if oracle.is_file() and json.loads(oracle.read_text())["config"] == asdict(SYNTH):
+        return work / "synth" / "data"
+    return generate(work / "synth", SYNTH, progress=False, overwrite=True).data_dir
+
+
+def read_trace(run_dir: Path) -> list[tuple[float, int, float]]:
+    """The search's results in arrival order (Tune's per-result timestamp, 1 s resolution), each epoch of a
+    trial once (as the compute budget counts them), as (compute s, trial-epochs, best val corr so far)."""
+    rows = []
+    for result_json in run_dir.glob("trial_*/result.json"):
+        seen = set()
+        for line in filter(str.strip, result_json.read_text().splitlines()):
+            r = json.loads(line)
+            if "epoch" not in r or TRIAL_ERROR in r or FIT_DONE in r or r["epoch"] in seen:
+                continue  # a failure or end-of-fit row repeats the last epoch's metrics
+            seen.add(r["epoch"])
+            rows.append((r["timestamp"], r["epoch"], float(r.get("train_seconds", 0.0)), r.get("best_val_corr")))
+    trace, seconds, best = [], 0.0, -math.inf
+    for epochs, (_, _, train_s, score) in enumerate(sorted(rows, key=lambda row: row[:2]), 1):
+        seconds += train_s
+        if isinstance(score, (int, float)) and math.isfinite(score):
+            best = max(best, score)
+        trace.append((seconds, epochs, best if math.isfinite(best) else math.nan))
+    return trace
+
+
+def bench_spec(data_dir: Path, budget_s: float, search_file: Path = SEARCH_FILE) -> SearchSpec:
+    """The search every method runs: ``search_file`` on the scans in ``data_dir`` (their cache next to them),
+    with the compute budget ``budget_s``."""
+    spec = with_data(load_search(search_file), [str(data_dir)])
+    base = absolute_data_paths(set_value(spec.base, "data.cache_dir", str(Path(data_dir).parent / "cache")))
+    return with_settings(dataclasses.replace(spec, base=base), compute_budget_s=budget_s)
+
+
+def run_one(spec: SearchSpec, method: str, seed: int, run_dir: Path) -> Search:
+    """One search of ``method`` with sampler seed ``seed`` until the spec's compute budget, into ``run_dir``."""
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh folder: a search run folder is never reused
+    start = time.perf_counter()
+    if METHODS[method] is None:
+        run_bohb(with_settings(spec, seed=seed), run_dir)
+    else:
+        sampler, scheduler = METHODS[method]
+        run_search(with_settings(spec, sampler=sampler, scheduler=scheduler, seed=seed), run_dir, progress=False,
+                   live_every_s=1e9)
+    wall = time.perf_counter() - start
+    records = load_trials(run_dir, spec.settings.asha.max_t)
+    ran = [r for r in records if r.epochs > 0]
+    stopped = sum(r.status == "stopped" for r in ran)
+    return Search(method, seed, read_trace(run_dir), len(ran), stopped, wall)
+
+
+def run_benchmark(spec: SearchSpec, work: Path, *, methods: tuple[str, ...], seeds: int) -> list[Search]:
+    """Every method x seed of ``spec``, one Ray for all, each search in its own folder under ``work``/runs."""
+    build_cache(spec.base, progress=False)  # once, before any search (each search checks it again: a no-op)
+    s = spec.settings
+    started = ensure_ray(None, num_cpus=int(math.ceil(s.max_concurrent * s.cpus_per_trial)))
+    searches = []
+    try:
+        for method in methods:
+            for seed in range(seeds):
+                print(f"== {method}, seed {seed}: budget {s.compute_budget_s:g} s of training", flush=True)
+                searches.append(run_one(spec, method, seed, work / "runs" / f"{method}-seed{seed}"))
+                one = searches[-1]
+                print(f"== {method}, seed {seed}: best {one.final[2]:.4f} after {one.final[0]:.0f} s of training "
+                      f"({one.trials} trials, {one.wall_s:.0f} s wall)", flush=True)
+    finally:
+        release_ray(started)
+    return searches
+
+
+# ----------------------------------------------------------------------------------------------- summary
+def summarize(searches: list[Search]) -> list[dict]:
+    """Per method: final best (mean, sd), compute spent, and the compute to reach random search's final best.
+
+    A seed that never reaches it counts with all the compute it spent (a lower bound: the row says ``≥``), so
+    the mean is honest where some seeds fall short; ``not reached`` when no seed reached it.
+    """
+    methods = list(dict.fromkeys(s.method for s in searches))
+    baseline = BASELINE if BASELINE in methods else methods[0]
+    target = statistics.fmean(s.final[2] for s in searches if s.method == baseline)
+    rows = []
+    for method in methods:
+        group = [s for s in searches if s.method == method]
+        finals = [s.final[2] for s in group]
+        reach = [next((p for p in s.trace if p[2] >= target), None) for s in group]
+        to_target = [p or s.final for p, s in zip(reach, group)]
+        rows.append({
+            "method": method, "seeds": len(group), "best": statistics.fmean(finals),
+            "sd": statistics.stdev(finals) if len(finals) > 1 else math.nan,
+            "trials": statistics.fmean(s.trials for s in group), "stopped": statistics.fmean(s.stopped for s in group),
+            "spent_s": statistics.fmean(s.final[0] for s in group),
+            "spent_epochs": statistics.fmean(s.final[1] for s in group),
+            "reached": sum(p is not None for p in reach), "censored": any(p is None for p in reach),
+            "to_target_s": statistics.fmean(p[0] for p in to_target),
+            "to_target_epochs": statistics.fmean(p[1] for p in to_target),
+        })
+    base = next(r for r in rows if r["method"] == baseline)
+    for r in rows:
+        r["target"], r["baseline"] = target, baseline
+        r["ratio"] = base["to_target_s"] / r["to_target_s"] if r["reached"] else math.nan
+        # a censored baseline makes the ratio a lower bound, a censored method an upper bound
+        r["ratio_bound"] = "" if r is base else {(True, False): "≥", (False, True): "≤", (True, True): "~"}.get(
+            (base["censored"], r["censored"]), "")
+    return rows
+
+
+def markdown(rows: list[dict], searches: list[Search], spec: SearchSpec, *, seeds: int, command: str,
+             data: str, total_s: float) -> str:
+    """The results page: setup, the headline table, every search, machine and command."""
+    target, baseline, s = rows[0]["target"], rows[0]["baseline"], spec.settings
+    lines = [
+        "# Search efficiency: best model found against compute spent",
+        "",
+        f"Every method searched `configs/search_bench.yaml` (SENSORIUM+ baseline, {len(spec.params)} searched "
+        f"parameters, at most {s.asha.max_t} epochs a trial) on the same synthetic scans ({data}), "
+        f"{s.max_concurrent} trials at a time at {s.cpus_per_trial:g} CPU each, until **{s.compute_budget_s:g} s "
+        f"of training** (`search.compute_budget_s`: the trials' summed `train_seconds`) were spent; "
+        f"{seeds} search seed(s) per method. Target: {baseline}'s final best, mean over seeds = "
+        f"**{target:.4f}**.",
+        "",
+        "| method | final best val corr (mean ± sd) | trials (cut short) | compute spent: s / trial-epochs "
+        f"| to reach {baseline}'s final best: s | trial-epochs | seeds that reached it | {baseline} / method |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        sd = "–" if math.isnan(r["sd"]) else f"{r['sd']:.4f}"
+        bound = "≥ " if r["censored"] else ""
+        reach_s = f"{bound}{r['to_target_s']:.0f}" if r["reached"] else "not reached"
+        reach_e = f"{bound}{r['to_target_epochs']:.0f}" if r["reached"] else "not reached"
+        ratio = "1 (baseline)" if r["method"] == baseline else (
+            f"{r['ratio_bound']}{r['ratio']:.2f}x" if r["reached"] else "–")
+        lines.append(
+            f"| {r['method']} | {r['best']:.4f} ± {sd} | {r['trials']:.1f} ({r['stopped']:.1f}) | "
+            f"{r['spent_s']:.0f} / {r['spent_epochs']:.0f} | {reach_s} | {reach_e} | {r['reached']}/{r['seeds']} "
+            f"| {ratio} |"
+        )
+    lines += [
+        "",
+        "Compute to reach the target: the training seconds (and trial-epochs) spent when the search's best so far "
+        "first reached it, mean over seeds; a seed that never reached it counts with all it spent, so `≥` marks "
+        "a lower bound, and the ratio becomes a bound in the direction shown (`~`: both are lower bounds). "
+        "A search's count passes the budget by the epochs that ended in the step that reached it; epochs in "
+        "flight then are cut off and not counted. With the same seed, random and TPE start from the same "
+        "configurations (TPE's start-up trials are random), so their comparison is paired.",
+        "",
+        "![best val corr against compute](bench_search.png)",
+        "",
+        "## Every search",
+        "",
+        "| method | seed | final best | trials | cut short | compute s | trial-epochs | wall s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {s.method} | {s.seed} | {s.final[2]:.4f} | {s.trials} | {s.stopped} | {s.final[0]:.0f} | "
+              f"{s.final[1]} | {s.wall_s:.0f} |" for s in searches]
+    lines += ["", f"Machine: {machine()}. Total wall time {total_s / 60:.1f} min.", "", f"Command: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """CPU model, core count and the versions that matter here."""
+    import optuna
+    import ray
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}, "
+            f"ray {ray.__version__}, optuna {optuna.__version__}")
+
+
+def plot(searches: list[Search], rows: list[dict], path: Path) -> None:
+    """Best val corr so far against training seconds and trial-epochs: mean over seeds and their range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for axis, (column, label) in zip(axes, ((0, "training seconds spent (summed over trials)"),
+                                            (1, "trial-epochs spent"))):
+        end = max((s.final[column] for s in searches), default=1.0)
+        grid = np.linspace(0, end, 300)
+        for r in rows:
+            group = [s for s in searches if s.method == r["method"] and s.trace]
+            curves = np.array([_step(s.trace, column, grid) for s in group])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before a seed's first result
+                mean, low, high = np.nanmean(curves, 0), np.nanmin(curves, 0), np.nanmax(curves, 0)
+            (line,) = axis.plot(grid, mean, label=f"{r['method']} ({len(group)} seeds)")
+            axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+        axis.axhline(rows[0]["target"], color="grey", linestyle="--", linewidth=1,
+                     label=f"{rows[0]['baseline']} final best (mean)")
+        axis.set_xlabel(label)
+        axis.set_ylabel("best validation correlation so far")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Best model found against compute spent (line: mean over seeds; band: min-max)")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _step(trace: list[tuple[float, int, float]], column: int, grid: np.ndarray) -> np.ndarray:
+    """The best-so-far step function of ``trace`` on ``grid`` (NaN before its first result, flat after its last)."""
+    xs = np.array([p[column] for p in trace], dtype=float)
+    ys = np.array([p[2] for p in trace], dtype=float)
+    index = np.searchsorted(xs, grid, side="right") - 1
+    return np.where(index >= 0, ys[np.clip(index, 0, None)], np.nan)
+
+
+# ------------------------------------------------------------------------------------------------- BOHB
+def bohb_available() -> bool:
+    """True when TuneBOHB's optional dependencies (hpbandster, ConfigSpace) are installed."""
+    try:
+        import ConfigSpace  # noqa: F401
+        import hpbandster  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_bohb(spec: SearchSpec, run_dir: Path) -> None:
+    """TuneBOHB + HyperBandForBOHB (max_t and reduction factor from ``search.asha``) through Ray Tune, with the
+    tool's trainable, run config, callbacks and compute budget (``SearchStopper``).
+
+    HyperBand pauses trials between its rungs and resumes them from their last reported checkpoint, so here
+    every epoch ends with one; int ranges with a step become categorical (BOHB has no ordinal type).
+    """
+    import ConfigSpace as CS
+    from ray import tune
+    from ray.tune.schedulers.hb_bohb import HyperBandForBOHB
+    from ray.tune.search.bohb import TuneBOHB
+
+    from search.trainable import train_trial
+    from search.tuner import RANK_METRIC, run_config, trial_name
+
+    s = spec.settings
+    space = CS.ConfigurationSpace(seed=s.seed)
+    for p in spec.params:
+        if p.type == "categorical" or p.step:
+            values = list(p.choices) if p.type == "categorical" else list(range(int(p.low), int(p.high) + 1,
+                                                                                int(p.step)))
+            space.add(CS.CategoricalHyperparameter(p.key, values))
+        elif p.type == "int":
+            space.add(CS.UniformIntegerHyperparameter(p.key, int(p.low), int(p.high)))
+        else:
+            space.add(CS.UniformFloatHyperparameter(p.key, p.low, p.high, log=p.type == "loguniform"))
+    bound = tune.with_parameters(train_trial, base=spec.base.to_dict(), cpus=s.cpus_per_trial,
+                                 checkpoint_epochs=range(1, s.asha.max_t + 1))
+    tune_config = tune.TuneConfig(
+        search_alg=TuneBOHB(space=space, metric=RANK_METRIC, mode="max", seed=s.seed),
+        scheduler=HyperBandForBOHB(time_attr="epoch", metric=s.metric, mode="max", max_t=s.asha.max_t,
+                                   reduction_factor=s.asha.reduction_factor),
+        num_samples=s.num_trials, max_concurrent_trials=s.max_concurrent,
+        trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+    )
+    run_dir.mkdir(parents=True)
+    tuner = tune.Tuner(tune.with_resources(bound, {"cpu": s.cpus_per_trial}), tune_config=tune_config,
+                       run_config=run_config(run_dir, spec, live_every_s=1e9))
+    tuner.fit()
+
+
+# ------------------------------------------------------------------------------------------------- main
+def bench(data_dir: Path, work: Path, out_dir: Path, *, methods: tuple[str, ...], seeds: int, budget_s: float,
+          command: str) -> list[dict]:
+    """The whole benchmark (the core the command and the smoke test run): every search on the scans in
+    ``data_dir``, run folders under ``work``, then bench_search.md and bench_search.png in ``out_dir`` and the
+    raw traces in ``work``/traces.json. Returns the table rows."""
+    start = time.perf_counter()
+    spec = bench_spec(data_dir, budget_s)
+    searches = run_benchmark(spec, work, methods=methods, seeds=seeds)
+    rows = summarize(searches)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot(searches, rows, out_dir / "bench_search.png")
+    text = markdown(rows, searches, spec, seeds=seeds, command=command, data=describe(data_dir),
+                    total_s=time.perf_counter() - start)
+    if "bohb" not in methods and not bohb_available():
+        text += "\nbohb (TuneBOHB + HyperBandForBOHB) not run: `pip install hpbandster ConfigSpace` to add it.\n"
+    (out_dir / "bench_search.md").write_text(text)
+    (work / "traces.json").write_text(json.dumps([asdict(s) for s in searches]))
+    print(text)
+    return rows
+
+
+def describe(data_dir: Path) -> str:
+    """The synthetic scans' size, from their generator's config (next to them), else the folder."""
+    oracle = Path(data_dir).parent / "ground_truth" / "oracle.json"
+    if not oracle.is_file():
+        return str(data_dir)
+    c = json.loads(oracle.read_text())["config"]
+    return (f"{c['n_scans']} scans x {c['n_neurons']} neurons x {c['n_trials']} trials at "
+            f"{c['image_height']}x{c['image_width']}, seed {c['seed']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{', '.join(QUICK_METHODS)}, 1 seed, {QUICK_BUDGET_S:g} s budget, under runs/")
+    parser.add_argument("--seeds", type=int, help="search seeds per method (default 3; --quick 1)")
+    parser.add_argument("--budget", type=float, metavar="S",
+                        help=f"compute budget per search, training seconds summed over its trials (default "
+                             f"{FULL_BUDGET_S:g}; --quick {QUICK_BUDGET_S:g})")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
+                        help="default: all (bohb only when hpbandster and ConfigSpace are installed)")
+    args = parser.parse_args(argv)
+    methods = tuple(args.methods or (QUICK_METHODS if args.quick else
+                                     [m for m in METHODS if m != "bohb" or bohb_available()]))
+    if "bohb" in methods and not bohb_available():
+        parser.error("method bohb needs: pip install hpbandster ConfigSpace")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    work = WORK / ("quick" if args.quick else "full")
+    bench(make_data(WORK), work, work if args.quick else ROOT / "results", methods=methods,
+          seeds=args.seeds or (1 if args.quick else 3),
+          budget_s=args.budget or (QUICK_BUDGET_S if args.quick else FULL_BUDGET_S),
+          command=" ".join([".venv/bin/python bench/bench_search.py", *(sys.argv[1:] if argv is None else argv)]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

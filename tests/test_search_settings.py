@@ -1,0 +1,114 @@
+"""Search settings that choose the method and its budget: sampler, scheduler, compute budget.
+
+Validation (one message style, naming the key), the Ray/Optuna objects they make, the stopper that enforces
+the compute budget and the epoch cap, and one real tiny search (random sampler, FIFO, a small compute budget)
+with the session's Ray on the tiny synthetic scans.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import yaml
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from search.driver import run_search
+from search.space import load_run_spec, parse_search, with_data, with_settings
+from search.trainable import FIT_DONE, TRIAL_ERROR
+from search.tuner import SearchStopper, asha_rungs, compute_spent, load_study, make_sampler, make_scheduler
+from sensorium.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _search(**settings) -> dict:
+    return {
+        "base": {"train": {"max_epochs": 6}},
+        "parameters": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2, "role": "nuisance"}},
+        "search": {"num_trials": 4, "max_concurrent": 2, "asha": {"grace_period": 1, "max_t": 6}, **settings},
+    }
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"sampler": "grid"}, "search.sampler='grid': expected one of ['tpe', 'random']"),
+        ({"scheduler": "hyperband"}, "search.scheduler='hyperband': expected one of ['asha', 'fifo']"),
+        ({"compute_budget_s": -5}, "search.compute_budget_s=-5.0: expected > 0 or null"),
+        ({"compute_budget_s": 0}, "search.compute_budget_s=0.0: expected > 0 or null"),
+        ({"compute_budget_s": "an hour"}, "search.compute_budget_s='an hour': expected a number"),
+    ],
+)
+def test_unknown_sampler_or_scheduler_and_a_bad_budget_are_refused(settings, message):
+    with pytest.raises(ConfigError) as err:
+        parse_search(_search(**settings))
+    assert message in str(err.value)
+
+
+def test_defaults_are_tpe_and_asha_and_the_choices_build_their_objects():
+    default = parse_search(_search())
+    assert (default.settings.sampler, default.settings.scheduler, default.settings.compute_budget_s) == (
+        "tpe", "asha", None)
+    assert isinstance(make_sampler(default), optuna.samplers.TPESampler)
+    assert isinstance(make_scheduler(default), ASHAScheduler)
+    assert asha_rungs(default) == [1, 2, 4, 6]
+    spec = parse_search(_search(sampler="random", scheduler="fifo", compute_budget_s=90))
+    assert isinstance(make_sampler(spec), optuna.samplers.RandomSampler)
+    assert isinstance(make_scheduler(spec), FIFOScheduler)
+    assert asha_rungs(spec) == [6]  # no rungs under FIFO: only the epoch cap checkpoints
+    assert parse_search(spec.to_dict()) == spec  # saved in the run's search.yaml and read back by resume
+    assert with_settings(spec, sampler="tpe").settings.sampler == "tpe"
+
+
+def test_stopper_counts_each_epoch_once_caps_epochs_and_stops_the_search_at_the_budget():
+    stopper = SearchStopper(max_t=3, budget_s=10.0)
+    assert not stopper("a", {"epoch": 1, "train_seconds": 4.0})
+    assert not stopper("a", {"epoch": 1, "train_seconds": 4.0, FIT_DONE: 1.0})  # repeats epoch 1: not counted
+    assert not stopper("b", {"epoch": 0, "train_seconds": 9.0, TRIAL_ERROR: "x"})  # a failure row: not counted
+    assert stopper.spent() == (4.0, 1) and not stopper.stop_all()
+    assert not stopper("b", {"epoch": 1, "train_seconds": 3.0})
+    assert not stopper("a", {"epoch": 1, "train_seconds": 5.0})  # epoch 1 again after a restart: replaces
+    assert stopper.spent() == (8.0, 2) and not stopper.stop_all()
+    assert stopper("b", {"epoch": 3, "train_seconds": 2.5})  # the epoch cap stops trial b
+    assert stopper.spent() == (10.5, 3) and stopper.stop_all()
+    assert not SearchStopper(max_t=3, budget_s=None).stop_all()
+
+
+def test_stopper_of_a_resumed_search_counts_the_epochs_already_in_the_run_folder(tmp_path):
+    trial = tmp_path / "trial_x"
+    trial.mkdir()
+    rows = [{"epoch": 1, "train_seconds": 6.0}, {"epoch": 2, "train_seconds": 5.0},
+            {"epoch": 2, "train_seconds": 5.0, FIT_DONE: 2.0}]
+    (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stopper = SearchStopper(max_t=8, budget_s=10.0)  # as Tune restores it: counted nothing yet
+    trials = [SimpleNamespace(trial_id="x", path=str(trial)), SimpleNamespace(trial_id="y", path=str(tmp_path / "y"))]
+    stopper.on_step_begin(0, trials)
+    assert stopper.spent() == (11.0, 2) and stopper.stop_all()
+    stopper.on_step_begin(1, trials)  # read once
+    assert stopper.spent() == (11.0, 2)
+
+
+def test_a_random_fifo_search_ends_normally_when_its_compute_budget_is_spent(ray_session, tiny_data, tmp_path):
+    raw = yaml.safe_load((ROOT / "configs" / "search_tiny.yaml").read_text())
+    raw["base"] = str((ROOT / "configs" / raw["base"]).resolve())
+    raw["overrides"]["train.max_epochs"] = 6
+    # FIFO: no rungs, but asha.max_t (3 < train.max_epochs) still caps every trial
+    raw["search"].update(num_trials=30, max_concurrent=2, sampler="random", scheduler="fifo", compute_budget_s=1.5,
+                         asha={"grace_period": 1, "reduction_factor": 2, "max_t": 3})
+    spec = with_data(parse_search(raw), [str(tiny_data.data_dir)])
+    run_dir = tmp_path / "run"
+    records = run_search(spec, run_dir, progress=False, live_every_s=1e9)  # no SearchInterrupted: budget, not a stop
+    seconds, epochs = compute_spent(records)
+    assert seconds >= 1.5 and epochs >= 1
+    assert 1 <= len(records) < 30  # the budget, not the trial count, ended it
+    assert {r.status for r in records} <= {"done", "stopped"}, [(r.trial_id, r.status, r.error) for r in records]
+    assert all(r.epochs == 3 for r in records if r.status == "done")  # no early stopping; capped at max_t
+    assert load_run_spec(run_dir).settings.sampler == "random"
+    study = load_study(run_dir)  # the same study as a TPE search: every trial told, none left running
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    told = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert told == pytest.approx(sorted(r.best_val_corr for r in records if r.ranked))
