@@ -39,6 +39,7 @@ from sensorium.errors import UserError
 
 STUDY_FILE = "study.json"
 JOURNAL_FILE = "optuna_journal.log"
+TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna trial's user attribute naming its Tune trial
 RANK_METRIC = "best_val_corr"  # trials are ranked (and Optuna is told) by their best epoch, not their last
 
 # Tune's own console output is replaced by LiveTable; its auto-added TensorBoard logger would write a
@@ -76,11 +77,13 @@ def load_study(run_dir: Path) -> optuna.Study:
     return optuna.load_study(study_name=info["study_name"], storage=journal_storage(run_dir))
 
 
-def close_orphans(run_dir: Path) -> int:
+def close_orphans(run_dir: Path, best: dict[str, float | None]) -> int:
     """Close the Optuna trials still RUNNING after the whole search ended; returns how many.
 
-    A trial that a time or compute budget stopped while it ran (Tune stops it without telling the searcher)
-    has reported epochs: it is told COMPLETE with its best so far, as a trial ASHA stopped is. One that
+    ``best``: each Tune trial's best validation correlation as its result.json holds it (the records). A
+    trial that a time or compute budget stopped while it ran (Tune stops it without telling the searcher)
+    is told COMPLETE with that best, as a trial ASHA stopped is; the study's intermediate values are not
+    enough, since the result that spent the budget reaches neither the searcher nor the scheduler. One that
     reported nothing is marked FAIL: a driver killed right after the sampler proposed a trial, but before
     Tune saved that trial, leaves such a trial in the journal (on resume the restored sampler proposes it
     again under a new number). Call only when every Tune trial has ended (an interrupted run's RUNNING
@@ -89,9 +92,12 @@ def close_orphans(run_dir: Path) -> int:
     study = load_study(run_dir)
     orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     for trial in orphans:
-        reported = [v for v in trial.intermediate_values.values() if math.isfinite(v)]  # RANK_METRIC per epoch
-        if reported:
-            study.tell(trial.number, max(reported))
+        value = best.get(trial.user_attrs.get(TUNE_TRIAL_ID, ""))
+        if value is None or not math.isfinite(value):  # no record: the best of what the searcher was told
+            reported = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
+            value = max(reported) if reported else None
+        if value is not None:
+            study.tell(trial.number, value)
         else:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return len(orphans)
@@ -104,6 +110,11 @@ class StudySearch(OptunaSearch):
     ``TRIAL_ERROR``; that result is kept from the study's intermediate values. A trial Tune restarts after
     an infrastructure failure is told nothing until it ends: the study gets every trial exactly once.
     """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)  # close_orphans finds its record
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if TRIAL_ERROR not in result and FIT_DONE not in result:  # those repeat the last epoch's metrics

@@ -19,7 +19,18 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from search.driver import run_search
 from search.space import load_run_spec, parse_search, with_data, with_settings
 from search.trainable import FIT_DONE, TRIAL_ERROR
-from search.tuner import SearchStopper, asha_rungs, compute_spent, load_study, make_sampler, make_scheduler
+from search.tuner import (
+    STUDY_FILE,
+    SearchStopper,
+    asha_rungs,
+    close_orphans,
+    compute_spent,
+    journal_storage,
+    load_study,
+    make_sampler,
+    make_scheduler,
+    make_searcher,
+)
 from sensorium.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +101,24 @@ def test_stopper_of_a_resumed_search_counts_the_epochs_already_in_the_run_folder
     assert stopper.spent() == (11.0, 2) and stopper.stop_all()
     stopper.on_step_begin(1, trials)  # read once
     assert stopper.spent() == (11.0, 2)
+
+
+def test_a_trial_the_budget_stopped_is_told_its_best_from_its_results_not_the_searchers_last_report(tmp_path):
+    # The result that spends the budget reaches neither scheduler nor searcher: the study saw epochs 1-2 only.
+    spec = parse_search(_search(sampler="random"))
+    (tmp_path / STUDY_FILE).write_text(json.dumps({"study_name": "s"}))
+    searcher = make_searcher(spec, tmp_path, "s")
+    for tune_id in ("a", "b", "c"):
+        assert searcher.suggest(tune_id) is not None
+    searcher.on_trial_result("a", {"best_val_corr": 0.05, "training_iteration": 1})
+    searcher.on_trial_result("a", {"best_val_corr": 0.08, "training_iteration": 2})
+    searcher.on_trial_result("b", {"best_val_corr": 0.03, "training_iteration": 1})
+    assert close_orphans(tmp_path, {"a": 0.21, "b": None}) == 3  # a: its result.json reached epoch 3
+    study = optuna.load_study(study_name="s", storage=journal_storage(tmp_path))
+    by_tune_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert by_tune_id["a"].value == pytest.approx(0.21)
+    assert by_tune_id["b"].value == pytest.approx(0.03)  # no record: the best the searcher was told
+    assert by_tune_id["c"].state == optuna.trial.TrialState.FAIL  # never reported anything
 
 
 def test_a_random_fifo_search_ends_normally_when_its_compute_budget_is_spent(ray_session, tiny_data, tmp_path):

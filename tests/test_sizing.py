@@ -109,8 +109,9 @@ def _submit(script: str, tmp_path: Path, env: dict[str, str]) -> tuple[subproces
     (submit / ".venv" / "bin" / "activate").write_text(f'export PATH="{stubs}:{Path(sys.executable).parent}:$PATH"\n')
     (stubs / "srun").write_text('#!/bin/bash\necho "srun $*" >> "$CALLS"\n'
                                 'case " $* " in *" hostname "*) echo 10.0.0.1 ;; esac\n')
-    # One write, as the real scontrol does: the script reads it through `| head -n 1` under pipefail.
-    (stubs / "scontrol").write_text('#!/bin/bash\nprintf "node%s\\n" $(seq "$SLURM_JOB_NUM_NODES")\n')
+    # One line per write, as scontrol does for a long node list: a `| head -n 1` reader under pipefail would
+    # kill it with SIGPIPE (exit 141) now and then; the scripts must read the whole list.
+    (stubs / "scontrol").write_text('#!/bin/bash\nfor i in $(seq "$SLURM_JOB_NUM_NODES"); do echo "node$i"; done\n')
     for stub in stubs.iterdir():
         stub.chmod(0o755)
     base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CALLS": str(calls), "SLURM_SUBMIT_DIR": str(submit),
