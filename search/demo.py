@@ -124,11 +124,19 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
 
     counts = status_counts(records)
     table = _table(tuned, baseline)
+    budgets = {  # what each model cost: trial-epochs and training seconds (the search's summed over trials)
+        "search": {"epochs": sum(len(r.curve) for r in records),
+                   "train_s": round(sum(row.get("train_seconds", 0.0) for r in records for row in r.curve), 1),
+                   "wall_budget_s": time_budget},
+        **{name: {"epochs": sum(m["epochs"] for m in s["members"]), "seeds": len(s["members"]),
+                  "seconds": round(sum(m["seconds"] for m in s["members"]), 1)}  # per seed: train + predict
+           for name, s in (("retrain", tuned), ("baseline", baseline))},
+    }
     summary = {
         "smoke": smoke, "out": str(out), "search_run": str(run_dir), "search_file": f"configs/{spec_file.name}",
         "trials": {"requested": spec.settings.num_trials, "run": len(records), **counts},
         "best": {k: provenance[k] for k in ("trial_id", "best_val_corr", "best_epoch", "config_hash", "searched")},
-        "epoch_cap": cap, "seeds": seeds, "scores": {"tuned": tuned.get("scores"), "baseline": baseline.get("scores")},
+        "epoch_cap": cap, "seeds": seeds, "budgets": budgets, "scores": {"tuned": tuned.get("scores"), "baseline": baseline.get("scores")},
         "oracle": tuned.get("oracle"), "seconds": seconds, "table": table, "report": str(report_dir / "report.md"),
     }
     summary["demo_md"] = str(out / "demo.md")
@@ -179,9 +187,15 @@ def _markdown(summary: dict[str, Any], detail: str) -> str:
         f"- search: {t['run']} of {t['requested']} trials ran: {t['done']} to the end, {t['stopped']} stopped "
         f"early (ASHA or the time budget), {t['failed'] + t['error']} failed ({summary['search_file']})"
     )
+    g = summary["budgets"]
+    wall = f" in a {g['search']['wall_budget_s']:.0f} s wall-clock budget" if g["search"]["wall_budget_s"] else ""
     cap = (
         f"- every model (search trials, retrain, baseline) is capped at {summary['epoch_cap']} epochs; the "
-        "baseline is the reference config with only that cap and the data paths changed"
+        "baseline is the reference config with only that cap and the data paths changed\n"
+        f"- compute: the search {g['search']['epochs']} trial-epochs, {g['search']['train_s']:.0f} s of training"
+        f"{wall}; the tuned ensemble {g['retrain']['seeds']} seeds, {g['retrain']['epochs']} epochs, "
+        f"{g['retrain']['seconds']:.0f} s of seed tasks (training and prediction); the untuned baseline "
+        f"{g['baseline']['seeds']} seed, {g['baseline']['epochs']} epochs, {g['baseline']['seconds']:.0f} s"
     )
     return "\n".join([
         "# sensorium-search demo" + (" (smoke)" if summary["smoke"] else ""), "",

@@ -87,7 +87,7 @@ def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], impor
     lost = counts["failed"] + counts["error"]
     trials = (
         f"- trials: {len(records)} of {spec.settings.num_trials} requested: {counts['done']} ran to the end, "
-        f"{counts['stopped']} stopped early by ASHA, {counts['failed']} failed by themselves and "
+        f"{counts['stopped']} stopped early (by ASHA or a budget), {counts['failed']} failed by themselves and "
         f"{counts['error']} lost to infrastructure failures ({lost / len(records):.0%} in all), "
         f"{counts['running'] + counts['pending']} unfinished; {counts['retries']} restarts from a checkpoint "
         f"after a lost worker or node (at most {spec.settings.max_retries} per trial)"

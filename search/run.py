@@ -15,6 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial; also its torch thread count")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; a fraction shares one GPU")
     parser.add_argument("--time-budget", type=float, metavar="S", help="stop the search after S seconds")
+    parser.add_argument("--compute-budget", type=float, metavar="S",
+                        help="stop once the trials' summed training time reaches S seconds (search.compute_budget_s)")
+    parser.add_argument("--sampler", choices=("tpe", "random"), help="search.sampler (default: the search file's)")
+    parser.add_argument("--scheduler", choices=("asha", "fifo"),
+                        help="search.scheduler: asha stops weak trials early, fifo runs every trial to the cap")
     parser.add_argument("--seed", type=int, help="seed of the TPE sampler (search.seed)")
     parser.add_argument("--out", type=Path, help="run folder (default: runs/search-<search file name>)")
     parser.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: local Ray)")
@@ -37,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         time_budget_s=args.time_budget,
+        compute_budget_s=args.compute_budget,
+        sampler=args.sampler,
+        scheduler=args.scheduler,
         seed=args.seed,
     )
     out = args.out or Path("runs") / f"search-{args.search_file.stem}"

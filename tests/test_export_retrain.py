@@ -153,6 +153,11 @@ def test_demo_smoke_runs_every_stage_and_scores_against_the_oracle(ray_session, 
     for label in ("oracle (noise-free truth)", "baseline, untuned (1 seed)", "tuned, seed 0", "tuned, ensemble of 2"):
         assert label in table
     assert Path(summary["report"]).is_file() and Path(summary["demo_md"]).is_file()
+    g = summary["budgets"]  # the compute each model had, stated in demo.md
+    assert g["search"]["epochs"] >= 3 and g["search"]["train_s"] > 0
+    assert g["retrain"]["seeds"] == 2 and g["baseline"]["seeds"] == 1
+    assert g["retrain"]["epochs"] >= 2 and g["baseline"]["seconds"] > 0
+    assert f"the search {g['search']['epochs']} trial-epochs" in Path(summary["demo_md"]).read_text()
     key = next(iter(summary["oracle"]))
     assert (tmp_path / "demo" / "search" / "retrain" / key / "submission_file_final_test.csv").is_file()
     assert (tmp_path / "demo" / "baseline" / key / "submission_file_live_test.csv").is_file()
