@@ -20,8 +20,18 @@ Ray is started once; each search has its own run folder under runs/bench_search/
 
     .venv/bin/python bench/bench_search.py            # 5 methods x 3 seeds: about 50 min on 2 CPUs
     .venv/bin/python bench/bench_search.py --quick    # random+fifo and tpe+asha, 1 seed, 40 s budget: ~2 min
+    .venv/bin/python bench/bench_search.py --reuse --extend-baseline 3   # + random+fifo to 3x the budget
+
+Where a seed of random search ends short of random's mean final best, the compute it needs to reach it is
+only bounded (``≥``); ``--extend-baseline X`` runs random+fifo on to X times the budget (same seeds) and
+measures it there.
 
 Writes results/bench_search.md and results/bench_search.png (``--quick``: under runs/bench_search/quick/).
+Ablations of the default, one setting changed each (ABLATIONS below), for tuning the defaults:
+
+    .venv/bin/python bench/bench_search.py --reuse --methods random+fifo tpe+asha tpe+asha:grace1 tpe+asha:best
+
+reads the two reference methods back from the main run and writes results/bench_search_ablations.{md,png}.
 """
 
 from __future__ import annotations
@@ -44,18 +54,37 @@ import numpy as np
 
 from search.driver import ensure_ray, release_ray, run_search
 from search.prepare import absolute_data_paths, build_cache
-from search.results import load_trials
-from search.space import SearchSpec, load_search, with_data, with_settings
+from search.results import ENDED, load_trials
+from search.settings import plain_settings
+from search.space import SearchSpec, load_run_spec, load_search, with_data, with_settings
 from search.trainable import FIT_DONE, TRIAL_ERROR
+from search.tuner import compute_spent
 from sensorium.config import set_value
 from sensorium.data.synth import SynthConfig, generate
+from sensorium.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_FILE = ROOT / "configs" / "search_bench.yaml"
 WORK = ROOT / "runs" / "bench_search"
-# sampler, scheduler of each method the tool's own search runs (None: bohb, run by run_bohb below)
-METHODS = {"random+fifo": ("random", "fifo"), "random+asha": ("random", "asha"), "tpe+fifo": ("tpe", "fifo"),
-           "tpe+asha": ("tpe", "asha"), "bohb": None}
+MARKER = "bench_search.json"  # written into a search's folder when it ended: its wall time
+# the settings each method changes in the search file (None: bohb, run by run_bohb below)
+METHODS: dict[str, dict | None] = {
+    "random+fifo": {"sampler": "random", "scheduler": "fifo"},
+    "random+asha": {"sampler": "random", "scheduler": "asha"},
+    "tpe+fifo": {"sampler": "tpe", "scheduler": "fifo"},
+    "tpe+asha": {"sampler": "tpe", "scheduler": "asha"},
+    "bohb": None,
+}
+# one change each to the default (tpe+asha), for tuning the defaults: run with --methods (together with
+# random+fifo, the reference, and tpe+asha; --reuse reads those two from the main run); their table and
+# figure go to results/bench_search_ablations.{md,png}
+ABLATIONS: dict[str, dict] = {
+    "tpe+asha:grace1": {"sampler": "tpe", "scheduler": "asha", "asha": {"grace_period": 1}},
+    "tpe+asha:rf3": {"sampler": "tpe", "scheduler": "asha", "asha": {"reduction_factor": 3.0}},
+    "tpe+asha:best": {"sampler": "tpe", "scheduler": "asha", "metric": "best_val_corr"},
+    "tpe+asha:noliar": {"sampler": "tpe", "scheduler": "asha", "tpe": {"constant_liar": False}},
+    "tpe+asha:startup2": {"sampler": "tpe", "scheduler": "asha", "tpe": {"n_startup_trials": 2}},
+}
 BASELINE = "random+fifo"  # the reference every method is compared with: random configs, no early stopping
 QUICK_METHODS = ("random+fifo", "tpe+asha")
 FULL_BUDGET_S = 180.0  # training seconds per search: 2.5-5 min wall at 2 trials at a time (bohb the longest)
@@ -79,6 +108,7 @@ class Search:
     trials: int
     stopped: int  # trials cut short: by ASHA / HyperBand, or still running when the budget was spent
     wall_s: float
+    budget_factor: float = 1.0  # > 1: the reference method run on past the common budget (--extend-baseline)
 
     @property
     def final(self) -> tuple[float, int, float]:
@@ -122,37 +152,72 @@ def bench_spec(data_dir: Path, budget_s: float, search_file: Path = SEARCH_FILE)
     return with_settings(dataclasses.replace(spec, base=base), compute_budget_s=budget_s)
 
 
-def run_one(spec: SearchSpec, method: str, seed: int, run_dir: Path) -> Search:
-    """One search of ``method`` with sampler seed ``seed`` until the spec's compute budget, into ``run_dir``."""
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh folder: a search run folder is never reused
-    start = time.perf_counter()
-    if METHODS[method] is None:
-        run_bohb(with_settings(spec, seed=seed), run_dir)
+def method_spec(spec: SearchSpec, method: str, seed: int) -> SearchSpec:
+    """``spec`` as ``method`` runs it with sampler seed ``seed`` (bohb: the tool's sampler settings unused)."""
+    changes = {**METHODS, **ABLATIONS}[method] or {}
+    current = plain_settings(spec.settings)
+    nested = {k: {**current[k], **v} for k, v in changes.items() if isinstance(v, dict)}  # asha, tpe: one key
+    return with_settings(spec, **{**changes, **nested}, seed=seed)
+
+
+def finished(spec: SearchSpec, run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a search of exactly ``spec`` that ran to its end: every trial ended and the
+    compute budget spent (``--reuse`` reads such a search instead of running it again)."""
+    if not (run_dir / MARKER).is_file():
+        return False
+    try:
+        same = load_run_spec(run_dir).to_dict() == spec.to_dict()  # as search.yaml holds it
+    except UserError:
+        return False
+    records = load_trials(run_dir, spec.settings.asha.max_t)
+    ended = all(r.status in ENDED for r in records)
+    return same and ended and compute_spent(records)[0] >= (spec.settings.compute_budget_s or math.inf)
+
+
+def run_one(spec: SearchSpec, method: str, seed: int, run_dir: Path, *, reuse: bool = False) -> Search:
+    """One search of ``method`` with sampler seed ``seed`` until the spec's compute budget, into ``run_dir``;
+    with ``reuse``, a search that already finished there is read back instead (its wall time as recorded)."""
+    spec = method_spec(spec, method, seed)
+    if reuse and finished(spec, run_dir):
+        wall = json.loads((run_dir / MARKER).read_text())["wall_s"]
     else:
-        sampler, scheduler = METHODS[method]
-        run_search(with_settings(spec, sampler=sampler, scheduler=scheduler, seed=seed), run_dir, progress=False,
-                   live_every_s=1e9)
-    wall = time.perf_counter() - start
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh folder: a search run folder is never reused
+        start = time.perf_counter()
+        if method == "bohb":
+            run_bohb(spec, run_dir)
+        else:
+            run_search(spec, run_dir, progress=False, live_every_s=1e9)
+        wall = time.perf_counter() - start
+        (run_dir / MARKER).write_text(json.dumps({"wall_s": wall}))
     records = load_trials(run_dir, spec.settings.asha.max_t)
     ran = [r for r in records if r.epochs > 0]
     stopped = sum(r.status == "stopped" for r in ran)
     return Search(method, seed, read_trace(run_dir), len(ran), stopped, wall)
 
 
-def run_benchmark(spec: SearchSpec, work: Path, *, methods: tuple[str, ...], seeds: int) -> list[Search]:
-    """Every method x seed of ``spec``, one Ray for all, each search in its own folder under ``work``/runs."""
+def run_benchmark(spec: SearchSpec, work: Path, *, methods: tuple[str, ...], seeds: int, reuse: bool = False,
+                  extend: float = 1.0) -> list[Search]:
+    """Every method x seed of ``spec``, one Ray for all, each search in its own folder under ``work``/runs
+    (``reuse``: the searches that finished there before are read, not run again). ``extend`` > 1: the
+    reference method (BASELINE) also runs each seed on to ``extend`` x the budget, so that the compute it
+    needs to reach its own final best is measured where a seed falls short of it within the budget."""
     build_cache(spec.base, progress=False)  # once, before any search (each search checks it again: a no-op)
     s = spec.settings
+    runs = [(method, seed, 1.0) for method in methods for seed in range(seeds)]
+    if extend > 1 and BASELINE in methods:
+        runs += [(BASELINE, seed, extend) for seed in range(seeds)]
     started = ensure_ray(None, num_cpus=int(math.ceil(s.max_concurrent * s.cpus_per_trial)))
     searches = []
     try:
-        for method in methods:
-            for seed in range(seeds):
-                print(f"== {method}, seed {seed}: budget {s.compute_budget_s:g} s of training", flush=True)
-                searches.append(run_one(spec, method, seed, work / "runs" / f"{method}-seed{seed}"))
-                one = searches[-1]
-                print(f"== {method}, seed {seed}: best {one.final[2]:.4f} after {one.final[0]:.0f} s of training "
-                      f"({one.trials} trials, {one.wall_s:.0f} s wall)", flush=True)
+        for method, seed, factor in runs:
+            budget = s.compute_budget_s * factor
+            name = f"{method}-seed{seed}" if factor == 1 else f"{method}-x{factor:g}-seed{seed}"
+            print(f"== {method}, seed {seed}: budget {budget:g} s of training", flush=True)
+            one = run_one(with_settings(spec, compute_budget_s=budget), method, seed, work / "runs" / name,
+                          reuse=reuse)
+            searches.append(dataclasses.replace(one, budget_factor=factor))
+            print(f"== {method}, seed {seed}: best {one.final[2]:.4f} after {one.final[0]:.0f} s of training "
+                  f"({one.trials} trials, {one.wall_s:.0f} s wall)", flush=True)
     finally:
         release_ray(started)
     return searches
@@ -163,8 +228,12 @@ def summarize(searches: list[Search]) -> list[dict]:
     """Per method: final best (mean, sd), compute spent, and the compute to reach random search's final best.
 
     A seed that never reaches it counts with all the compute it spent (a lower bound: the row says ``≥``), so
-    the mean is honest where some seeds fall short; ``not reached`` when no seed reached it.
+    the mean is honest where some seeds fall short; ``not reached`` when no seed reached it. Where the
+    reference method also ran on past the budget (``budget_factor`` > 1), its compute to reach the target is
+    read from those longer searches (same seeds); everything else from the searches at the common budget.
     """
+    longer = {s.seed: s for s in searches if s.budget_factor > 1}
+    searches = [s for s in searches if s.budget_factor == 1]
     methods = list(dict.fromkeys(s.method for s in searches))
     baseline = BASELINE if BASELINE in methods else methods[0]
     target = statistics.fmean(s.final[2] for s in searches if s.method == baseline)
@@ -172,8 +241,12 @@ def summarize(searches: list[Search]) -> list[dict]:
     for method in methods:
         group = [s for s in searches if s.method == method]
         finals = [s.final[2] for s in group]
-        reach = [next((p for p in s.trace if p[2] >= target), None) for s in group]
-        to_target = [p or s.final for p, s in zip(reach, group)]
+        if method == baseline and longer:
+            group_reach = [longer.get(s.seed, s) for s in group]
+        else:
+            group_reach = group
+        reach = [next((p for p in s.trace if p[2] >= target), None) for s in group_reach]
+        to_target = [p or s.final for p, s in zip(reach, group_reach)]
         rows.append({
             "method": method, "seeds": len(group), "best": statistics.fmean(finals),
             "sd": statistics.stdev(finals) if len(finals) > 1 else math.nan,
@@ -195,7 +268,7 @@ def summarize(searches: list[Search]) -> list[dict]:
 
 
 def markdown(rows: list[dict], searches: list[Search], spec: SearchSpec, *, seeds: int, command: str,
-             data: str, total_s: float) -> str:
+             data: str, total_s: float, figure: str = "bench_search.png") -> str:
     """The results page: setup, the headline table, every search, machine and command."""
     target, baseline, s = rows[0]["target"], rows[0]["baseline"], spec.settings
     lines = [
@@ -207,6 +280,9 @@ def markdown(rows: list[dict], searches: list[Search], spec: SearchSpec, *, seed
         f"of training** (`search.compute_budget_s`: the trials' summed `train_seconds`) were spent; "
         f"{seeds} search seed(s) per method. Target: {baseline}'s final best, mean over seeds = "
         f"**{target:.4f}**.",
+        "",
+        *[f"- `{m}` changes the search file's settings by `{json.dumps(ABLATIONS[m])}`" for m in
+          dict.fromkeys(s.method for s in searches) if m in ABLATIONS],
         "",
         "| method | final best val corr (mean ± sd) | trials (cut short) | compute spent: s / trial-epochs "
         f"| to reach {baseline}'s final best: s | trial-epochs | seeds that reached it | {baseline} / method |",
@@ -232,17 +308,24 @@ def markdown(rows: list[dict], searches: list[Search], spec: SearchSpec, *, seed
         "A search's count passes the budget by the epochs that ended in the step that reached it; epochs in "
         "flight then are cut off and not counted. With the same seed, random and TPE start from the same "
         "configurations (TPE's start-up trials are random), so their comparison is paired.",
+        *([f"{baseline}'s own compute to reach the target is read from its searches run on, with the same "
+           f"seeds, to {max(x.budget_factor for x in searches):g}x the budget (its final best and every other "
+           "column from the searches at the common budget)."] if any(x.budget_factor > 1 for x in searches)
+          else []),
         "",
-        "![best val corr against compute](bench_search.png)",
+        f"![best val corr against compute]({figure})",
         "",
         "## Every search",
         "",
         "| method | seed | final best | trials | cut short | compute s | trial-epochs | wall s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    lines += [f"| {s.method} | {s.seed} | {s.final[2]:.4f} | {s.trials} | {s.stopped} | {s.final[0]:.0f} | "
+    lines += [f"| {s.method}{f' (x{s.budget_factor:g} budget)' if s.budget_factor > 1 else ''} | {s.seed} "
+              f"| {s.final[2]:.4f} | {s.trials} | {s.stopped} | {s.final[0]:.0f} | "
               f"{s.final[1]} | {s.wall_s:.0f} |" for s in searches]
-    lines += ["", f"Machine: {machine()}. Total wall time {total_s / 60:.1f} min.", "", f"Command: `{command}`", ""]
+    lines += ["", f"Machine: {machine()}. Wall time of this command {total_s / 60:.1f} min (with `--reuse`, the "
+              "searches that had finished were read back, each with the wall time recorded when it ran).", "",
+              f"Command: `{command}`", ""]
     return "\n".join(lines)
 
 
@@ -261,7 +344,9 @@ def machine() -> str:
 
 
 def plot(searches: list[Search], rows: list[dict], path: Path) -> None:
-    """Best val corr so far against training seconds and trial-epochs: mean over seeds and their range."""
+    """Best val corr so far against training seconds and trial-epochs: mean over seeds and their range (the
+    searches at the common budget)."""
+    searches = [s for s in searches if s.budget_factor == 1]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -353,21 +438,22 @@ def run_bohb(spec: SearchSpec, run_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------- main
 def bench(data_dir: Path, work: Path, out_dir: Path, *, methods: tuple[str, ...], seeds: int, budget_s: float,
-          command: str) -> list[dict]:
+          command: str, reuse: bool = False, extend: float = 1.0) -> list[dict]:
     """The whole benchmark (the core the command and the smoke test run): every search on the scans in
     ``data_dir``, run folders under ``work``, then bench_search.md and bench_search.png in ``out_dir`` and the
     raw traces in ``work``/traces.json. Returns the table rows."""
     start = time.perf_counter()
     spec = bench_spec(data_dir, budget_s)
-    searches = run_benchmark(spec, work, methods=methods, seeds=seeds)
+    searches = run_benchmark(spec, work, methods=methods, seeds=seeds, reuse=reuse, extend=extend)
     rows = summarize(searches)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot(searches, rows, out_dir / "bench_search.png")
+    stem = "bench_search_ablations" if set(methods) & set(ABLATIONS) else "bench_search"
+    plot(searches, rows, out_dir / f"{stem}.png")
     text = markdown(rows, searches, spec, seeds=seeds, command=command, data=describe(data_dir),
-                    total_s=time.perf_counter() - start)
+                    total_s=time.perf_counter() - start, figure=f"{stem}.png")
     if "bohb" not in methods and not bohb_available():
         text += "\nbohb (TuneBOHB + HyperBandForBOHB) not run: `pip install hpbandster ConfigSpace` to add it.\n"
-    (out_dir / "bench_search.md").write_text(text)
+    (out_dir / f"{stem}.md").write_text(text)
     (work / "traces.json").write_text(json.dumps([asdict(s) for s in searches]))
     print(text)
     return rows
@@ -391,9 +477,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, metavar="S",
                         help=f"compute budget per search, training seconds summed over its trials (default "
                              f"{FULL_BUDGET_S:g}; --quick {QUICK_BUDGET_S:g})")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
+    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *ABLATIONS],
                         help="default: all (bohb only when hpbandster and ConfigSpace are installed)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read the searches that already finished in their run folders (same search, same "
+                             "budget) instead of running them again: continues an interrupted benchmark")
+    parser.add_argument("--extend-baseline", type=float, default=1.0, metavar="X",
+                        help=f"also run {BASELINE} on to X times the budget, to measure the compute it needs to "
+                             "reach its own final best where a seed falls short within the budget (default 1: off)")
     args = parser.parse_args(argv)
+    if args.extend_baseline < 1:
+        parser.error(f"--extend-baseline {args.extend_baseline:g}: expected a factor >= 1")
     methods = tuple(args.methods or (QUICK_METHODS if args.quick else
                                      [m for m in METHODS if m != "bohb" or bohb_available()]))
     if "bohb" in methods and not bohb_available():
@@ -403,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     bench(make_data(WORK), work, work if args.quick else ROOT / "results", methods=methods,
           seeds=args.seeds or (1 if args.quick else 3),
           budget_s=args.budget or (QUICK_BUDGET_S if args.quick else FULL_BUDGET_S),
-          command=" ".join([".venv/bin/python bench/bench_search.py", *(sys.argv[1:] if argv is None else argv)]))
+          command=" ".join([".venv/bin/python bench/bench_search.py", *(sys.argv[1:] if argv is None else argv)]),
+          reuse=args.reuse, extend=args.extend_baseline)
     return 0
 
 

@@ -40,3 +40,20 @@ def test_quick_benchmark_runs_every_search_to_its_budget_and_writes_table_and_fi
     assert "| random+fifo |" in text and "| tpe+asha |" in text and "Command: `pytest quick`" in text
     assert "Machine:" in text
     assert (out / "bench_search.png").stat().st_size > 10_000
+    # --reuse: the finished searches are read back, not run again (same traces, run folders untouched);
+    # --extend-baseline 2: only random+fifo on to twice the budget runs, in a folder of its own ...
+    run_dir = work / "runs" / "tpe+asha-seed0"
+    stamps = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    again = bench.bench(tiny_data.data_dir, work, tmp_path / "out2", methods=bench.QUICK_METHODS, seeds=1,
+                        budget_s=3.0, command="pytest quick", reuse=True, extend=2.0)
+    retraced = json.loads((work / "traces.json").read_text())
+    assert [t for t in retraced if t["budget_factor"] == 1] == traces and again[1]["best"] == rows[1]["best"]
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == stamps
+    [longer] = [t for t in retraced if t["budget_factor"] == 2]
+    assert longer["method"] == bench.BASELINE and longer["trace"][-1][0] >= 6.0
+    assert (work / "runs" / "random+fifo-x2-seed0" / "search.yaml").is_file()
+    assert "to 2x the budget" in (tmp_path / "out2" / "bench_search.md").read_text()
+    # ... and only a search of exactly the same spec counts as finished
+    assert bench.finished(bench.method_spec(bench.bench_spec(tiny_data.data_dir, 3.0), "tpe+asha", 0), run_dir)
+    assert not bench.finished(bench.method_spec(bench.bench_spec(tiny_data.data_dir, 2.5), "tpe+asha", 0), run_dir)
+    assert not bench.finished(bench.method_spec(bench.bench_spec(tiny_data.data_dir, 3.0), "tpe+asha", 1), run_dir)
