@@ -19,22 +19,20 @@ search's budget for the searched one, counted apart). Everything else under runs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-from bench_search import bench_spec
+from bench_search import bench_spec, make_data
 from search.driver import ensure_ray, release_ray, run_search
 from search.export import export_best
 from search.retrain import retrain
 from sensorium.config import load_config, save_config, set_value
-from sensorium.data.synth import SynthConfig, generate
+from sensorium.data.synth import SynthConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "runs" / "bench_convergence"
@@ -46,13 +44,6 @@ SYNTH = SynthConfig(seed=0, n_scans=2, n_competition=1, n_neurons=300, n_trials=
                     image_width=64, n_test_images=40, test_repeats=5, validation_fraction=0.2, signal_strength=2.0)
 TIERS = ("test", "final_test")
 SCORES = ("single_trial_correlation", "correlation_to_average")
-
-
-def make_data() -> Path:
-    oracle = WORK / "synth" / "ground_truth" / "oracle.json"
-    if oracle.is_file() and json.loads(oracle.read_text())["config"] == asdict(SYNTH):
-        return WORK / "synth" / "data"
-    return generate(WORK / "synth", SYNTH, progress=False, overwrite=True).data_dir
 
 
 def search_best(data_dir: Path, budget_s: float) -> tuple[Path, float]:
@@ -101,7 +92,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=300.0, help="the search's compute budget, training s")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    data_dir = make_data()
+    data_dir = make_data(WORK, SYNTH)
     started = ensure_ray(None)
     try:
         best, search_wall = search_best(data_dir, args.budget)

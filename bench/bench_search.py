@@ -54,10 +54,9 @@ import numpy as np
 
 from search.driver import ensure_ray, release_ray, run_search
 from search.prepare import absolute_data_paths, build_cache
-from search.results import ENDED, load_trials
+from search.results import ENDED, TrialRecord, load_trials
 from search.settings import plain_settings
 from search.space import SearchSpec, load_run_spec, load_search, with_data, with_settings
-from search.trainable import FIT_DONE, TRIAL_ERROR
 from search.tuner import compute_spent
 from sensorium.config import set_value
 from sensorium.data.synth import SynthConfig, generate
@@ -115,28 +114,21 @@ class Search:
         return self.trace[-1] if self.trace else (0.0, 0, math.nan)
 
 
-def make_data(work: Path) -> Path:
-    """The benchmark's synthetic scans under ``work``/synth: generated once, reused while SYNTH is unchanged."""
+def make_data(work: Path, synth: SynthConfig = SYNTH) -> Path:
+    """Synthetic scans under ``work``/synth: generated once, reused while ``synth`` is unchanged."""
     oracle = work / "synth" / "ground_truth" / "oracle.json"
-    if oracle.is_file() and json.loads(oracle.read_text())["config"] == asdict(SYNTH):
+    if oracle.is_file() and json.loads(oracle.read_text())["config"] == asdict(synth):
         return work / "synth" / "data"
-    return generate(work / "synth", SYNTH, progress=False, overwrite=True).data_dir
+    return generate(work / "synth", synth, progress=False, overwrite=True).data_dir
 
 
-def read_trace(run_dir: Path) -> list[tuple[float, int, float]]:
-    """The search's results in arrival order (Tune's per-result timestamp, 1 s resolution), each epoch of a
+def read_trace(records: list[TrialRecord]) -> list[tuple[float, int, float]]:
+    """The search's epochs in arrival order (Tune's per-result timestamp, 1 s resolution), each epoch of a
     trial once (as the compute budget counts them), as (compute s, trial-epochs, best val corr so far)."""
-    rows = []
-    for result_json in run_dir.glob("trial_*/result.json"):
-        seen = set()
-        for line in filter(str.strip, result_json.read_text().splitlines()):
-            r = json.loads(line)
-            if "epoch" not in r or TRIAL_ERROR in r or FIT_DONE in r or r["epoch"] in seen:
-                continue  # a failure or end-of-fit row repeats the last epoch's metrics
-            seen.add(r["epoch"])
-            rows.append((r["timestamp"], r["epoch"], float(r.get("train_seconds", 0.0)), r.get("best_val_corr")))
+    rows = [(row["timestamp"], row["epoch"], r.trial_id, float(row.get("train_seconds", 0.0)),
+             row.get("best_val_corr")) for r in records for row in r.curve]  # ties: by epoch, then trial
     trace, seconds, best = [], 0.0, -math.inf
-    for epochs, (_, _, train_s, score) in enumerate(sorted(rows, key=lambda row: row[:2]), 1):
+    for epochs, (*_, train_s, score) in enumerate(sorted(rows, key=lambda row: row[:3]), 1):
         seconds += train_s
         if isinstance(score, (int, float)) and math.isfinite(score):
             best = max(best, score)
@@ -192,7 +184,7 @@ def run_one(spec: SearchSpec, method: str, seed: int, run_dir: Path, *, reuse: b
     records = load_trials(run_dir, spec.settings.asha.max_t)
     ran = [r for r in records if r.epochs > 0]
     stopped = sum(r.status == "stopped" for r in ran)
-    return Search(method, seed, read_trace(run_dir), len(ran), stopped, wall)
+    return Search(method, seed, read_trace(records), len(ran), stopped, wall)
 
 
 def run_benchmark(spec: SearchSpec, work: Path, *, methods: tuple[str, ...], seeds: int, reuse: bool = False,
@@ -407,8 +399,7 @@ def run_bohb(spec: SearchSpec, run_dir: Path) -> None:
     from ray.tune.schedulers.hb_bohb import HyperBandForBOHB
     from ray.tune.search.bohb import TuneBOHB
 
-    from search.trainable import train_trial
-    from search.tuner import RANK_METRIC, run_config, trial_name
+    from search.tuner import RANK_METRIC, make_trainable, run_config, trial_name
 
     s = spec.settings
     space = CS.ConfigurationSpace(seed=s.seed)
@@ -421,8 +412,6 @@ def run_bohb(spec: SearchSpec, run_dir: Path) -> None:
             space.add(CS.UniformIntegerHyperparameter(p.key, int(p.low), int(p.high)))
         else:
             space.add(CS.UniformFloatHyperparameter(p.key, p.low, p.high, log=p.type == "loguniform"))
-    bound = tune.with_parameters(train_trial, base=spec.base.to_dict(), cpus=s.cpus_per_trial,
-                                 checkpoint_epochs=range(1, s.asha.max_t + 1))
     tune_config = tune.TuneConfig(
         search_alg=TuneBOHB(space=space, metric=RANK_METRIC, mode="max", seed=s.seed),
         scheduler=HyperBandForBOHB(time_attr="epoch", metric=s.metric, mode="max", max_t=s.asha.max_t,
@@ -431,7 +420,8 @@ def run_bohb(spec: SearchSpec, run_dir: Path) -> None:
         trial_name_creator=trial_name, trial_dirname_creator=trial_name,
     )
     run_dir.mkdir(parents=True)
-    tuner = tune.Tuner(tune.with_resources(bound, {"cpu": s.cpus_per_trial}), tune_config=tune_config,
+    trainable = make_trainable(spec, checkpoint_epochs=range(1, s.asha.max_t + 1))
+    tuner = tune.Tuner(trainable, tune_config=tune_config,
                        run_config=run_config(run_dir, spec, live_every_s=1e9))
     tuner.fit()
 

@@ -63,6 +63,7 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
     from search.results import status_counts
     from search.retrain import format_scores, retrain
     from search.space import load_search, with_settings
+    from search.tuner import compute_spent
     from sensorium.config import load_config, save_config, set_value
     from sensorium.data.synth import SynthConfig, generate
 
@@ -124,10 +125,9 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
 
     counts = status_counts(records)
     table = _table(tuned, baseline)
+    train_s, trial_epochs = compute_spent(records)
     budgets = {  # what each model cost: trial-epochs and training seconds (the search's summed over trials)
-        "search": {"epochs": sum(len(r.curve) for r in records),
-                   "train_s": round(sum(row.get("train_seconds", 0.0) for r in records for row in r.curve), 1),
-                   "wall_budget_s": time_budget},
+        "search": {"epochs": trial_epochs, "train_s": round(train_s, 1), "wall_budget_s": time_budget},
         **{name: {"epochs": sum(m["epochs"] for m in s["members"]), "seeds": len(s["members"]),
                   "seconds": round(sum(m["seconds"] for m in s["members"]), 1)}  # per seed: train + predict
            for name, s in (("retrain", tuned), ("baseline", baseline))},

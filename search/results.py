@@ -86,7 +86,7 @@ def best_trial(records: list[TrialRecord]) -> TrialRecord:
 
 def _record(trial: Any, run_dir: Path, max_t: int) -> TrialRecord:
     path = run_dir / Path(trial.path).name  # the folder as it is now (the run may have been moved)
-    curve, reported = _read_results(path / "result.json")
+    curve, reported = read_results(path / "result.json")
     last = curve[-1] if curve else {}
     status = {"ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "pending"}.get(trial.status)
     error = None
@@ -117,10 +117,11 @@ def _record(trial: Any, run_dir: Path, max_t: int) -> TrialRecord:
     )
 
 
-def _read_results(result_json: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
+def read_results(result_json: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """Tune's result.json (one JSON object per line): the per-epoch rows, one per epoch (last wins: a trial
-    restarted from an older checkpoint reports some epochs again), and the last result as reported (it
-    carries ``TRIAL_ERROR`` or ``FIT_DONE`` when the trial ended by itself)."""
+    restarted from an older checkpoint reports some epochs again) with the trial's metrics and Tune's
+    ``timestamp`` (s, when the driver got the result), and the last result as reported (it carries
+    ``TRIAL_ERROR`` or ``FIT_DONE`` when the trial ended by itself)."""
     if not result_json.is_file():
         return [], {}
     rows: dict[int, dict[str, float]] = {}
@@ -130,7 +131,7 @@ def _read_results(result_json: Path) -> tuple[list[dict[str, float]], dict[str, 
             continue
         last = json.loads(line)
         if "epoch" in last and TRIAL_ERROR not in last:
-            rows[int(last["epoch"])] = {k: last[k] for k in TRIAL_METRICS if k in last}
+            rows[int(last["epoch"])] = {k: last[k] for k in (*TRIAL_METRICS, "timestamp") if k in last}
     return [rows[e] for e in sorted(rows)], last
 
 

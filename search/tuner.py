@@ -20,6 +20,7 @@ import json
 import math
 import os
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import optuna
@@ -32,7 +33,7 @@ from ray.tune.stopper import Stopper
 
 from search.callbacks import LiveTable, TensorBoardHParams
 from search.space import SEARCH_FILE, SearchSpec
-from search.results import TrialRecord
+from search.results import TrialRecord, read_results
 from search.trainable import FIT_DONE, TRIAL_ERROR, train_trial
 from sensorium.atomic import write_text
 from sensorium.errors import UserError
@@ -187,12 +188,14 @@ def asha_rungs(spec: SearchSpec) -> list[int]:
     return [*rungs, a.max_t]
 
 
-def make_trainable(spec: SearchSpec) -> Any:
+def make_trainable(spec: SearchSpec, checkpoint_epochs: Iterable[int] | None = None) -> Any:
     """``train_trial`` bound to the base config and wrapped with the per-trial resources; it checkpoints at
-    every ASHA rung, so a trial the scheduler stops keeps the weights of its last reported epoch."""
+    ``checkpoint_epochs``, by default every ASHA rung, so a trial the scheduler stops keeps the weights of
+    its last reported epoch (a scheduler that pauses and resumes trials at any epoch needs every epoch)."""
     s = spec.settings
+    epochs = asha_rungs(spec) if checkpoint_epochs is None else list(checkpoint_epochs)
     bound = tune.with_parameters(train_trial, base=spec.base.to_dict(), cpus=s.cpus_per_trial,
-                                 checkpoint_epochs=asha_rungs(spec), gpus=s.gpus_per_trial)
+                                 checkpoint_epochs=epochs, gpus=s.gpus_per_trial)
     return tune.with_resources(bound, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
 
 
@@ -234,10 +237,8 @@ class SearchStopper(Stopper, tune.Callback):
             return
         self._seeded = True
         for trial in trials:  # a fresh search has no results yet; a resumed one has its earlier epochs
-            result_json = Path(trial.path) / "result.json"
-            lines = result_json.read_text().splitlines() if result_json.is_file() else []
-            for line in filter(str.strip, lines):
-                self(trial.trial_id, json.loads(line))
+            for row in read_results(Path(trial.path) / "result.json")[0]:
+                self(trial.trial_id, row)
 
 
 def compute_spent(records: list[TrialRecord]) -> tuple[float, int]:
