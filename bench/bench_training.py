@@ -32,6 +32,7 @@ import torch
 from reference import ReferenceModel
 from sensorium.config import ExperimentConfig
 from sensorium.models import ScanMeta, build_model
+from sensorium.models.model import Inputs
 
 N_NEURONS = 1000
 HEIGHT, WIDTH = 36, 64
@@ -57,7 +58,8 @@ class Setting:
                                                                    avg=core.use_avg_reg)
             self.forward = self._library_forward(layout)
         else:
-            self.model = build_model(ExperimentConfig().model, {"scan": ScanMeta(N_NEURONS, coords)}, (4, HEIGHT, WIDTH))
+            meta = {"scan": ScanMeta(N_NEURONS, coords)}
+            self.model = build_model(ExperimentConfig().model, meta, (4, HEIGHT, WIDTH))
             self.model.use_channels_last()
             self.model.autocast = torch.bfloat16 if name.endswith("bf16") else None
             self.forward = self._our_forward()
@@ -83,7 +85,7 @@ class Setting:
 
     def _our_forward(self) -> Callable[..., torch.Tensor]:
         def forward(images: torch.Tensor, behavior: torch.Tensor, pupil: torch.Tensor) -> torch.Tensor:
-            return self.model(images, "scan", pupil, behavior)
+            return self.model(Inputs(images, pupil_center=pupil, behavior=behavior), "scan")
 
         return forward
 

@@ -1,4 +1,5 @@
-"""Search settings: trial count, concurrency, resources per trial, budgets, seed, sampler, scheduler, ASHA, TPE.
+"""Search settings: trial count, concurrency, resources per trial, budgets, seed, sampler, scheduler, objective,
+ASHA, TPE.
 
 The ``search:`` section of a search file. Plain dataclasses, checked when built; no Ray or Optuna here.
 """
@@ -6,12 +7,10 @@ The ``search:`` section of a search file. Plain dataclasses, checked when built;
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
+from sensorium import typed
 from sensorium.errors import ConfigError
 
 
@@ -61,6 +60,14 @@ class SearchSettings:
     sampler: Literal["tpe", "random"] = "tpe"
     scheduler: Literal["asha", "fifo"] = "asha"
     metric: Literal["val_corr", "best_val_corr"] = "val_corr"  # what ASHA compares at its rungs
+    # What the study optimises: the best-epoch validation correlation alone, or (``val_corr+cost``) that and a
+    # training cost at once (Optuna's multi-objective TPE or random sampler; the report draws the Pareto
+    # front, ``export --pick cheapest:TOL`` chooses on it). ASHA still stops trials on ``metric`` alone.
+    objective: Literal["val_corr", "val_corr+cost"] = "val_corr"
+    # The cost (minimised with ``objective: val_corr+cost``; also what ``export --pick cheapest`` compares):
+    # train_seconds = the median over a trial's epochs of its training seconds per epoch, on the trial's own
+    # resources (cpus_per_trial, gpus_per_trial); parameters = the model's trainable parameter count.
+    cost: Literal["train_seconds", "parameters"] = "train_seconds"
     # restarts of a trial from its latest checkpoint after its worker or node died (a trial's own failure,
     # e.g. a non-finite loss, is never retried)
     max_retries: int = 3
@@ -70,30 +77,18 @@ class SearchSettings:
     # searched keys left out of a set are sampled.
     start_with: tuple[dict[str, Any], ...] = ()
 
+    @property
+    def with_cost(self) -> bool:
+        """True when the study minimises the cost as a second objective (``objective: val_corr+cost``)."""
+        return self.objective == "val_corr+cost"
+
 
 def build_settings(raw: Any) -> SearchSettings:
-    """Validate the ``search:`` mapping of a search file; errors name the key (``search.asha.max_t``)."""
+    """Validate the ``search:`` mapping of a search file (``sensorium.typed``, the reader of every config);
+    errors name the key (``search.asha.max_t``)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"search: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(SearchSettings)
-    check_keys(raw, set(hints), "search.")
-    kwargs: dict[str, Any] = {}
-    for name, value in raw.items():
-        where = f"search.{name}"
-        if name in ("asha", "tpe"):
-            cls = AshaSettings if name == "asha" else TpeSettings
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-            check_keys(value, set(typing.get_type_hints(cls)), where + ".")
-            sub = {k: _typed(v, typing.get_type_hints(cls)[k], f"{where}.{k}") for k, v in value.items()}
-            kwargs[name] = cls(**sub)
-        elif name == "start_with":
-            if not isinstance(value, list) or any(not isinstance(v, dict) for v in value):
-                raise ConfigError(f"{where}: expected a list of mappings from searched keys to values")
-            kwargs[name] = tuple(dict(v) for v in value)
-        else:
-            kwargs[name] = _typed(value, hints[name], where)
-    s = SearchSettings(**kwargs)
+    s = typed.build(SearchSettings, raw, "search.")
     checks = [
         (s.num_trials >= 1, "num_trials", s.num_trials, ">= 1"),
         (s.max_concurrent >= 1, "max_concurrent", s.max_concurrent, ">= 1"),
@@ -120,48 +115,3 @@ def plain_settings(s: SearchSettings) -> dict[str, Any]:
     out = dataclasses.asdict(s)
     out["start_with"] = [dict(p) for p in s.start_with]
     return out
-
-
-def _typed(value: Any, tp: Any, where: str) -> Any:
-    """Check a settings value against its annotation (no coercion beyond int -> float)."""
-    if get_origin(tp) is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{where}={value!r}: expected one of {list(get_args(tp))}")
-        return value
-    if get_origin(tp) in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        tp = next(a for a in get_args(tp) if a is not type(None))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}={value!r}: expected true or false")
-        return value
-    parsed = number(value, where, integer=tp is int)
-    if parsed is None:
-        raise ConfigError(f"{where}: expected a value")
-    return parsed
-
-
-def number(value: Any, where: str, integer: bool) -> Any:
-    """``value`` as int/float (YAML's '1e-3' strings included), or None; anything else is an error."""
-    if value is None:
-        return None
-    if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            raise ConfigError(f"{where}={value!r}: expected a number") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}={value!r}: expected a number")
-    if integer:
-        if isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{where}={value!r}: expected an integer")
-        return int(value)
-    return float(value)
-
-
-def check_keys(raw: dict[str, Any], allowed: set[str], prefix: str) -> None:
-    """Unknown keys are an error naming the first one and listing the valid ones."""
-    unknown = sorted(set(map(str, raw)) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(allowed))}")

@@ -1,7 +1,7 @@
 """``sensorium-search``: one console script, one subcommand per step of the data flow.
 
-Each subcommand lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``. Modules are imported only when their command runs, so ``--help`` stays fast and a
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; its
+one-line help is in ``COMMANDS``. Modules are imported only when their command runs, so ``--help`` stays fast and a
 data-only command never imports Ray.
 """
 
@@ -13,33 +13,29 @@ import sys
 
 from sensorium.errors import SearchInterrupted, UserError
 
-# name -> module; the order is the data flow, and the order --help lists them in.
-COMMANDS: dict[str, str] = {
-    "synth": "sensorium.data.synth.command",
-    "inspect": "sensorium.data.inspect",
-    "train": "sensorium.training.command",
-    "submit": "sensorium.predict",
-    "evaluate": "sensorium.evaluate",
-    "run": "search.run",
-    "resume": "search.resume",
-    "export": "search.export",
-    "retrain": "search.retrain",
-    "report": "search.report",
-    "demo": "search.demo",
-}
-
-_SUMMARIES: dict[str, str] = {
-    "synth": "write synthetic scans in the official SENSORIUM file tree, with their ground truth",
-    "inspect": "summarise scans (table + PNG figures)",
-    "train": "train one model from an experiment config into a run directory",
-    "submit": "write the competition CSVs of a trained run for every competition scan",
-    "evaluate": "score a submission CSV against a ground-truth CSV",
-    "run": "run a Ray Tune + Optuna hyperparameter search from a search file",
-    "resume": "continue a search whose driver stopped",
-    "export": "write best_config.yaml of a search",
-    "retrain": "retrain the best config with several seeds, ensemble, write and score submissions",
-    "report": "trials.csv, a markdown summary and plots of a search",
-    "demo": "the whole story on synthetic data: synth, search, export, retrain, submission, report",
+# name -> (module, its one help line); the order is the data flow, and the order --help lists them in. The
+# help lines live only here, so the list and each command's own --help say the same without importing every
+# command's module.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("sensorium.data.synth.command",
+              "write synthetic scans in the official SENSORIUM file tree, with their ground truth"),
+    "inspect": ("sensorium.data.inspect",
+                "summarise scans: a table (neurons, trials per tier, repeats, behaviour) and PNG figures"),
+    "train": ("sensorium.training.command", "train one model from an experiment config into a run directory"),
+    "submit": ("sensorium.submit", "write the competition CSVs of a trained run for every competition scan"),
+    "evaluate": ("sensorium.evaluate",
+                 "score a submission CSV against a ground-truth CSV (single-trial corr, corr to average, FEVE)"),
+    "run": ("search.run", "run a Ray Tune + Optuna hyperparameter search from a search file"),
+    "resume": ("search.resume",
+               "continue a search whose driver stopped: completed trials are kept, unfinished ones resume"),
+    "export": ("search.export",
+               "write best_config.yaml (full config of the best, or cheapest near-best, trial + provenance)"),
+    "retrain": ("search.retrain", "retrain the best config with several seeds, ensemble, write and score submissions"),
+    "ensemble": ("search.ensemble",
+                 "a weighted ensemble of the search's trials by greedy selection on validation, submitted and scored"),
+    "report": ("search.report", "trials.csv, a markdown summary and plots of a search"),
+    "demo": ("search.demo",
+             "the whole story on synthetic data: synth, search, export, retrain, ensemble, submission, report"),
 }
 
 
@@ -50,14 +46,14 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((a for a in argv if not a.startswith("-")), None)
-    for name, module_name in COMMANDS.items():
+    for name, (module_name, text) in COMMANDS.items():
         if name == wanted:
             module = importlib.import_module(module_name)
-            p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+            p = sub.add_parser(name, help=text, description=text)
             module.add_arguments(p)
             p.set_defaults(_module=module)
         else:
-            sub.add_parser(name, help=_SUMMARIES[name])
+            sub.add_parser(name, help=text)
     return parser
 
 

@@ -1,7 +1,9 @@
-"""Typed experiment configuration: one frozen dataclass per concern, composed into ExperimentConfig.
+"""Typed experiment configuration: one frozen dataclass per concern, composed into ExperimentConfig; each model
+component (core, readout, shifter) one frozen dataclass per family, chosen by its ``kind`` field.
 
-Round-trips through YAML. Unknown keys are errors that name the key and list the valid ones; values are
-checked against the field's type (ints are accepted where floats are expected, nothing else is coerced).
+Round-trips through YAML (read by ``sensorium.typed``). Unknown keys are errors that name the key and list the
+valid ones; values are checked against the field's type (ints are accepted where floats are expected, nothing
+else is coerced).
 
 Example::
 
@@ -18,14 +20,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, get_type_hints
 
 import yaml
 
+from sensorium import typed
 from sensorium.atomic import write_text
 from sensorium.errors import ConfigError
 
@@ -48,15 +49,21 @@ class DataConfig:
     eval_batch_size: int = 0  # evaluation chunk size; 0 = the fastest for the device (runtime.eval_batch_size)
 
     def __post_init__(self) -> None:
-        _positive(self, "image_height", "image_width", "batch_size")
-        _non_negative(self, "eval_batch_size")  # 0 = auto
+        _positive(self, "data", "image_height", "image_width", "batch_size")
+        _non_negative(self, "data", "eval_batch_size")  # 0 = auto
 
 
 # ---------------------------------------------------------------------------------------------- model
+# Each component of the model (core, readout, shifter) is a family: a frozen dataclass with a ``kind`` tag
+# and the fields that family reads. ModelConfig annotates a component with the union of its families; the
+# reader (sensorium.typed) builds the family that ``kind`` names. Adding a family = one dataclass here, added
+# to its union, and one builder registered in sensorium.models.builder (a test checks both lists agree).
+# ``unread()`` names the fields that this config's switches leave unread (a search must not search them).
 @dataclass(frozen=True)
-class CoreConfig:
-    """neuralpredictors ``Stacked2dCore`` settings; defaults are the SENSORIUM+ baseline."""
+class _ConvCore:
+    """Fields shared by the convolutional cores of neuralpredictors (``Stacked2dCore`` and its subclasses)."""
 
+    kind: str = ""
     layers: int = 4
     hidden_channels: int = 64
     input_kern: int = 9
@@ -64,7 +71,6 @@ class CoreConfig:
     depth_separable: bool = True
     linear: bool = False  # True: no nonlinearities inside the core (the LN baseline)
     gamma_input: float = 6.3831  # Laplace smoothness penalty on the first layer
-    gamma_hidden: float = 0.0
     pad_input: bool = False  # 36x64 -> 28x56 with input_kern 9
     batch_norm: bool = True
     momentum: float = 0.9
@@ -72,23 +78,66 @@ class CoreConfig:
     stack: int = -1  # read out only the last layer
 
     def __post_init__(self) -> None:
-        _positive(self, "layers", "hidden_channels", "input_kern", "hidden_kern")
+        _positive(self, "model.core", "layers", "hidden_channels", "input_kern", "hidden_kern")
         for name in ("input_kern", "hidden_kern"):
             if getattr(self, name) % 2 == 0:
                 raise ConfigError(f"model.core.{name}={getattr(self, name)}: expected an odd kernel size")
-        if self.gamma_input < 0 or self.gamma_hidden < 0:
-            raise ConfigError("model.core.gamma_input / gamma_hidden: expected values >= 0")
+        _non_negative(self, "model.core", "gamma_input")
         if not -self.layers <= self.stack < self.layers:
             raise ConfigError(f"model.core.stack={self.stack}: expected a layer index in [-layers, layers) = "
                               f"[{-self.layers}, {self.layers})")
         if not 0.0 < self.momentum <= 1.0:
             raise ConfigError(f"model.core.momentum={self.momentum}: expected 0 < value <= 1 (batch-norm momentum)")
 
+    def unread(self) -> dict[str, str]:
+        return {}
+
 
 @dataclass(frozen=True)
-class ReadoutConfig:
-    """Per-scan Gaussian readout (see sensorium.models.readout)."""
+class Stacked2dCoreConfig(_ConvCore):
+    """neuralpredictors ``Stacked2dCore`` (the SENSORIUM+ baseline core; defaults are the baseline's)."""
 
+    kind: Literal["stacked2d"] = "stacked2d"
+    gamma_hidden: float = 0.0  # group-sparsity penalty on hidden layers (full convolutions only)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _non_negative(self, "model.core", "gamma_hidden")
+
+    def unread(self) -> dict[str, str]:
+        return {"gamma_hidden": "depth_separable"} if self.depth_separable else {}
+
+
+@dataclass(frozen=True)
+class SE2dCoreConfig(_ConvCore):
+    """neuralpredictors ``SE2dCore``: the stacked core with squeeze-and-excitation blocks on its last layers."""
+
+    kind: Literal["se2d"] = "se2d"
+    n_se_blocks: int = 1  # SE blocks after the last n layers (0 = the stacked core without group sparsity)
+    se_reduction: int = 16  # channel reduction inside an SE block
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self, "model.core", "se_reduction")
+        if not 0 <= self.n_se_blocks < self.layers:
+            raise ConfigError(f"model.core.n_se_blocks={self.n_se_blocks}: expected 0 <= value < layers "
+                              f"({self.layers}; the first layer takes no SE block)")
+        if self.se_reduction > self.hidden_channels:
+            raise ConfigError(f"model.core.se_reduction={self.se_reduction}: expected at most hidden_channels "
+                              f"({self.hidden_channels})")
+
+    def unread(self) -> dict[str, str]:
+        return {"se_reduction": "n_se_blocks"} if self.n_se_blocks == 0 else {}
+
+
+CoreConfig = Stacked2dCoreConfig | SE2dCoreConfig
+
+
+@dataclass(frozen=True)
+class GaussianReadoutConfig:
+    """Per-scan Gaussian readout with K position samples (sensorium.models.readout; the baseline's)."""
+
+    kind: Literal["gaussian"] = "gaussian"
     samples: int = 1  # K positions drawn per neuron and image in training mode, readouts averaged
     gauss_type: Literal["full", "uncorrelated", "isotropic"] = "full"
     init_sigma: float = 0.1
@@ -99,35 +148,75 @@ class ReadoutConfig:
     gmp_hidden_layers: int = 1
     gmp_hidden_features: int = 30
 
+    takes_shift: ClassVar[bool] = True  # the shifter's (B, 2) shift moves its positions
+
     def __post_init__(self) -> None:
-        _positive(self, "samples", "gmp_hidden_features")
+        _positive(self, "model.readout", "samples", "gmp_hidden_features", "init_sigma")
         if not 0.0 < self.init_mu_range <= 1.0:
             raise ConfigError(f"model.readout.init_mu_range={self.init_mu_range}: expected 0 < value <= 1")
-        if self.init_sigma <= 0:
-            raise ConfigError(f"model.readout.init_sigma={self.init_sigma}: expected a value > 0")
-        if self.gamma_readout < 0:
-            raise ConfigError(f"model.readout.gamma_readout={self.gamma_readout}: expected a value >= 0")
-        _non_negative(self, "gmp_hidden_layers")
+        _non_negative(self, "model.readout", "gamma_readout", "gmp_hidden_layers")
+
+    def unread(self) -> dict[str, str]:
+        if self.grid_mean_predictor:
+            return {"init_mu_range": "grid_mean_predictor"}
+        return {"gmp_hidden_layers": "grid_mean_predictor", "gmp_hidden_features": "grid_mean_predictor"}
+
+
+@dataclass(frozen=True)
+class FactorizedReadoutConfig:
+    """Per-scan factorised readout (neuralpredictors ``FullFactorized2d``): per neuron, a spatial mask over the
+    whole feature map times a feature vector. It takes no shift: use it with ``model.shifter.enabled: false``."""
+
+    kind: Literal["factorized"] = "factorized"
+    gamma_readout: float = 0.0076  # weight of the L1 penalty on |spatial| x |features|
+    bias: bool = True
+    normalize: bool = True  # spatial masks normalised to unit L2 norm
+    init_noise: float = 1e-3  # std of the initial spatial and feature weights
+    positive_weights: bool = False  # clamp feature weights at 0
+
+    takes_shift: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _positive(self, "model.readout", "init_noise")
+        _non_negative(self, "model.readout", "gamma_readout")
+
+    def unread(self) -> dict[str, str]:
+        return {}
+
+
+ReadoutConfig = GaussianReadoutConfig | FactorizedReadoutConfig
 
 
 @dataclass(frozen=True)
 class ShifterConfig:
     """Per-scan MLP on the normalised pupil centre giving one 2-D shift of all readout positions."""
 
+    kind: Literal["mlp"] = "mlp"
     enabled: bool = True
     hidden_channels: int = 5
     layers: int = 3  # Linear(2,5)-Tanh-Linear(5,5)-Tanh-Linear(5,2)-Tanh
 
     def __post_init__(self) -> None:
-        _positive(self, "hidden_channels", "layers")
+        _positive(self, "model.shifter", "hidden_channels", "layers")
+
+    def unread(self) -> dict[str, str]:
+        return {} if self.enabled else {"hidden_channels": "enabled", "layers": "enabled"}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    core: CoreConfig = field(default_factory=CoreConfig)
-    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+    core: CoreConfig = field(default_factory=Stacked2dCoreConfig)
+    readout: ReadoutConfig = field(default_factory=GaussianReadoutConfig)
     shifter: ShifterConfig = field(default_factory=ShifterConfig)
     elu_offset: float = 0.0  # output nonlinearity: elu(x + offset) + 1
+
+    def __post_init__(self) -> None:
+        if self.shifter.enabled and not self.readout.takes_shift:
+            raise ConfigError(f"model.shifter.enabled=true: the {self.readout.kind} readout takes no shift; "
+                              "set model.shifter.enabled: false with it")
+
+
+COMPONENTS = ("core", "readout", "shifter")  # the family-tagged parts of ModelConfig
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -155,10 +244,10 @@ class TrainConfig:
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
-        _positive(self, "lr", "max_epochs", "patience", "lr_decay_steps")
+        _positive(self, "train", "lr", "max_epochs", "patience", "lr_decay_steps")
         if not 0.0 < self.lr_decay_factor < 1.0:
             raise ConfigError(f"train.lr_decay_factor={self.lr_decay_factor}: expected 0 < value < 1")
-        _non_negative(self, "max_batches_per_epoch", "threads", "min_lr", "tolerance", "checkpoint_every_s")
+        _non_negative(self, "train", "max_batches_per_epoch", "threads", "min_lr", "tolerance", "checkpoint_every_s")
 
 
 @dataclass(frozen=True)
@@ -175,11 +264,20 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
         """Build from nested plain data; unknown keys and wrong types raise ConfigError."""
-        return _build(cls, raw, prefix="")
+        return typed.build(cls, raw, prefix="")
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain data (tuples become lists) that YAML and JSON can hold."""
-        return _plain(dataclasses.asdict(self))
+        return typed.plain(self)
+
+    def unread_keys(self) -> dict[str, str]:
+        """Dotted keys whose values nothing reads in this config -> the switch that leaves them unread
+        (e.g. ``model.readout.init_mu_range`` -> ``model.readout.grid_mean_predictor``)."""
+        out = {}
+        for part in COMPONENTS:
+            prefix = f"model.{part}."
+            out.update({prefix + k: prefix + v for k, v in getattr(self.model, part).unread().items()})
+        return out
 
 
 # ------------------------------------------------------------------------------------------ functions
@@ -237,42 +335,86 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCo
 
 def set_value(cfg: ExperimentConfig, key: str, value: Any) -> ExperimentConfig:
     """Return a copy of ``cfg`` with the dotted ``key`` set to ``value`` (validated like a YAML file)."""
-    field_types(key)  # raises for unknown keys, listing the valid ones
+    return set_values(cfg, {key: value})
+
+
+def set_values(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
+    """A copy of ``cfg`` with every dotted key of ``values`` set, then validated as a whole.
+
+    A component's ``kind`` is set first: switching family keeps the fields the new family shares with the old
+    one and drops the others, so ``{"model.core.kind": "se2d", "model.core.se_reduction": 8}`` works.
+    """
     raw = cfg.to_dict()
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node[part]
-    node[parts[-1]] = value
+    for key in sorted(values, key=lambda k: not k.endswith("." + typed.KIND)):  # kinds first
+        field_types(key)  # unknown keys: the list of valid ones
+        value = values[key]
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars from samplers
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        family = family_of(key)
+        if family and node.get(typed.KIND) not in family[1]:
+            raise ConfigError(f"{key}: a field of {family[0]} {' or '.join(family[1])}, but here {family[0]} is "
+                              f"{node.get(typed.KIND)!r}")
+        if leaf == typed.KIND and parents and node.get(leaf) != value:
+            tagged = _component_families(".".join(parents))
+            if value in tagged:  # else the reader names the valid kinds
+                shared = {f.name for f in dataclasses.fields(tagged[value])}
+                for name in [n for n in node if n not in shared]:
+                    del node[name]
+        node[leaf] = value
     return ExperimentConfig.from_dict(raw)
 
 
 def get_value(cfg: ExperimentConfig, key: str) -> Any:
-    """The value at a dotted key, e.g. ``get_value(cfg, "model.core.layers")``."""
+    """The value at a dotted key, e.g. ``get_value(cfg, "model.core.layers")``; ConfigError for a key of
+    another family than the config's (``model.core.se_reduction`` of a stacked2d core)."""
     field_types(key)
     node: Any = cfg
-    for part in key.split("."):
+    for i, part in enumerate(key.split(".")):
+        if not hasattr(node, part):
+            where = ".".join(key.split(".")[:i])
+            raise ConfigError(f"{key}: not a field of {where}.kind={getattr(node, typed.KIND)!r}")
         node = getattr(node, part)
     return node
 
 
 def field_types(key: str | None = None) -> dict[str, Any]:
-    """All leaf keys of ExperimentConfig with their types; with ``key``, check it exists and return it."""
+    """All leaf keys of ExperimentConfig with their types, the fields of every family of a component included
+    (``model.core.se_reduction``: a field of the se2d core); with ``key``, check it exists and return it."""
     leaves: dict[str, Any] = {}
 
     def walk(cls: type, prefix: str) -> None:
         for name, tp in get_type_hints(cls).items():
-            if dataclasses.is_dataclass(tp):
-                walk(tp, f"{prefix}{name}.")
-            else:
+            options = list(typed.families(tp).values()) or ([tp] if dataclasses.is_dataclass(tp) else [])
+            if not options:
                 leaves[f"{prefix}{name}"] = tp
+            for option in options:
+                walk(option, f"{prefix}{name}.")
+            if options and len(options) > 1:  # the tag: one of the families' kinds
+                leaves[f"{prefix}{name}.{typed.KIND}"] = Literal[tuple(typed.families(tp))]  # type: ignore[misc]
 
     walk(ExperimentConfig, "")
     if key is None:
         return leaves
     if key not in leaves:
-        raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(leaves))}")
+        raise typed.unknown_key(key, sorted(leaves))
     return {key: leaves[key]}
+
+
+def family_of(key: str) -> tuple[str, tuple[str, ...]] | None:
+    """For a field of some but not all families of a component: (the component's kind key, the kinds that have
+    it); None for any other key. ``family_of("model.core.se_reduction")`` ->
+    ``("model.core.kind", ("se2d",))``."""
+    *parents, leaf = key.split(".")
+    tagged = _component_families(".".join(parents))
+    if not tagged or leaf == typed.KIND:
+        return None
+    kinds = tuple(k for k, cls in tagged.items() if leaf in get_type_hints(cls))
+    if len(kinds) == len(tagged):  # every family has it
+        return None
+    return ".".join(parents) + "." + typed.KIND, kinds
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
@@ -282,101 +424,24 @@ def config_hash(cfg: ExperimentConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-_SECTION = {
-    "DataConfig": "data",
-    "CoreConfig": "model.core",
-    "ReadoutConfig": "model.readout",
-    "ShifterConfig": "model.shifter",
-    "TrainConfig": "train",
-}
+def _component_families(path: str) -> dict[str, type]:
+    """kind -> dataclass for a dotted component path (``model.core``); empty for anything else."""
+    parts = path.split(".")
+    if len(parts) != 2 or parts[0] != "model" or parts[1] not in COMPONENTS:
+        return {}
+    tp = get_type_hints(ModelConfig)[parts[1]]
+    return typed.families(tp) or {typed.kind_of(tp): tp}
 
 
-def _positive(obj: Any, *names: str) -> None:
+def _positive(obj: Any, section: str, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if value <= 0:
-            raise ConfigError(f"{_SECTION[type(obj).__name__]}.{name}={value}: expected a value > 0")
+            raise ConfigError(f"{section}.{name}={value}: expected a value > 0")
 
 
-def _non_negative(obj: Any, *names: str) -> None:
+def _non_negative(obj: Any, section: str, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if value < 0:
-            raise ConfigError(f"{_SECTION[type(obj).__name__]}.{name}={value}: expected a value >= 0")
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
-    hints = get_type_hints(cls)
-    unknown = sorted(set(raw) - set(hints))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(prefix + k for k in hints)}"
-        )
-    kwargs = {}
-    for name, value in raw.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = get_origin(tp)
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{key}={value!r}: expected one of {list(get_args(tp))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in get_args(tp):
-            if option is type(None) and value is None:
-                return None
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}={value!r}: expected {tp}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            value = [value] if isinstance(value, str) else value
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r}: expected a list")
-        item_tp = get_args(tp)[0]
-        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r}: expected true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}={value!r}: expected an integer")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r}: expected a number")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key}={value!r}: expected a finite number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r}: expected a string")
-        return value
-    raise ConfigError(f"{key}: unsupported field type {tp}")
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
+            raise ConfigError(f"{section}.{name}={value}: expected a value >= 0")

@@ -16,7 +16,6 @@ from sensorium.atomic import write_text
 from sensorium.metrics import FEV_THRESHOLD, SCORE_NAMES
 from sensorium.submission import score_files
 
-HELP = "score a submission CSV against a ground-truth CSV (single-trial corr, corr to average, FEVE)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

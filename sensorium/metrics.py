@@ -14,6 +14,8 @@ per-neuron values instead). Computation is in float64 whatever the input dtype.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 SCORE_NAMES = ("single_trial_correlation", "correlation_to_average", "feve")
@@ -71,6 +73,17 @@ def single_trial_correlation(pred: np.ndarray, resp: np.ndarray, per_neuron: boo
     """corr(prediction, response) over all trials, per neuron, then the mean over neurons."""
     pred, resp = _check(pred, resp)
     return _summarise(corr(pred, resp, axis=0), per_neuron)
+
+
+def pooled_single_trial_correlation(preds: Sequence[np.ndarray], resps: Sequence[np.ndarray]) -> float:
+    """Single-trial correlation of several scans as one population: per-neuron correlations in each scan
+    (``preds[s]``, ``resps[s]`` are that scan's (trials, neurons)), then the mean over the neurons of all
+    scans, so a scan weighs by its neuron count. The validation objective of fit and the search.
+    """
+    if len(preds) != len(resps) or not preds:
+        raise ValueError(f"expected one response array per prediction array, got {len(preds)} and {len(resps)}")
+    per_neuron = [single_trial_correlation(p, r, per_neuron=True) for p, r in zip(preds, resps)]
+    return float(np.mean(np.concatenate(per_neuron)))
 
 
 def correlation_to_average(

@@ -1,4 +1,5 @@
-"""Predictions keyed by trial id and neuron id, and the ``submit`` command that writes the official CSVs.
+"""Inference: a model's predictions keyed by trial id and neuron id, and the official CSVs written from them
+(the ``submit`` command is ``sensorium.submit``).
 
     >>> model, cfg = load_model("runs/baseline", torch.device("cpu"))           # doctest: +SKIP
     >>> pred = predict(model, data["27204-5-13"], "test", torch.device("cpu"))  # doctest: +SKIP
@@ -7,8 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,6 @@ from sensorium.data import ScanData
 from sensorium.errors import UserError
 from sensorium.models import SensoriumModel
 from sensorium.runtime import eval_batch_size
-
-HELP = "write the competition CSVs of a trained run for every competition scan"
-
-
 
 @dataclass
 class Predictions:
@@ -58,7 +53,7 @@ def predict(
     """
     if data.key not in model.readout:
         raise UserError(f"scan {data.key} is not one of this model's scans {model.data_keys}")
-    expected = model.core.features[0].conv.in_channels
+    expected = model.core.input_channels
     if data.in_shape[0] != expected:
         raise UserError(
             f"scan {data.key}: batches have {data.in_shape[0]} channels but the model expects {expected} "
@@ -70,21 +65,32 @@ def predict(
     with torch.no_grad():
         chunk = eval_batch_size(batch_size, device)
         for batch in data.batches(tiers, chunk, rng=None, device=device, responses=False):
-            out = model(batch.images, data.key, batch.pupil_center, batch.channel_behavior)  # (B, n)
+            out = model(batch, data.key)  # (B, n)
             values.append(out.float().cpu().numpy())
             rows.append(batch.rows)
     model.train(was_training)
     if not rows:
         raise UserError(f"scan {data.key} has no trials in tier(s) {tiers!r}")
-    row_idx = np.concatenate(rows)
+    return keyed(data, np.concatenate(rows), np.concatenate(values))
+
+
+def keyed(data: ScanData, rows: np.ndarray, values: np.ndarray) -> Predictions:
+    """``values`` (T, n) of the scan's ``rows`` (T,) keyed by trial and neuron id, with the recorded responses.
+
+    For predictions made elsewhere: read back from a cache, or averaged over models (``predict`` returns
+    the rows of a tier in ascending order, ``data.tier_indices(tier)``).
+    """
+    rows = np.asarray(rows)
+    if values.shape != (len(rows), data.n_neurons):
+        raise ValueError(f"scan {data.key}: values {values.shape} for {len(rows)} rows of {data.n_neurons} neurons")
     return Predictions(
         data_key=data.key,
-        trial_ids=np.asarray(data.trial_ids)[row_idx],
-        image_ids=np.asarray(data.image_ids)[row_idx],
+        trial_ids=np.asarray(data.trial_ids)[rows],
+        image_ids=np.asarray(data.image_ids)[rows],
         neuron_ids=np.asarray(data.unit_ids),
-        rows=row_idx,
-        values=np.concatenate(values),
-        responses=data.normalised_responses(row_idx),
+        rows=rows,
+        values=values,
+        responses=data.normalised_responses(rows),
     )
 
 
@@ -116,31 +122,3 @@ def write_submissions(
             )
             written.append(path)
     return written
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, help="a run directory (or a best.pt checkpoint)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/submission)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing submission files")
-    parser.add_argument(
-        "--data", nargs="+", default=None, metavar="PATH",
-        help="scan folders/zips to read instead of the run config's data.scans (e.g. moved data)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from sensorium.data import load_data
-    from sensorium.runtime import resolve_device
-    from sensorium.training.checkpoint import load_model
-
-    device = resolve_device(args.device)
-    model, cfg = load_model(args.run_dir, device)
-    data_cfg = cfg.data if args.data is None else dataclasses.replace(cfg.data, scans=tuple(map(str, args.data)))
-    data = load_data(data_cfg)
-    run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent.parent
-    out = args.out if args.out is not None else run_dir / "submission"
-    for path in write_submissions(model, data, out, device, cfg.data.eval_batch_size, overwrite=args.force):
-        print(path)
-    return 0

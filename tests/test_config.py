@@ -37,7 +37,7 @@ def test_defaults_are_the_reference_values():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.core.layerz=3", "unknown config key 'model.core.layerz'"),
+        ("model.core.layerz=3", "unknown key 'model.core.layerz'"),
         ("model.core.layers=three", "model.core.layers='three': expected an integer"),
         ("model.readout.gauss_type=diagonal", "expected one of ['full', 'uncorrelated', 'isotropic']"),
         ("model.readout.init_mu_range=2.0", "model.readout.init_mu_range=2.0"),

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 import sensorium.compat  # noqa: F401
 from neuralpredictors.layers.readouts import FullGaussian2d
 
+from sensorium import typed
 from sensorium.config import ExperimentConfig, ModelConfig, apply_overrides
 from sensorium.models import KSampleGaussian2d, ScanMeta, build_model
-from sensorium.models.builder import core_arguments
+from sensorium.models.builder import CORES, READOUTS, SHIFTERS, core_arguments
+from sensorium.models.model import Inputs
 
 IN_SHAPE = (6, 9, 11)  # (C, H, W) of a small feature map
 N_NEURONS = 7
@@ -117,6 +119,8 @@ VARIANTS = {
     "k4": ["model.readout.samples=4"],
     "free_grid": ["model.readout.grid_mean_predictor=false"],
     "padded_input": ["model.core.pad_input=true"],
+    "se2d": ["model.core.kind=se2d", "model.core.n_se_blocks=2", "model.core.se_reduction=8"],
+    "factorized": ["model.shifter.enabled=false", "model.readout.kind=factorized"],
 }
 
 
@@ -139,12 +143,12 @@ def test_variant_shapes_train_and_eval(name):
     for mode in (True, False):
         model.train(mode)
         for key, meta in META.items():
-            out = model(images, key, pupil)
+            out = model(Inputs(images, pupil), key)
             assert out.shape == (3, meta.n_neurons)
             assert (out > 0).all()
             reg = model.regularizer(key)
             assert reg.dim() == 0 and torch.isfinite(reg)
-    (model(images, "scan-a", pupil).sum() + model.regularizer("scan-a")).backward()
+    (model(Inputs(images, pupil), "scan-a").sum() + model.regularizer("scan-a")).backward()
     assert model.core.features[0].conv.weight.grad is not None
 
 
@@ -161,20 +165,21 @@ def test_shifter_moves_readout_and_needs_pupil_center():
     model = build_model(BASE.model, META, (4, 36, 64)).eval()
     images = torch.randn(2, 4, 36, 64)
     with pytest.raises(ValueError, match="pupil_center"):
-        model(images, "scan-a")
-    assert not torch.equal(model(images, "scan-a", torch.zeros(2, 2)), model(images, "scan-a", torch.ones(2, 2)))
+        model(Inputs(images), "scan-a")
+    assert not torch.equal(model(Inputs(images, torch.zeros(2, 2)), "scan-a"),
+                           model(Inputs(images, torch.ones(2, 2)), "scan-a"))
     with pytest.raises(KeyError, match="scan-c"):
-        model(images, "scan-c", torch.zeros(2, 2))
+        model(Inputs(images, torch.zeros(2, 2)), "scan-c")
 
 
 def test_channels_last_matches_default_layout_and_penalty_works():
     torch.manual_seed(0)
     model = build_model(BASE.model, META, (4, 36, 64)).eval()
     images, pupil = torch.randn(3, 4, 36, 64), torch.randn(3, 2)
-    expected, expected_reg = model(images, "scan-b", pupil), model.regularizer("scan-b")
+    expected, expected_reg = model(Inputs(images, pupil), "scan-b"), model.regularizer("scan-b")
     model.use_channels_last()
     assert model.core.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(model(images, "scan-b", pupil), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model(Inputs(images, pupil), "scan-b"), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.regularizer("scan-b"), expected_reg)
 
 
@@ -196,6 +201,40 @@ def _library_forward(core, images: torch.Tensor) -> torch.Tensor:
     from neuralpredictors.layers.cores import Stacked2dCore
 
     return Stacked2dCore.forward(core, images)
+
+
+def test_every_family_of_the_config_has_a_builder_and_back():
+    from typing import get_type_hints
+
+    hints = get_type_hints(ModelConfig)
+    for part, registry in (("core", CORES), ("readout", READOUTS), ("shifter", SHIFTERS)):
+        kinds = set(typed.families(hints[part])) or {typed.kind_of(hints[part])}
+        assert kinds == set(registry), part
+
+
+def test_se_core_has_its_blocks_and_the_library_forward():
+    from neuralpredictors.layers.cores import SE2dCore
+
+    cfg = apply_overrides(BASE, ["model.core.kind=se2d", "model.core.n_se_blocks=2", "model.core.se_reduction=8"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, META, (4, 36, 64)).double().train()
+    blocks = [name for name, _ in model.core.named_modules() if name.endswith("seg_ex_block")]
+    assert blocks == ["features.layer2.seg_ex_block", "features.layer3.seg_ex_block"]
+    images, behavior = torch.randn(3, 1, 36, 64, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
+    full = torch.cat([images, behavior[:, :, None, None].expand(-1, -1, 36, 64)], dim=1)
+    torch.testing.assert_close(model.core(images, behavior), SE2dCore.forward(model.core, full), rtol=1e-10, atol=1e-10)
+    assert torch.equal(model.core.regularizer(), model.core.gamma_input * model.core.laplace())
+
+
+def test_factorized_readout_refuses_a_shift_and_a_shifter():
+    from sensorium.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="factorized readout takes no shift"):
+        apply_overrides(BASE, ["model.readout.kind=factorized"])
+    cfg = apply_overrides(BASE, ["model.shifter.enabled=false", "model.readout.kind=factorized"])
+    model = build_model(cfg.model, META, (4, 36, 64))
+    with pytest.raises(ValueError, match="no shift"):
+        model.readout["scan-a"](torch.randn(2, 64, 28, 56), shift=torch.zeros(2, 2))
 
 
 @pytest.mark.parametrize("overrides", [
@@ -240,19 +279,41 @@ def test_model_with_behaviour_apart_equals_model_on_the_full_input():
     model = build_model(BASE.model, META, (4, 36, 64)).eval()
     images, behavior, pupil = torch.randn(3, 1, 36, 64), torch.randn(3, 2 + 1), torch.randn(3, 2)
     full = torch.cat([images, behavior[:, :, None, None].expand(-1, -1, 36, 64)], dim=1)
-    torch.testing.assert_close(model(images, "scan-a", pupil, behavior), model(full, "scan-a", pupil),
+    torch.testing.assert_close(model(Inputs(images, pupil, behavior), "scan-a"), model(Inputs(full, pupil), "scan-a"),
                                rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="expects 4 input channels, got 1 image \\+ 2"):
-        model(images, "scan-a", pupil, behavior[:, :2])
+    with pytest.raises(ValueError, match="expects 4 input channels: 1 image \\+ 3 behaviour channels, got 2"):
+        model(Inputs(images, pupil, behavior[:, :2]), "scan-a")
 
 
 def test_bf16_autocast_is_opt_in_and_returns_float32_rates():
     torch.manual_seed(0)
     model = build_model(BASE.model, META, (4, 36, 64)).eval()
     images, behavior, pupil = torch.randn(3, 1, 36, 64), torch.randn(3, 3), torch.randn(3, 2)
-    plain = model(images, "scan-a", pupil, behavior)
+    plain = model(Inputs(images, pupil, behavior), "scan-a")
     model.autocast = torch.bfloat16
-    low = model(images, "scan-a", pupil, behavior)
+    low = model(Inputs(images, pupil, behavior), "scan-a")
     assert plain.dtype == low.dtype == torch.float32
     assert not torch.equal(plain, low)  # bf16 arithmetic: close, not equal
     torch.testing.assert_close(low, plain, rtol=0.05, atol=0.05)
+
+
+def test_the_baseline_gives_the_outputs_it_gave_before_the_family_registry():
+    """The SENSORIUM+ baseline built from a seed: parameters and outputs equal what the code before component
+    families gave (values recorded at commit 5d0a525 with the same seeds), in eval and in training mode."""
+    rng = np.random.default_rng(0)
+    meta = {"scan-a": ScanMeta(7, rng.normal(0, 200, (7, 3)).astype(np.float32))}
+    torch.manual_seed(0)
+    model = build_model(ExperimentConfig().model, meta, (4, 36, 64))
+    g = torch.Generator().manual_seed(1)
+    batch = Inputs(torch.randn(3, 1, 36, 64, generator=g), behavior=torch.randn(3, 3, generator=g),
+                   pupil_center=torch.randn(3, 2, generator=g))
+    with torch.no_grad():
+        out_eval = model.eval()(batch, "scan-a")
+        model.train().set_generator(torch.Generator().manual_seed(2))
+        out_train = model(batch, "scan-a")
+    params = sum(float(p.double().sum()) for p in model.parameters())
+    assert params == pytest.approx(263.40200520272583, rel=1e-9) and len(model.state_dict()) == 45
+    assert out_eval.double().sum().item() == pytest.approx(21.000963032245636, rel=1e-6)
+    assert out_train.double().sum().item() == pytest.approx(24.772645711898804, rel=1e-6)
+    np.testing.assert_allclose(out_eval[0, :4].numpy(), [1.0002546310424805, 1.0002562999725342,
+                                                         1.0002830028533936, 1.0002819299697876], rtol=1e-6)

@@ -45,7 +45,7 @@ def test_predictions_are_keyed_by_trial_and_neuron_id(trained):
         t = len(rows) // 2
         single = scan.batch(rows[t : t + 1])
         with torch.no_grad():
-            alone = model.eval()(single.images, key, single.pupil_center, single.channel_behavior).numpy()[0]
+            alone = model.eval()(single, key).numpy()[0]
         np.testing.assert_allclose(pred.values[t], alone, rtol=1e-5, atol=1e-6)
         # a tier predicted on its own matches its rows in the joint prediction, by trial id
         test = predict(model, scan, "test", CPU)

@@ -81,7 +81,7 @@ def test_batch_objective_is_the_scaled_neuralpredictors_poisson_loss_plus_penalt
     model = build_model(load_config(TINY).model, scan_meta(tiny_scans), scan.in_shape).eval()
     batch = next(scan.batches("train", 16))
     with torch.no_grad():
-        out = model(batch.images, key, batch.pupil_center, batch.channel_behavior)
+        out = model(batch, key)
         expected = math.sqrt(1000 / 16) * PoissonLoss(avg=False)(out, batch.responses) + model.regularizer(key)
         got = batch_objective(model, key, batch, n_trials=1000, loss_scale=True)
         torch.testing.assert_close(got, expected)
@@ -163,8 +163,8 @@ def test_best_checkpoint_loads_with_weights_only_and_rebuilds_the_model(tiny_run
     assert cfg == tiny_cfg and not model.training
     batch = next(tiny_scans[model.data_keys[0]].batches("validation", 16))
     with torch.no_grad():
-        expected = result.model(batch.images, model.data_keys[0], batch.pupil_center, batch.channel_behavior)
-        assert torch.equal(model(batch.images, model.data_keys[0], batch.pupil_center, batch.channel_behavior), expected)
+        expected = result.model(batch, model.data_keys[0])
+        assert torch.equal(model(batch, model.data_keys[0]), expected)
 
 
 def test_same_seed_same_curves(tiny_run, tiny_cfg, tiny_scans, tmp_path):

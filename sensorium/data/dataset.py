@@ -37,7 +37,8 @@ from sensorium.errors import DataError, UserError
 
 @dataclass
 class Batch:
-    """One batch of one scan, normalised, as torch tensors on the device the batch was asked for."""
+    """One batch of one scan, normalised, as torch tensors on the device the batch was asked for (the model's
+    ``BatchInputs``: a model built for behaviour channels appends ``behavior`` to the image itself)."""
 
     images: torch.Tensor  # (B, 1, H, W) float32, normalised image
     responses: torch.Tensor | None  # (B, n) float32, x / std per neuron (threshold rule); None if not asked for
@@ -45,15 +46,9 @@ class Batch:
     pupil_center: torch.Tensor  # (B, 2) float32, z-scored
     rows: np.ndarray  # (B,) row indices into the scan, ascending
     trial_ids: np.ndarray  # (B,) trial_idx values of those rows
-    behavior_channels: bool  # the model input appends ``behavior`` to the image as 3 constant channels
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    @property
-    def channel_behavior(self) -> torch.Tensor | None:
-        """What the model appends as constant input channels: ``behavior``, or None for image-only inputs."""
-        return self.behavior if self.behavior_channels else None
 
 
 @dataclass
@@ -202,7 +197,6 @@ class ScanData:
             pupil_center=(a.pupil_center.index_select(0, index) - a.pupil_mean) * a.pupil_precision,
             rows=rows,
             trial_ids=self.trial_ids[rows],
-            behavior_channels=self.behavior_channels,
         )
 
 

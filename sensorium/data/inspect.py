@@ -22,7 +22,6 @@ from sensorium.atomic import atomic_write, save_figure, write_text
 from sensorium.config import DataConfig
 from sensorium.data.format import TIERS
 
-HELP = "summarise scans: a table (neurons, trials per tier, repeats, behaviour) and PNG figures"
 BEHAVIOR = ("pupil", "dpupil", "running")  # pupil dilation, its derivative, running speed
 FIGURES = ("stimuli.png", "responses.png", "behavior.png", "neurons.png")
 _RESPONSE_TIERS = ("train", "validation")  # never withheld, also in competition scans

@@ -170,7 +170,7 @@ def read_key_meta(path: Path) -> dict[str, tuple[str, np.ndarray]]:
 
 # --------------------------------------------------------------------------------------------- the reader
 @dataclass
-class ScanMeta:
+class StoredMeta:
     """Validated meta arrays of one scan (N trials, n neurons, stored image size H x W)."""
 
     n_trials: int
@@ -224,7 +224,7 @@ class ScanReader:
         return array
 
     # -- validation of meta/ and of the data/ listing ------------------------------------------------
-    def _read_meta(self) -> ScanMeta:
+    def _read_meta(self) -> StoredMeta:
         trials = {name: self.load(f"meta/trials/{name}.npy") for name in TRIAL_META}
         n_trials = self._length("meta/trials/tiers.npy", trials["tiers"])
         for name, array in trials.items():
@@ -259,7 +259,7 @@ class ScanReader:
         first = self.load("data/images/0.npy")
         if first.ndim != 3 or first.shape[0] != 1 or min(first.shape) < 1:
             raise DataError(f"{self.source.where('data/images/0.npy')}: shape {first.shape}, expected (1, H, W)")
-        return ScanMeta(n_trials, n_neurons, (first.shape[1], first.shape[2]), trials, neurons, stats)
+        return StoredMeta(n_trials, n_neurons, (first.shape[1], first.shape[2]), trials, neurons, stats)
 
     def _read_stats(self, n_neurons: int) -> dict[str, dict[str, np.ndarray]]:
         sizes = {"images": 1, "responses": n_neurons, "behavior": 3, "pupil_center": 2}

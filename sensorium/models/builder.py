@@ -6,14 +6,15 @@ Example::
     >>> from sensorium.config import ModelConfig
     >>> meta = {"scan-a": ScanMeta(5, np.random.default_rng(0).normal(size=(5, 3)).astype("float32"))}
     >>> model = build_model(ModelConfig(), meta, in_shape=(4, 36, 64))
-    >>> model.eval()(torch.zeros(2, 4, 36, 64), "scan-a", torch.zeros(2, 2)).shape
+    >>> batch = Inputs(torch.zeros(2, 1, 36, 64), pupil_center=torch.zeros(2, 2), behavior=torch.zeros(2, 3))
+    >>> model.eval()(batch, "scan-a").shape
     torch.Size([2, 5])
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +25,13 @@ from torch import nn
 import sensorium.compat  # noqa: F401  (must precede neuralpredictors)
 from neuralpredictors.layers.shifters import MLPShifter
 
-from sensorium.config import CoreConfig, ModelConfig
+from sensorium.config import (
+    CoreConfig, FactorizedReadoutConfig, GaussianReadoutConfig, ModelConfig, SE2dCoreConfig, ShifterConfig,
+    Stacked2dCoreConfig,
+)
 from sensorium.errors import ConfigError
-from sensorium.models.model import Core, SensoriumModel
-from sensorium.models.readout import KSampleGaussian2d
+from sensorium.models.model import Core, Inputs, SECore, SensoriumModel  # noqa: F401 (Inputs: doctest)
+from sensorium.models.readout import Factorized2d, KSampleGaussian2d
 
 if TYPE_CHECKING:
     from sensorium.data import ScanData
@@ -55,7 +59,7 @@ def scan_meta(data: Mapping[str, ScanData]) -> dict[str, ScanMeta]:
 
 
 def core_arguments(cfg: CoreConfig, input_channels: int) -> dict[str, Any]:
-    """The keyword arguments of neuralpredictors' ``Stacked2dCore`` for ``cfg`` (SENSORIUM+ baseline settings)."""
+    """The keyword arguments of neuralpredictors' ``Stacked2dCore`` (and of its subclasses) for ``cfg``."""
     return dict(
         input_channels=input_channels,
         hidden_channels=cfg.hidden_channels,
@@ -63,24 +67,68 @@ def core_arguments(cfg: CoreConfig, input_channels: int) -> dict[str, Any]:
         hidden_kern=cfg.hidden_kern,
         layers=cfg.layers,
         gamma_input=cfg.gamma_input,
-        gamma_hidden=cfg.gamma_hidden,
+        gamma_hidden=getattr(cfg, "gamma_hidden", 0.0),
         bias=False,  # the reference core has no conv biases (batch norm carries them)
         momentum=cfg.momentum,
         pad_input=cfg.pad_input,
         batch_norm=cfg.batch_norm,
         laplace_padding=None,  # half the Laplace kernel: no border artefacts (library recommendation)
         input_regularizer=cfg.input_regularizer,
+        use_avg_reg=True,  # Stacked2dCore's default, also for SE2dCore: the same Laplace scale in both
         stack=cfg.stack,
         depth_separable=cfg.depth_separable,
         linear=cfg.linear,
     )
 
 
-def build_core(cfg: CoreConfig, input_channels: int) -> Core:
-    """The shared core: ``Stacked2dCore`` with :func:`core_arguments`, and the faster forward of :class:`Core`."""
+def _stacked2d(cfg: Stacked2dCoreConfig, input_channels: int) -> Core:
+    return Core(**core_arguments(cfg, input_channels))
+
+
+def _se2d(cfg: SE2dCoreConfig, input_channels: int) -> SECore:
+    return SECore(**core_arguments(cfg, input_channels), n_se_blocks=cfg.n_se_blocks, se_reduction=cfg.se_reduction)
+
+
+def _gaussian(cfg: GaussianReadoutConfig, feature_shape: tuple[int, int, int], scan: ScanMeta) -> KSampleGaussian2d:
+    source_grid = None
+    if cfg.grid_mean_predictor:
+        source_grid = np.asarray(scan.cell_motor_coordinates, dtype=np.float32)[:, :2]  # cortical x, y
+    return KSampleGaussian2d(
+        feature_shape, scan.n_neurons, samples=cfg.samples, gauss_type=cfg.gauss_type, init_sigma=cfg.init_sigma,
+        init_mu_range=cfg.init_mu_range, gamma_readout=cfg.gamma_readout, bias=cfg.bias, source_grid=source_grid,
+        gmp_hidden_layers=cfg.gmp_hidden_layers, gmp_hidden_features=cfg.gmp_hidden_features,
+    )
+
+
+def _factorized(cfg: FactorizedReadoutConfig, feature_shape: tuple[int, int, int], scan: ScanMeta) -> Factorized2d:
+    return Factorized2d(
+        feature_shape, scan.n_neurons, gamma_readout=cfg.gamma_readout, bias=cfg.bias, normalize=cfg.normalize,
+        init_noise=cfg.init_noise, positive_weights=cfg.positive_weights,
+    )
+
+
+def _mlp_shifter(cfg: ShifterConfig, data_keys: list[str]) -> MLPShifter:
+    return MLPShifter(
+        data_keys=data_keys,
+        input_channels=2,  # horizontal, vertical pupil position
+        hidden_channels_shifter=cfg.hidden_channels,
+        shift_layers=cfg.layers,
+    )
+
+
+# kind -> builder, one registry per component. A core builder takes (config, input channels) and returns a
+# sensorium.models.model.Core-protocol module; a readout builder (config, core output (C, H, W), ScanMeta)
+# one scan's readout; a shifter builder (config, data keys) a ModuleDict data key -> MLP.
+CORES: dict[str, Callable[..., nn.Module]] = {"stacked2d": _stacked2d, "se2d": _se2d}
+READOUTS: dict[str, Callable[..., nn.Module]] = {"gaussian": _gaussian, "factorized": _factorized}
+SHIFTERS: dict[str, Callable[..., nn.ModuleDict]] = {"mlp": _mlp_shifter}
+
+
+def build_core(cfg: CoreConfig, input_channels: int) -> nn.Module:
+    """The shared core of ``cfg.kind`` (faster forward passes of the library's cores, see ``models.model``)."""
     with warnings.catch_warnings():  # the library warns on every build that it averages the Laplace penalty
         warnings.filterwarnings("ignore", message="The averaged value of regularizer will be used")
-        return Core(**core_arguments(cfg, input_channels))
+        return CORES[cfg.kind](cfg, input_channels)
 
 
 def core_output_shape(core: nn.Module, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -96,7 +144,8 @@ def core_output_shape(core: nn.Module, in_shape: tuple[int, int, int]) -> tuple[
 def build_model(
     cfg: ModelConfig, meta: Mapping[str, ScanMeta], in_shape: tuple[int, int, int]
 ) -> SensoriumModel:
-    """Core shared by all scans in ``meta``, a K-sample Gaussian readout and (optionally) a shifter per scan.
+    """Core shared by all scans in ``meta``, a readout and (optionally) a shifter per scan, each of the family
+    its config's ``kind`` names (the registries above).
 
     ``in_shape`` is the model input (C, H, W): C = 1 for image-only models, 4 with behaviour channels.
     Parameters are initialised from torch's global RNG: seed it first (``seed_everything``).
@@ -109,30 +158,7 @@ def build_model(
         feature_shape = core_output_shape(core, (channels, height, width))
     except RuntimeError as err:  # e.g. an input kernel larger than the image
         raise ConfigError(f"model.core: input {in_shape} does not fit the core ({err})") from err
-    readouts = nn.ModuleDict()
-    for key, scan in meta.items():
-        source_grid = None
-        if cfg.readout.grid_mean_predictor:
-            source_grid = np.asarray(scan.cell_motor_coordinates, dtype=np.float32)[:, :2]  # cortical x, y
-        readouts[key] = KSampleGaussian2d(
-            feature_shape,
-            scan.n_neurons,
-            samples=cfg.readout.samples,
-            gauss_type=cfg.readout.gauss_type,
-            init_sigma=cfg.readout.init_sigma,
-            init_mu_range=cfg.readout.init_mu_range,
-            gamma_readout=cfg.readout.gamma_readout,
-            bias=cfg.readout.bias,
-            source_grid=source_grid,
-            gmp_hidden_layers=cfg.readout.gmp_hidden_layers,
-            gmp_hidden_features=cfg.readout.gmp_hidden_features,
-        )
-    shifter = None
-    if cfg.shifter.enabled:
-        shifter = MLPShifter(
-            data_keys=list(meta),
-            input_channels=2,  # horizontal, vertical pupil position
-            hidden_channels_shifter=cfg.shifter.hidden_channels,
-            shift_layers=cfg.shifter.layers,
-        )
+    build_readout = READOUTS[cfg.readout.kind]
+    readouts = nn.ModuleDict({key: build_readout(cfg.readout, feature_shape, scan) for key, scan in meta.items()})
+    shifter = SHIFTERS[cfg.shifter.kind](cfg.shifter, list(meta)) if cfg.shifter.enabled else None
     return SensoriumModel(core, readouts, shifter, elu_offset=cfg.elu_offset)

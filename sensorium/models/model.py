@@ -1,8 +1,15 @@
-"""The SENSORIUM+ encoding model: one shared core, and a readout and an optional shifter per scan."""
+"""The SENSORIUM+ encoding model: one shared core, and a readout and an optional shifter per scan.
+
+The model sees cores and readouts only through narrow protocols (:class:`CoreModule`, :class:`Readout`), and
+takes a whole batch (:class:`BatchInputs`): a new input reaches the parts that use it without a new signature.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +17,46 @@ from torch import nn
 
 import sensorium.compat  # noqa: F401  (must precede neuralpredictors)
 from neuralpredictors.layers.activations import AdaptiveELU
-from neuralpredictors.layers.cores import Stacked2dCore
+from neuralpredictors.layers.cores import SE2dCore, Stacked2dCore
+
+
+class BatchInputs(Protocol):
+    """What the model reads of a batch of one scan (``sensorium.data.Batch`` is one; :class:`Inputs` another)."""
+
+    images: torch.Tensor  # (B, C_img, H, W) normalised
+    behavior: torch.Tensor | None  # (B, k): appended as constant channels when the core expects C_img + k
+    pupil_center: torch.Tensor | None  # (B, 2) z-scored; needed with a shifter
+    trial_ids: Any  # (B,) trial_idx of each row (ordering in the session; no model part uses it yet)
+
+
+@dataclass
+class Inputs:
+    """A batch built by hand (tests, benchmarks): the fields of :class:`BatchInputs`."""
+
+    images: torch.Tensor
+    pupil_center: torch.Tensor | None = None
+    behavior: torch.Tensor | None = None
+    trial_ids: np.ndarray | None = None
+
+
+class CoreModule(Protocol):
+    """What the model needs of a core: its input channel count, a forward pass, and its penalty."""
+
+    input_channels: int
+
+    def __call__(self, images: torch.Tensor, behavior: torch.Tensor | None) -> torch.Tensor: ...
+
+    def regularizer(self) -> torch.Tensor: ...
+
+
+class Readout(Protocol):
+    """What the model needs of one scan's readout: a forward pass, its penalty, and a generator for its draws."""
+
+    generator: torch.Generator | None
+
+    def __call__(self, features: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def regularizer(self, reduction: str = "sum") -> torch.Tensor: ...
 
 
 class Core(Stacked2dCore):
@@ -84,6 +130,12 @@ class Core(Stacked2dCore):
         return self._input_weights_regularizer(weight, avg=self.use_avg_reg)
 
 
+class SECore(Core, SE2dCore):
+    """neuralpredictors' ``SE2dCore`` (squeeze-and-excitation blocks after the last ``n_se_blocks`` layers) with
+    :class:`Core`'s forward pass (the SE blocks run inside their layers; the first layer never has one). Its
+    penalty is the library's: the Laplace term only (no group sparsity)."""
+
+
 class _ChannelsLastGrad(torch.autograd.Function):
     """Identity whose backward hands on the gradient in channels_last layout.
 
@@ -102,16 +154,17 @@ class _ChannelsLastGrad(torch.autograd.Function):
 
 
 class SensoriumModel(nn.Module):
-    """images (+ pupil centre) of one scan -> predicted responses of that scan's neurons.
+    """A batch of one scan -> predicted responses of that scan's neurons.
 
-    Attributes: ``core`` (shared by all scans), ``readout`` (ModuleDict data_key -> KSampleGaussian2d),
+    Attributes: ``core`` (shared by all scans, a :class:`CoreModule`), ``readout`` (ModuleDict data_key ->
+    :class:`Readout`),
     ``shifter`` (neuralpredictors ``MLPShifter``, a ModuleDict data_key -> MLP, or None),
     ``elu_offset``. The output nonlinearity is ``elu(x + elu_offset) + 1``, a strictly positive rate in
     the normalised response units the model is trained on.
     """
 
     def __init__(
-        self, core: nn.Module, readout: nn.ModuleDict, shifter: nn.ModuleDict | None, elu_offset: float = 0.0
+        self, core: CoreModule, readout: nn.ModuleDict, shifter: nn.ModuleDict | None, elu_offset: float = 0.0
     ) -> None:
         super().__init__()
         self.core = core
@@ -125,42 +178,41 @@ class SensoriumModel(nn.Module):
     def data_keys(self) -> list[str]:
         return list(self.readout.keys())
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        data_key: str,
-        pupil_center: torch.Tensor | None = None,
-        behavior: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """images (B, C, H, W) normalised, pupil_center (B, 2) z-scored, behavior (B, 3) -> rates (B, n) > 0.
+    def forward(self, batch: BatchInputs, data_key: str) -> torch.Tensor:
+        """One batch of scan ``data_key`` (:class:`BatchInputs`) -> rates (B, n) > 0.
 
-        ``behavior`` given: the core appends it as constant input channels (the SENSORIUM+ input, without
-        building them; see :class:`Core`); None: ``images`` already hold every input channel.
-        Training mode: each readout averages K sampled positions per neuron and image; eval mode reads at
-        the Gaussian means (deterministic). ``pupil_center`` is required when the model has a shifter and
-        ignored otherwise. With ``autocast`` set, the forward pass runs under ``torch.autocast`` in that
-        dtype and the rates come back in float32.
+        The core takes the images, plus ``batch.behavior`` as constant input channels when the core expects
+        more channels than the images have (the SENSORIUM+ input, without building them; see :class:`Core`).
+        Training mode: a Gaussian readout averages K sampled positions per neuron and image; eval mode reads
+        at the Gaussian means (deterministic). ``pupil_center`` is required when the model has a shifter.
+        With ``autocast`` set, the forward pass runs under ``torch.autocast`` in that dtype and the rates
+        come back in float32.
         """
         if data_key not in self.readout:
             raise KeyError(f"unknown data key {data_key!r}; this model knows {self.data_keys}")
         if self.autocast is not None:
-            with torch.autocast(images.device.type, dtype=self.autocast):
-                return self._forward(images, data_key, pupil_center, behavior).float()
-        return self._forward(images, data_key, pupil_center, behavior)
+            with torch.autocast(batch.images.device.type, dtype=self.autocast):
+                return self._forward(batch, data_key).float()
+        return self._forward(batch, data_key)
 
-    def _forward(
-        self, images: torch.Tensor, data_key: str, pupil_center: torch.Tensor | None, behavior: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _forward(self, batch: BatchInputs, data_key: str) -> torch.Tensor:
+        images = batch.images
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        extra = self.core.input_channels - images.shape[1]
+        behavior = batch.behavior if extra > 0 else None
+        if extra > 0 and (behavior is None or behavior.shape[1] != extra):
+            got = "none" if behavior is None else behavior.shape[1]
+            raise ValueError(f"the core expects {self.core.input_channels} input channels: {images.shape[1]} "
+                             f"image + {extra} behaviour channels, got {got} behaviour values")
         x = self.core(images, behavior)  # (B, C', H', W')
         if self.channels_last and x.requires_grad:
             x = _ChannelsLastGrad.apply(x)
         shift = None
         if self.shifter is not None:
-            if pupil_center is None:
+            if batch.pupil_center is None:
                 raise ValueError(f"scan {data_key}: this model has a shifter and needs pupil_center (B, 2)")
-            shift = self.shifter[data_key](pupil_center)  # (B, 2), in readout grid units
+            shift = self.shifter[data_key](batch.pupil_center)  # (B, 2), in readout grid units
         x = self.readout[data_key](x, shift=shift)  # (B, n)
         return F.elu(x + self.elu_offset) + 1
 

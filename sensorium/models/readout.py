@@ -1,4 +1,9 @@
-"""The per-scan Gaussian readout with K position samples (SENSORIUM.md §2, "readout samples").
+"""Per-scan readouts: the Gaussian readout with K position samples (SENSORIUM.md §2, "readout samples") and
+the factorised readout.
+
+What the model needs of a readout (:class:`sensorium.models.model.Readout`): ``readout(features, shift=...)``
+-> (B, n) before the output nonlinearity, ``regularizer(reduction="sum")`` and a ``generator`` attribute
+for its random draws in training mode (None when it draws nothing).
 
 neuralpredictors' ``FullGaussian2d`` learns, for every neuron, a 2-D Gaussian N(mu, Sigma) over positions of
 the core's feature map. In training mode it draws ONE position per image and neuron, bilinearly samples the
@@ -17,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import sensorium.compat  # noqa: F401  (must precede neuralpredictors)
-from neuralpredictors.layers.readouts import FullGaussian2d
+from neuralpredictors.layers.readouts import FullFactorized2d, FullGaussian2d
 
 GAUSS_TYPES = ("full", "uncorrelated", "isotropic")
 
@@ -138,3 +143,31 @@ class KSampleGaussian2d(FullGaussian2d):
         if self.bias is not None:
             y = y + self.bias
         return y
+
+
+class Factorized2d(FullFactorized2d):
+    """neuralpredictors' ``FullFactorized2d`` with the readout protocol: per neuron a spatial mask over the whole
+    feature map (n, H, W) times a feature vector (n, C), plus a bias; deterministic, takes no shift.
+
+    Args: in_shape (C, H, W) of the core output, outdims n, and ``FactorizedReadoutConfig``'s fields
+    (``gamma_readout`` weighs the L1 penalty on |mask| x |features|). The bias starts at 0, as the Gaussian
+    readout's does.
+    """
+
+    generator: torch.Generator | None = None  # nothing is drawn
+
+    def __init__(
+        self, in_shape: tuple[int, int, int], outdims: int, *, gamma_readout: float, bias: bool, normalize: bool,
+        init_noise: float, positive_weights: bool,
+    ) -> None:
+        super().__init__(
+            in_shape=tuple(in_shape), outdims=outdims, bias=bias, normalize=normalize, init_noise=init_noise,
+            positive_weights=positive_weights, spatial_and_feature_reg_weight=gamma_readout,
+            mean_activity=torch.zeros(outdims) if bias else None,
+        )
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        """x (B, C, H, W) core features -> (B, n) (pre-nonlinearity). ``shift`` must be None."""
+        if shift is not None:
+            raise ValueError("the factorized readout takes no shift (model.shifter.enabled must be false)")
+        return super().forward(x)

@@ -18,7 +18,6 @@ from pathlib import Path
 from sensorium.config import load_config, set_value
 from sensorium.errors import UserError
 
-HELP = "train one model from an experiment config into a run directory"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from sensorium.config import ExperimentConfig
 from sensorium.data import Batch, ScanData
 from sensorium.errors import ConfigError, DataError
-from sensorium.metrics import score_all, single_trial_correlation
+from sensorium.metrics import pooled_single_trial_correlation, score_all
 from sensorium.models import SensoriumModel, build_model, scan_meta
 from sensorium.predict import predict
 from sensorium.runtime import (
@@ -77,7 +77,8 @@ def fit(
     ``data``: already loaded scans (default: ``load_data(cfg.data)``). ``report(epoch, metrics,
     checkpoint_dir)`` is called once per epoch; metrics keys: CURVE_FIELDS of the run directory (epoch,
     train_loss, val_corr, best_val_corr, best_epoch, lr used in this epoch, epoch_seconds, train_seconds,
-    data_seconds: the part of train_seconds spent assembling batches, peak_gpu_memory_mb on a GPU).
+    data_seconds: the part of train_seconds spent assembling batches, n_parameters: the model's trainable
+    parameters, peak_gpu_memory_mb on a GPU).
     Checkpoints (best.pt, then last.pt, into ``checkpoint_dir``, default RUN_DIR/checkpoints) are written
     when ``train.checkpoint_every_s`` has passed since the last one (0: every epoch), at the epochs in
     ``checkpoint_epochs`` (e.g. where a scheduler may stop the run), at the end of every lr-decay round and
@@ -99,6 +100,7 @@ def fit(
     in_shape = _check_data(cfg, data)
     meta = scan_meta(data)
     model = build_model(cfg.model, meta, in_shape).to(device)  # before the run folder: a bad config writes nothing
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     ckpt = _resume_state(cfg, resume) if resume is not None else None  # likewise a refused resume
     run = RunDir(Path(run_dir), checkpoint_dir)
     run.prepare(cfg, resume=ckpt is not None, device=device)
@@ -160,7 +162,7 @@ def fit(
             "epoch": epoch, "train_loss": train_loss, "val_corr": val_corr,
             "best_val_corr": stopper.best_score, "best_epoch": stopper.best_epoch,
             "lr": lr, "epoch_seconds": time.perf_counter() - start,
-            "train_seconds": train_seconds, "data_seconds": data_seconds,
+            "train_seconds": train_seconds, "data_seconds": data_seconds, "n_parameters": n_parameters,
             **gpu_memory(device),
         }
         run.append_curve(metrics)
@@ -235,7 +237,7 @@ def batch_objective(model: SensoriumModel, key: str, batch: Batch, n_trials: int
     (neuralpredictors ``PoissonLoss(avg=False)``). Like the reference, ``n_trials`` is the size of the
     whole scan (all tiers: the reference's dataset object), not of its train tier.
     """
-    out = model(batch.images, key, batch.pupil_center, batch.channel_behavior)  # (B, n) rates
+    out = model(batch, key)  # (B, n) rates
     poisson = (out - batch.responses * torch.log(out + POISSON_EPS)).sum()
     scale = math.sqrt(n_trials / len(batch)) if loss_scale else 1.0
     return scale * poisson + model.regularizer(key)
@@ -289,11 +291,8 @@ def _train_epoch(
 
 def _validation_corr(model: SensoriumModel, data: Mapping[str, ScanData], device: torch.device, batch_size: int) -> float:
     """Mean single-trial correlation on ``validation`` over all neurons of all scans (the objective)."""
-    per_neuron = []
-    for scan in data.values():
-        pred = predict(model, scan, "validation", device, batch_size)
-        per_neuron.append(single_trial_correlation(pred.values, pred.responses, per_neuron=True))
-    return float(np.mean(np.concatenate(per_neuron)))
+    preds = [predict(model, scan, "validation", device, batch_size) for scan in data.values()]
+    return pooled_single_trial_correlation([p.values for p in preds], [p.responses for p in preds])
 
 
 def final_scores(

@@ -24,10 +24,11 @@ from sensorium.config import ExperimentConfig, save_config
 from sensorium.runtime import device_info, provenance
 
 # Per-epoch metrics of fit (its report callback, curves.csv, a search trial's results); the last one only
-# on GPUs. epoch_seconds = train_seconds (of which data_seconds assembling batches) + validation.
+# on GPUs. epoch_seconds = train_seconds (of which data_seconds assembling batches) + validation;
+# n_parameters (the model's trainable parameters, the same every epoch) is one cost a search can minimise.
 CURVE_FIELDS = (
     "epoch", "train_loss", "val_corr", "best_val_corr", "best_epoch", "lr",
-    "epoch_seconds", "train_seconds", "data_seconds", "peak_gpu_memory_mb",
+    "epoch_seconds", "train_seconds", "data_seconds", "n_parameters", "peak_gpu_memory_mb",
 )
 
 
