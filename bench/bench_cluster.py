@@ -40,13 +40,13 @@ SETUPS = (("1 node x 1 CPU", 1, 1), ("1 node x 2 CPUs", 1, 2), ("2 nodes x 1 CPU
 
 def prepare(work: Path) -> Path:
     """Tiny synthetic scans in ``work`` with their cache built (cache_dir resolves against ``work``)."""
-    from search.prepare import absolute_data_paths, build_cache
+    from search.prepare import absolute_data_paths, prepare_caches
     from search.space import load_search, with_data
     from sensorium.data.synth import SynthConfig, generate
 
     data = generate(work / "synth", SynthConfig.tiny(seed=0), progress=False).data_dir
     base = with_data(load_search(SEARCH_FILE), [str(data)]).base
-    build_cache(absolute_data_paths(base, root=work), progress=False)
+    prepare_caches(absolute_data_paths(base, root=work), progress=False)
     return data
 
 

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from search.driver import ensure_ray, release_ray, run_search
-from search.prepare import absolute_data_paths, build_cache
+from search.prepare import absolute_data_paths, prepare_caches
 from search.results import ENDED, TrialRecord, load_trials
 from search.settings import plain_settings
 from search.space import SearchSpec, load_run_spec, load_search, with_data, with_settings
@@ -193,7 +193,7 @@ def run_benchmark(spec: SearchSpec, work: Path, *, methods: tuple[str, ...], see
     (``reuse``: the searches that finished there before are read, not run again). ``extend`` > 1: the
     reference method (BASELINE) also runs each seed on to ``extend`` x the budget, so that the compute it
     needs to reach its own final best is measured where a seed falls short of it within the budget."""
-    build_cache(spec.base, progress=False)  # once, before any search (each search checks it again: a no-op)
+    prepare_caches(spec.base, progress=False)  # once, before any search (each search checks it again: a no-op)
     s = spec.settings
     runs = [(method, seed, 1.0) for method in methods for seed in range(seeds)]
     if extend > 1 and BASELINE in methods:
@@ -402,6 +402,8 @@ def run_bohb(spec: SearchSpec, run_dir: Path) -> None:
     from search.tuner import RANK_METRIC, make_trainable, run_config, trial_name
 
     s = spec.settings
+    if spec.conditional():
+        raise UserError(f"{spec.source}: the BOHB comparison takes a flat space (no options with their own parameters)")
     space = CS.ConfigurationSpace(seed=s.seed)
     for p in spec.params:
         if p.type == "categorical" or p.step:

@@ -4,7 +4,7 @@ Both run in the driver process and see every trial's start, per-epoch results, c
 
 TensorBoard layout (``tensorboard --logdir RUN_DIR``): one run per trial folder, holding the per-epoch
 scalars (``val_corr``, ``best_val_corr``, ``train_loss``, ``lr``, ...) and the HParams session of the
-trial with *every* resolved config value. The session-start entry is written when the trial starts, and
+trial with *every* resolved config value, the searched keys first. The session-start entry is written when the trial starts, and
 the HParams table reads metric values from the latest scalars, so running and early-stopped trials show
 their current best validation correlation. One experiment entry at the root lists the columns.
 """
@@ -33,17 +33,27 @@ SCALARS = tuple(dict.fromkeys((*HPARAM_METRICS, *TRIAL_METRICS)))  # every per-e
 
 
 def trial_hparams(spec: SearchSpec, params: dict[str, Any]) -> dict[str, Any]:
-    """All leaf values of the trial's resolved config, flat by dotted key (lists joined as text)."""
+    """All leaf values of the trial's resolved config, flat by dotted key (lists joined as text), the searched
+    keys first (in the search file's order), then the fixed ones."""
+    flat = _flat(spec.resolve(params).to_dict())
+    searched = {k: flat[k] for k in spec.keys() if k in flat}
+    return {**searched, **{k: v for k, v in flat.items() if k not in searched}}
+
+
+def hparam_columns(spec: SearchSpec) -> dict[str, Any]:
+    """The HParams table's columns with a value of each column's type: every searched key first (also those of
+    options a trial may not choose, e.g. an SE core's se_reduction), then the base config's fixed keys."""
+    searched = {p.key: p.edge_values()[0] for p, _ in spec.walk()}
+    return {**searched, **{k: v for k, v in _flat(spec.base.to_dict()).items() if k not in searched}}
+
+
+def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[prefix + key] = ",".join(map(str, value)) if isinstance(value, list) else value
-
-    walk(spec.resolve(params).to_dict(), "")
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = ",".join(map(str, value)) if isinstance(value, list) else value
     return flat
 
 
@@ -144,9 +154,10 @@ class TensorBoardHParams(tune.Callback):
         self._experiment_written = False
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        values = trial_hparams(self.spec, trial.config)
-        experiment, session_start, _ = hparams(values, {m: 0.0 for m in HPARAM_METRICS})
+        metrics = {m: 0.0 for m in HPARAM_METRICS}
+        _, session_start, _ = hparams(trial_hparams(self.spec, trial.config), metrics)
         if not self._experiment_written:  # the column list, once at the experiment root
+            experiment, _, _ = hparams(hparam_columns(self.spec), metrics)
             root = SummaryWriter(str(Path(_logdir(trial)).parent))
             root.file_writer.add_summary(experiment)
             root.close()

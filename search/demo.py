@@ -6,7 +6,9 @@
 4. retrain  the best config with several seeds, averaged into an ensemble, submissions scored
 5. baseline the untuned reference config (configs/sensorium_plus.yaml; smoke: configs/tiny.yaml) trained
             once on the same scans under the same epoch cap, submitted and scored the same way
-6. report   trials.csv, report.md, plots
+6. ensemble the search's own trials as a weighted ensemble (greedy selection with replacement on validation,
+            each trial's best checkpoint predicting once), submitted and scored
+7. report   trials.csv, report.md, plots
 
 Everything lands under ``--out`` (default ``runs/demo``); ``demo.md`` holds the scores table and timings.
 """
@@ -25,7 +27,6 @@ import yaml
 from sensorium.atomic import write_text
 from sensorium.errors import UserError
 
-HELP = "the whole story on synthetic data: synth, search, export, retrain, submission, report"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -58,6 +59,7 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
              time_budget: float | None = 420.0, smoke: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run all stages into ``out``; returns the summary written to ``out/demo.json``."""
     from search.driver import ensure_ray, release_ray, run_search
+    from search.ensemble import build_ensemble, format_steps
     from search.export import export_best, read_best_config
     from search.report import write_report
     from search.results import status_counts
@@ -118,30 +120,40 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
     baseline = retrain(baseline_cfg, out=out / "baseline", seeds=1, progress=not smoke)
     stage("baseline", t)
 
+    print("== ensemble: greedy selection over the search's trials", flush=True)
+    t = time.perf_counter()
+    ensemble = build_ensemble(run_dir, retrain_dir=run_dir / "retrain", progress=not smoke)
+    stage("ensemble", t)
+
     t = time.perf_counter()
     report_dir = write_report(run_dir)
     stage("report", t)
     seconds["total"] = round(time.perf_counter() - clock, 1)
 
     counts = status_counts(records)
-    table = _table(tuned, baseline)
+    table = _table(tuned, baseline, ensemble)
     train_s, trial_epochs = compute_spent(records)
     budgets = {  # what each model cost: trial-epochs and training seconds (the search's summed over trials)
         "search": {"epochs": trial_epochs, "train_s": round(train_s, 1), "wall_budget_s": time_budget},
         **{name: {"epochs": sum(m["epochs"] for m in s["members"]), "seeds": len(s["members"]),
                   "seconds": round(sum(m["seconds"] for m in s["members"]), 1)}  # per seed: train + predict
            for name, s in (("retrain", tuned), ("baseline", baseline))},
+        "ensemble": {"candidates": ensemble["candidates"], "members": len(ensemble["steps"]),
+                     "trials": len(ensemble["members"]), "predicted": ensemble["predicted"],
+                     "seconds": ensemble["seconds"]},
     }
     summary = {
         "smoke": smoke, "out": str(out), "search_run": str(run_dir), "search_file": f"configs/{spec_file.name}",
         "trials": {"requested": spec.settings.num_trials, "run": len(records), **counts},
         "best": {k: provenance[k] for k in ("trial_id", "best_val_corr", "best_epoch", "config_hash", "searched")},
-        "epoch_cap": cap, "seeds": seeds, "budgets": budgets, "scores": {"tuned": tuned.get("scores"), "baseline": baseline.get("scores")},
+        "epoch_cap": cap, "seeds": seeds, "budgets": budgets,
+        "scores": {"tuned": tuned.get("scores"), "baseline": baseline.get("scores"), "trials": ensemble.get("scores")},
+        "ensemble": {k: ensemble[k] for k in ("out", "val_corr", "best_trial", "steps", "members")},
         "oracle": tuned.get("oracle"), "seconds": seconds, "table": table, "report": str(report_dir / "report.md"),
     }
     summary["demo_md"] = str(out / "demo.md")
     write_text(out / "demo.json", json.dumps(summary, indent=2, default=str))
-    write_text(out / "demo.md", _markdown(summary, format_scores(tuned)))
+    write_text(out / "demo.md", _markdown(summary, format_scores(tuned), format_steps(ensemble)))
     return summary
 
 
@@ -157,8 +169,9 @@ def _with_overrides(spec: Any, values: dict[str, Any]) -> Any:
     return dataclasses.replace(spec, base=base)
 
 
-def _table(tuned: dict[str, Any], baseline: dict[str, Any]) -> str:
-    """Live and final test scores of the competition scan(s): oracle, baseline, tuned models."""
+def _table(tuned: dict[str, Any], baseline: dict[str, Any], ensemble: dict[str, Any]) -> str:
+    """Live and final test scores of the competition scan(s): oracle, baseline, tuned models, the search's
+    best trial and the ensemble of its trials."""
     rows: list[tuple[str, str, str, dict[str, float]]] = []
     for key, tiers in (tuned.get("oracle") or {}).items():
         for tier in ("test", "final_test"):
@@ -167,6 +180,8 @@ def _table(tuned: dict[str, Any], baseline: dict[str, Any]) -> str:
     models = [("baseline, untuned (1 seed)", baseline, f"seed_{baseline['seeds'][0]}")]
     models += [(f"tuned, seed {s}", tuned, f"seed_{s}") for s in tuned["seeds"]]
     models += [(f"tuned, ensemble of {len(tuned['seeds'])}", tuned, "ensemble")]
+    models += [("best single trial", ensemble, "best_trial"),
+               (f"trial ensemble of {len(ensemble['members'])} trials", ensemble, "trial_ensemble")]
     for label, summary, model in models:
         for key, tiers in ((summary.get("scores") or {}).get(model) or {}).items():
             for tier, scores in tiers.items():
@@ -180,7 +195,7 @@ def _table(tuned: dict[str, Any], baseline: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _markdown(summary: dict[str, Any], detail: str) -> str:
+def _markdown(summary: dict[str, Any], detail: str, steps: str) -> str:
     t, b = summary["trials"], summary["best"]
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items() if k != "total")
     trials = (
@@ -195,17 +210,28 @@ def _markdown(summary: dict[str, Any], detail: str) -> str:
         f"- compute: the search {g['search']['epochs']} trial-epochs, {g['search']['train_s']:.0f} s of training"
         f"{wall}; the tuned ensemble {g['retrain']['seeds']} seeds, {g['retrain']['epochs']} epochs, "
         f"{g['retrain']['seconds']:.0f} s of seed tasks (training and prediction); the untuned baseline "
-        f"{g['baseline']['seeds']} seed, {g['baseline']['epochs']} epochs, {g['baseline']['seconds']:.0f} s"
+        f"{g['baseline']['seeds']} seed, {g['baseline']['epochs']} epochs, {g['baseline']['seconds']:.0f} s; "
+        f"the trial ensemble {g['ensemble']['predicted']} of {g['ensemble']['candidates']} trials predicted once, "
+        f"{g['ensemble']['seconds']:.0f} s"
+    )
+    e = summary["ensemble"]
+    ensemble = (
+        f"- trial ensemble: greedy forward selection with replacement over the search's {g['ensemble']['candidates']} "
+        f"trials with a checkpoint, {g['ensemble']['members']} members ({g['ensemble']['trials']} distinct "
+        f"trials), validation single-trial corr {e['val_corr']:.4f} vs {e['steps'][0]['val_corr']:.4f} for the best "
+        f"single trial (`{e['best_trial']}`); details in {Path(e['out']).relative_to(summary['out'])}/ensemble.md"
     )
     return "\n".join([
         "# sensorium-search demo" + (" (smoke)" if summary["smoke"] else ""), "",
         trials,
         f"- best trial `{b['trial_id']}`: best val corr {b['best_val_corr']:.4f} at epoch {b['best_epoch']}",
         cap,
+        ensemble,
         f"- wall time {summary['seconds']['total']:.0f} s ({timing})", "",
         "## Test scores of the competition scan (ground truth from the generator)", "",
         "```", summary["table"], "```", "",
         "## Every retrained model", "", "```", detail, "```", "",
+        "## The trial ensemble, step by step (validation)", "", "```", steps, "```", "",
         f"Search report: {Path(summary['report']).relative_to(summary['out'])}", "",
         "```yaml", yaml.safe_dump({"searched": b["searched"]}, sort_keys=False).strip(), "```", "",
     ])

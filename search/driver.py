@@ -14,13 +14,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from search.prepare import absolute_data_paths, build_cache
+from search.prepare import absolute_data_paths, prepare_caches
 from search.results import ENDED, TrialRecord, load_trials, status_counts
 from search.space import SearchSpec
 from sensorium.atomic import exclusive_lock
 from sensorium.config import ExperimentConfig
 from sensorium.errors import SearchInterrupted, UserError
+
+if TYPE_CHECKING:
+    from search.warm_start import WarmStart
 
 # In the run folder, held by the driver for a whole run or resume: a second driver there is refused (one
 # line naming the folder and the holder's pid); the kernel frees it when the holder dies, killed or not.
@@ -57,8 +61,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 
 def run_search(spec: SearchSpec, run_dir: Path, *, address: str | None = None, progress: bool = True,
-               live_every_s: float = 20.0) -> list[TrialRecord]:
-    """Prepare, check and run a new search into ``run_dir``; returns the ranked trial records."""
+               live_every_s: float = 20.0, warm_start: WarmStart | None = None) -> list[TrialRecord]:
+    """Prepare, check and run a new search into ``run_dir``; returns the ranked trial records.
+
+    ``warm_start`` (``search.warm_start.plan_warm_start``): earlier trials added to the study first."""
     from search.tuner import new_tuner
 
     run_dir = Path(run_dir).resolve()
@@ -68,7 +74,9 @@ def run_search(spec: SearchSpec, run_dir: Path, *, address: str | None = None, p
         started = ensure_ray(address, num_cpus=None)
         try:
             _prepare_and_check(spec, base, run_dir, progress)
-            tuner = new_tuner(spec, run_dir, live_every_s=live_every_s)
+            tuner = new_tuner(spec, run_dir, live_every_s=live_every_s, warm_start=warm_start)
+            if warm_start is not None:
+                print(warm_start.line(), flush=True)
             return _fit(tuner, run_dir, spec, "search", address)
         finally:
             release_ray(started)
@@ -93,7 +101,7 @@ def resume_search(run_dir: Path, *, address: str | None = None, progress: bool =
 def _prepare_and_check(spec: SearchSpec, base: ExperimentConfig, run_dir: Path, progress: bool) -> None:
     from search.preflight import preflight
 
-    scans = build_cache(base, progress=progress)
+    scans = prepare_caches(base, progress=progress)
     s = spec.settings
     preflight(s.cpus_per_trial, s.gpus_per_trial, str(run_dir), scans)
 
@@ -122,7 +130,8 @@ def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str, address: str
     budget_spent = s.compute_budget_s is not None and seconds >= s.compute_budget_s
     over_budget = bool(s.time_budget_s) or budget_spent  # a budget, not an interruption, ended it short
     if ended == len(records) and (ended >= s.num_trials or over_budget):
-        close_orphans(run_dir, {r.trial_id: r.best_val_corr for r in records})  # the search is over
+        close_orphans(run_dir, {r.trial_id: r.best_val_corr for r in records},  # the search is over
+                      {r.trial_id: r.cost(s.cost) for r in records})
     budget = f" of a {s.compute_budget_s:g} s budget" if s.compute_budget_s is not None else ""
     print(
         f"{what} ended after {time.perf_counter() - start:.0f} s: {counts['done']} done, {counts['stopped']} "

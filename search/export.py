@@ -1,10 +1,18 @@
-"""``sensorium-search export RUN_DIR``: the best trial's full resolved config, ready for ``train``.
+"""``sensorium-search export RUN_DIR [--pick best|cheapest[:TOL]]``: one trial's full resolved config, ready
+for ``train``.
 
-``best_config.yaml`` = the experiment config of the trial with the highest best-epoch validation
-correlation, plus one top-level ``provenance:`` mapping (``kind: best_config``) that ``load_config`` skips:
-trial id, best validation correlation and epoch, config hash, seeds, library versions, git SHA and the
-trial's best checkpoint. ``sensorium-search train best_config.yaml`` reruns it; its run folder's config
-has the same hash.
+``best_config.yaml`` = the experiment config of the picked trial, plus one top-level ``provenance:`` mapping
+(``kind: best_config``) that ``load_config`` skips: trial id, how it was picked and its cost, best validation
+correlation and epoch, config hash, seeds, library versions, git SHA, the trial's best checkpoint and its
+origin. ``sensorium-search train best_config.yaml`` reruns it; its run folder's config has the same hash.
+
+``--pick best`` (the default): the highest best-epoch validation correlation. ``--pick cheapest:TOL``: the
+trial with the lowest cost (``search.cost``) among those within TOL (absolute) of that best, a point on
+the Pareto front of a cost-aware search (any search's trials report both costs, so it works on every run).
+
+A warm-started run's study also holds trials of an earlier run: export picks among this run's own trials
+(their checkpoints are here) and, when an imported trial scored higher, says so and names the run to
+export it from (``provenance.warm_start.best_imported``).
 """
 
 from __future__ import annotations
@@ -18,38 +26,55 @@ from typing import Any
 from sensorium.config import BEST_CONFIG_KIND, ExperimentConfig, config_hash, save_config
 from sensorium.errors import UserError
 
-HELP = "write best_config.yaml (full config of the best trial + provenance) of a search"
 BEST_CONFIG = "best_config.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="the run folder of a search")
     parser.add_argument("--out", type=Path, help=f"where to write (default: RUN_DIR/{BEST_CONFIG})")
+    parser.add_argument("--pick", default="best", metavar="best|cheapest[:TOL]",
+                        help="best: highest best val corr (default); cheapest:TOL: the lowest cost (search.cost) "
+                             "within TOL of it (default TOL 0.01)")
 
 
 def run(args: argparse.Namespace) -> int:
-    path = export_best(args.run_dir, args.out)
+    from search.results import COSTS
+
+    path = export_best(args.run_dir, args.out, pick=args.pick)
     prov = read_best_config(path)[1]
+    cost = prov["cost"]
+    cost_text = f", {cost['kind']} {cost['value']:.4g} {COSTS[cost['kind']][1]}" if cost["value"] is not None else ""
     print(
-        f"best trial {prov['trial_id']}: best val corr {prov['best_val_corr']:.4f} at epoch {prov['best_epoch']}"
-        f" (config {prov['config_hash']}) -> {path}"
+        f"{prov['pick']} trial {prov['trial_id']}: best val corr {prov['best_val_corr']:.4f} at epoch "
+        f"{prov['best_epoch']}{cost_text} (config {prov['config_hash']}) -> {path}"
     )
+    imported = (prov.get("warm_start") or {}).get("best_imported")
+    if imported and imported["best_val_corr"] > prov["best_val_corr"]:
+        print(f"note: trial {imported['source_trial']} of {imported['run']} (imported by the warm start) scored "
+              f"higher, {imported['best_val_corr']:.4f}; export it from there: sensorium-search export {imported['run']}")
     print(f"next: sensorium-search train {path}   |   sensorium-search retrain {args.run_dir}")
     return 0
 
 
-def export_best(run_dir: Path, out: Path | None = None) -> Path:
-    """Write the best trial's config with provenance; returns the file's path."""
-    from search.results import best_trial, load_run
+def export_best(run_dir: Path, out: Path | None = None, pick: str = "best") -> Path:
+    """Write the config of the trial ``pick`` chooses (``best`` or ``cheapest[:TOL]``, see the module docstring)
+    with provenance; returns the file's path. UserError for a bad ``pick``, before anything is read."""
+    from search.results import COSTS, load_run, parse_pick, pick_trial
+    from search.space import active_params
     from sensorium.runtime import git_sha, library_versions
 
+    how = parse_pick(pick)
     run_dir, spec, records = load_run(run_dir)
-    best = best_trial(records)
+    kind = spec.settings.cost
+    best = pick_trial(records, how, kind)
     cfg = spec.resolve(best.params)
     provenance: dict[str, Any] = {
         "kind": BEST_CONFIG_KIND,
         "search_run": str(run_dir),
         "trial_id": best.trial_id,
+        "pick": how[0] if how[0] == "best" else f"cheapest:{how[1]:g}",
+        "cost": {"kind": kind, "value": best.cost(kind), "unit": COSTS[kind][1]},
+        "origin": "this run",
         "trial_status": best.status,
         "best_val_corr": best.best_val_corr,
         "best_epoch": best.best_epoch,
@@ -57,16 +82,38 @@ def export_best(run_dir: Path, out: Path | None = None) -> Path:
         "config_hash": config_hash(cfg),
         "seed": cfg.seed,
         "search_seed": spec.settings.seed,
-        "searched": {p.key: best.params.get(p.key) for p in spec.params},
+        "searched": {p.key: best.params.get(p.key) for p in active_params(spec, best.params)},
         "trials": {s: sum(r.status == s for r in records) for s in ("done", "stopped", "error", "running")},
         "checkpoint": str(best.checkpoint / "best.pt") if best.checkpoint else None,
         "git_sha": git_sha(),
         "versions": library_versions(),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    warm_start = _warm_start(run_dir)
+    if warm_start:
+        provenance["warm_start"] = warm_start
     path = Path(out) if out else run_dir / BEST_CONFIG
     save_config(cfg, path, extra={"provenance": provenance})  # whole or not at all: an old file survives a failure
     return path
+
+
+def _warm_start(run_dir: Path) -> dict[str, Any] | None:
+    """The run's warm start (study.json) and its best imported trial, or None for a run without one."""
+    import json
+
+    import optuna
+
+    from search.tuner import SOURCE_TRIAL, STUDY_FILE, WARM_START_FROM, load_study
+
+    info = json.loads((run_dir / STUDY_FILE).read_text()).get("warm_start") if (run_dir / STUDY_FILE).is_file() else None
+    if not info:
+        return None
+    imported = [t for t in load_study(run_dir).get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if WARM_START_FROM in t.user_attrs]
+    top = max(imported, key=lambda t: t.values[0], default=None)
+    best = None if top is None else {"run": top.user_attrs[WARM_START_FROM], "source_trial": top.user_attrs.get(SOURCE_TRIAL),
+                                     "best_val_corr": top.values[0]}
+    return {"from": info["from"], "imported": info["imported"], "left_out": info["left_out"], "best_imported": best}
 
 
 def read_best_config(path: Path) -> tuple[ExperimentConfig, dict[str, Any]]:

@@ -29,7 +29,7 @@ def absolute_data_paths(cfg: ExperimentConfig, root: Path | None = None) -> Expe
     return set_value(cfg, "data.cache_dir", cache)
 
 
-def build_cache(cfg: ExperimentConfig, progress: bool = True) -> list[Path]:
+def prepare_caches(cfg: ExperimentConfig, progress: bool = True) -> list[Path]:
     """Preprocess every scan of ``cfg.data`` into the cache (no-op where it exists); returns the scan paths."""
     from sensorium.data import load_scan, resolve_scan_paths
 

@@ -4,7 +4,9 @@ Writes into ``RUN_DIR/report/``: ``trials.csv`` (every searched parameter, statu
 ``report.md`` (best trial, statuses and failed-trial share, boundary check of the best values, parameter
 importances, memory per trial) and PNGs: ``history.png`` (optimisation history), ``importances.png``,
 ``param_<key>.png`` (score vs value, one per searched parameter) and ``curves.png`` (validation curves of
-the top trials). Each file is written whole or not at all (:mod:`sensorium.atomic`).
+the top trials); for a cost-aware search (``search.objective: val_corr+cost``) also ``pareto.png`` and a
+table of the Pareto front, and for a warm-started one what it imported. Each file is written whole or not
+at all (:mod:`sensorium.atomic`).
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ import argparse
 import csv
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
-from search.results import TrialRecord, load_run, status_counts
-from search.space import Param, SearchSpec
+from search.results import COSTS, DEFAULT_TOLERANCE, TrialRecord, load_run, pick_trial, status_counts
+from search.space import Param, SearchSpec, active_params
 from sensorium.atomic import atomic_write, save_figure, write_text
 from sensorium.errors import UserError
 
-HELP = "trials.csv, a markdown summary and plots of a search"
 EDGE = 0.1  # a best value within 10% of its range (log scale for loguniform) of an end is "at the edge"
 TOP = 5
 
@@ -47,13 +49,16 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     write_trials_csv(records, spec, out / "trials.csv")
     importances, note = _importances(run_dir)
     figures = _plots(records, spec, importances, run_dir, out)
-    write_text(out / "report.md", _markdown(run_dir, spec, records, importances, note, figures))
+    pareto, pareto_figures = pareto_section(spec, records, out)
+    sections = [*pareto, *warm_start_section(run_dir)]
+    write_text(out / "report.md", _markdown(run_dir, spec, records, importances, note, figures + pareto_figures,
+                                            sections))
     return out
 
 
 def write_trials_csv(records: list[TrialRecord], spec: SearchSpec, path: Path) -> None:
     """One row per trial, best first: id, status, best score and epoch, epochs run, every searched value."""
-    keys = [p.key for p in spec.params]
+    keys = spec.keys()  # every key of the tree; empty where a trial's options do not search it
     with atomic_write(path, newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["rank", "trial_id", "status", "best_val_corr", "best_epoch", "epochs", *keys, "error"])
@@ -65,9 +70,10 @@ def write_trials_csv(records: list[TrialRecord], spec: SearchSpec, path: Path) -
 
 
 def boundary_check(spec: SearchSpec, best: TrialRecord) -> list[str]:
-    """Searched numeric parameters whose best value lies within EDGE of an end of its range."""
+    """Searched numeric parameters whose best value lies within EDGE of an end of its range (of the range under
+    the options the best trial chose: a conditional parameter is checked only where the best trial has it)."""
     flagged = []
-    for p in spec.params:
+    for p in active_params(spec, best.params):
         value = best.params.get(p.key)
         if p.type == "categorical" or not isinstance(value, (int, float)):
             continue
@@ -80,10 +86,11 @@ def boundary_check(spec: SearchSpec, best: TrialRecord) -> list[str]:
 
 # ----------------------------------------------------------------------------------------- markdown
 def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], importances: dict[str, float],
-              note: str, figures: list[str]) -> str:
+              note: str, figures: list[str], sections: list[str] = ()) -> str:
     counts = status_counts(records)
     ranked = [r for r in records if r.ranked]
-    n_sci = sum(p.role == "scientific" for p in spec.params)
+    first = _first_params(spec)
+    n_sci = sum(p.role == "scientific" for p in first.values())
     lost = counts["failed"] + counts["error"]
     trials = (
         f"- trials: {len(records)} of {spec.settings.num_trials} requested: {counts['done']} ran to the end, "
@@ -96,7 +103,9 @@ def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], impor
         "- objective: best-epoch validation single-trial correlation (`best_val_corr`); ASHA compares "
         f"`{spec.settings.metric}` at epochs {', '.join(map(str, _rungs(spec)))}"
     )
-    params = f"- base config `{spec.base.name}`; {len(spec.params)} searched parameters ({n_sci} scientific)"
+    params = f"- base config `{spec.base.name}`; {len(first)} searched parameters ({n_sci} scientific)"
+    if spec.conditional():
+        params += ", some only under some options (a conditional space: see results per option below)"
     lines = [f"# Search report: {run_dir.name}", "", trials, objective, params, ""]
     if not ranked:
         return "\n".join([*lines, "No trial finished with a score yet.", ""])
@@ -106,13 +115,14 @@ def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], impor
         f"of {best.epochs} ({best.status})."
     )
     lines += ["## Best trial", "", headline, "", "| parameter | role | value |", "|---|---|---|"]
-    lines += [f"| `{p.key}` | {p.role} | {_cell(best.params.get(p.key))} |" for p in spec.params]
+    lines += [f"| `{p.key}` | {p.role} | {_cell(best.params.get(p.key))} |" for p in active_params(spec, best.params)]
     lines += ["", f"## Top {min(TOP, len(ranked))} trials", ""]
     lines += ["| rank | trial | best val corr | best epoch | epochs | status |", "|---|---|---|---|---|---|"]
     lines += [
         f"| {i} | `{r.trial_id}` | {r.best_val_corr:.4f} | {r.best_epoch} | {r.epochs} | {r.status} |"
         for i, r in enumerate(ranked[:TOP], 1)
     ]
+    lines += family_section(spec, records)
     flagged = boundary_check(spec, best)
     lines += ["", "## Boundary check", ""]
     lines += [f"- {f}" for f in flagged] or [f"- no best value lies within {EDGE:.0%} of an end of its range."]
@@ -128,8 +138,38 @@ def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], impor
         lines += ["", "## Failed trials", ""]
         lines += [f"- `{r.trial_id}` ({'its own failure' if r.status == 'failed' else 'infrastructure, no retries left'}"
                   f"): {r.error}" for r in failed]
+    lines += list(sections)
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
     return "\n".join(lines)
+
+
+def family_section(spec: SearchSpec, records: list[TrialRecord]) -> list[str]:
+    """Results per option of every choice whose options carry their own parameters (e.g. per core family):
+    trials, best and median best val corr, the best trial; nothing for a space without such choices."""
+    ranked = [r for r in records if r.ranked]
+    lines: list[str] = []
+    for p, _ in spec.walk():
+        if not p.branches:
+            continue
+        lines += ["", f"## Results per `{p.key}`", "",
+                  "| option | trials | scored | best val corr | median | best trial | its own parameters |",
+                  "|---|---|---|---|---|---|---|"]
+        for b in p.branches:
+            mine = [r for r in records if r.params.get(p.key) == b.value]
+            scores = [r.best_val_corr for r in ranked if r in mine]
+            best = next((r for r in ranked if r in mine), None)
+            own = ", ".join(f"`{q.key}`" for q in b.params) or "-"
+            cells = (f"{max(scores):.4f} | {statistics.median(scores):.4f} | `{best.trial_id}`" if best else "- | - | -")
+            lines.append(f"| {b.value} | {len(mine)} | {len(scores)} | {cells} | {own} |")
+    return lines
+
+
+def _first_params(spec: SearchSpec) -> dict[str, Param]:
+    """Each searched key's first parameter in tree order (a key may sit under several options)."""
+    first: dict[str, Param] = {}
+    for p, _ in spec.walk():
+        first.setdefault(p.key, p)
+    return first
 
 
 def _memory_line(records: list[TrialRecord]) -> str:
@@ -164,7 +204,11 @@ def _importances(run_dir: Path) -> tuple[dict[str, float], str]:
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) < 2:
             return {}, f"needs at least 2 completed trials, has {len(complete)}"
-        return dict(optuna.importance.get_param_importances(study)), ""
+        if len(study.directions) == 1:
+            return dict(optuna.importance.get_param_importances(study)), ""
+        with warnings.catch_warnings():  # a cost-aware study: importances for a high val corr, its first value
+            warnings.filterwarnings("ignore", message=".*low `target` values")  # hence the minus sign
+            return dict(optuna.importance.get_param_importances(study, target=lambda t: -t.values[0])), ""
     except (RuntimeError, ValueError, KeyError, FileNotFoundError) as err:
         return {}, f"{type(err).__name__}: {err}"
 
@@ -195,9 +239,9 @@ def _plots(records: list[TrialRecord], spec: SearchSpec, importances: dict[str, 
         ax.barh(keys, [importances[k] for k in keys])
         ax.set(xlabel="importance (fANOVA)", title="parameter importances")
         names.append(_save(fig, out / "importances.png"))
-    for p in spec.params:
+    for p in _first_params(spec).values():
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        pts = [(r.params.get(p.key), r.best_val_corr) for r in ranked]
+        pts = [(r.params[p.key], r.best_val_corr) for r in ranked if p.key in r.params]
         if p.type == "categorical":
             labels = [str(c) for c in p.choices]
             xs = [labels.index(str(v)) for v, _ in pts]
@@ -231,8 +275,85 @@ def _history(run_dir: Path) -> list[tuple[int, float]]:
         study = load_study(run_dir)
     except (KeyError, FileNotFoundError):
         return []
-    return [(t.number, t.value) for t in study.trials
-            if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    return [(t.number, t.values[0]) for t in study.trials  # values[0]: best val corr, also with two objectives
+            if t.state == optuna.trial.TrialState.COMPLETE and t.values and math.isfinite(t.values[0])]
+
+
+# ------------------------------------------------------------------- cost-aware search: the Pareto front
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (score, cost) ``points`` that no other point dominates (a score at least as high at a
+    cost at most as high, one of them strictly), cheapest first; of equal points the first is kept.
+
+    >>> pareto_front([(0.30, 5.0), (0.20, 2.0), (0.25, 6.0), (0.30, 4.0)])
+    [1, 3]
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0], i))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][0] > best:
+            front.append(i)
+            best = points[i][0]
+    return front
+
+
+def pareto_section(spec: SearchSpec, records: list[TrialRecord], out: Path) -> tuple[list[str], list[str]]:
+    """Markdown lines and figure names (``pareto.png``: best val corr vs cost, the front highlighted) of a
+    cost-aware search; nothing for a one-objective search. The front is of this run's own trials."""
+    if not spec.settings.with_cost:
+        return [], []
+    kind = spec.settings.cost
+    unit = COSTS[kind][1]
+    scored = [r for r in records if r.ranked and r.cost(kind) is not None]
+    lines = ["", "## Pareto front: validation correlation vs cost", "",
+             f"- objectives: best val corr (maximised) and the cost `{kind}` ({unit}, minimised); {len(scored)} of "
+             "this run's trials have both (trials a warm start imported are not drawn)"]
+    if not scored:
+        return [*lines, "- no trial reported both yet."], []
+    points = [(r.best_val_corr, r.cost(kind)) for r in scored]
+    front = [scored[i] for i in pareto_front(points)]
+    lines += ["", f"| trial | best val corr | {unit} | best epoch | epochs | status |", "|---|---|---|---|---|---|"]
+    lines += [f"| `{r.trial_id}` | {r.best_val_corr:.4f} | {r.cost(kind):.4g} | {r.best_epoch} | {r.epochs} | "
+              f"{r.status} |" for r in front]
+    best, cheap = (pick_trial(records, pick, kind) for pick in (("best", 0.0), ("cheapest", DEFAULT_TOLERANCE)))
+    lines += ["", f"- `export --pick best` takes `{best.trial_id}`; `export --pick cheapest:{DEFAULT_TOLERANCE:g}` "
+              f"takes `{cheap.trial_id}` ({cheap.best_val_corr:.4f}, {cheap.cost(kind):.4g} {unit})."]
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([c for _, c in points], [v for v, _ in points], c="0.6", label="trial")
+    fx, fy = [r.cost(kind) for r in front], [r.best_val_corr for r in front]
+    ax.step(fx, fy, where="post", color="C3", alpha=0.6)
+    ax.scatter(fx, fy, c="C3", zorder=3, label="Pareto front")
+    for r, x, y in zip(front, fx, fy):
+        ax.annotate(r.trial_id, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if min(fx + [c for _, c in points]) > 0 and max(c for _, c in points) / min(c for _, c in points) > 20:
+        ax.set_xscale("log")
+    ax.set(xlabel=f"cost: {unit}", ylabel="best val corr", title="validation correlation vs cost")
+    ax.legend(fontsize=8)
+    return lines, [_save(fig, out / "pareto.png")]
+
+
+def warm_start_section(run_dir: Path) -> list[str]:
+    """Markdown lines on what a warm start imported (from study.json); nothing for a run without one."""
+    import json
+
+    from search.tuner import STUDY_FILE
+
+    path = run_dir / STUDY_FILE
+    info = json.loads(path.read_text()).get("warm_start") if path.is_file() else None
+    if not info:
+        return []
+    left = sum(info["left_out"].values())
+    why = ", ".join(f"{n} {reason}" for reason, n in info["left_out"].items())
+    return ["", "## Warm start", "",
+            f"- from `{info['from']}`: {info['imported']} of its {info['finished']} finished trials imported into the "
+            f"study before any trial started, {left} left out" + (f" ({why}; e.g. {info['example']})" if left else ""),
+            "- imported trials count in the optimisation history and the importances (the study's view), not in "
+            "the tables of this run's trials above"]
 
 
 def _save(fig: Any, path: Path) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,12 @@ from typing import Any
 from search.space import SearchSpec, load_run_spec
 from search.trainable import TRIAL_ERROR, TRIAL_METRICS, ran_to_end
 from sensorium.errors import UserError
+
+# search.cost -> (the per-epoch result field it is computed from, how the report and export name its unit)
+COSTS = {"train_seconds": ("train_seconds", "train s/epoch (median)"), "parameters": ("n_parameters", "parameters")}
+PICK_HELP = "best, cheapest or cheapest:TOL (TOL >= 0: how far below the best val corr a trial may be)"
+DEFAULT_TOLERANCE = 0.01
+
 
 @dataclass
 class TrialRecord:
@@ -39,6 +46,26 @@ class TrialRecord:
     def ranked(self) -> bool:
         """Counts for the ranking: finished without error and reported a finite best score."""
         return self.status in ("done", "stopped") and _finite(self.best_val_corr)
+
+    def cost(self, kind: str) -> float | None:
+        """The trial's cost of ``kind`` (``search.cost``), from its per-epoch results; None before its first
+        epoch (or, for parameters, in a run from before parameter counts were reported)."""
+        return trial_cost(self.curve, kind)
+
+
+def trial_cost(rows: list[dict[str, Any]], kind: str) -> float | None:
+    """A trial's cost from its per-epoch results ``rows``: ``train_seconds`` = the median of its training
+    seconds per epoch (robust to a first epoch that warms caches up, or a slow neighbour for an epoch),
+    ``parameters`` = its model's parameter count (``n_parameters``, the same every epoch). None if no row has it.
+
+    >>> trial_cost([{"train_seconds": 3.0}, {"train_seconds": 1.0}, {"train_seconds": 2.0}], "train_seconds")
+    2.0
+    """
+    key = COSTS[kind][0]
+    values = [float(row[key]) for row in rows if _finite(row.get(key))]
+    if not values:
+        return None
+    return statistics.median(values) if kind == "train_seconds" else values[-1]
 
 
 def load_trials(run_dir: Path, max_t: int | None = None) -> list[TrialRecord]:
@@ -82,6 +109,37 @@ def best_trial(records: list[TrialRecord]) -> TrialRecord:
         statuses = ", ".join(f"{r.trial_id}: {r.status}" for r in records) or "no trials"
         raise UserError(f"no trial finished with a validation score yet ({statuses})")
     return ranked[0]
+
+
+def parse_pick(text: str) -> tuple[str, float]:
+    """``export --pick``: ("best", 0.0) or ("cheapest", TOL); UserError naming the value otherwise."""
+    name, colon, tol = str(text).partition(":")
+    if name == "best" and not colon:
+        return "best", 0.0
+    if name == "cheapest":
+        if not colon:
+            return "cheapest", DEFAULT_TOLERANCE
+        try:
+            value = float(tol)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return "cheapest", value
+    raise UserError(f"--pick {text!r}: expected {PICK_HELP}")
+
+
+def pick_trial(records: list[TrialRecord], pick: tuple[str, float], kind: str) -> TrialRecord:
+    """The trial ``pick`` (from :func:`parse_pick`) chooses: the best, or the cheapest (cost ``kind``) of the
+    trials whose best val corr is within TOL (absolute) of the best one's; ties go to the higher score.
+    UserError when no trial finished with a score, or, for cheapest, none has a cost."""
+    best = best_trial(records)
+    name, tol = pick
+    if name == "best":
+        return best
+    near = [r for r in records if r.ranked and r.best_val_corr >= best.best_val_corr - tol and r.cost(kind) is not None]
+    if not near:
+        raise UserError(f"--pick cheapest: no trial reported its {kind} cost ({COSTS[kind][0]} is in no result)")
+    return min(near, key=lambda r: (r.cost(kind), -r.best_val_corr))
 
 
 def _record(trial: Any, run_dir: Path, max_t: int) -> TrialRecord:

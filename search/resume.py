@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "continue a search whose driver stopped: completed trials are kept, unfinished ones resume"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

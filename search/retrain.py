@@ -34,7 +34,6 @@ from sensorium.config import ExperimentConfig, config_hash, load_config, set_val
 from sensorium.errors import UserError
 from sensorium.runtime import is_cuda_request
 
-HELP = "retrain the best config with several seeds, ensemble, write and score submissions"
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device accepts
 RETRAIN_LOCK = ".retrain.lock"  # in the output folder, held by the retrain writing it
 
@@ -287,22 +286,24 @@ def read_oracle(gt: Path, keys: list[str]) -> dict[str, Any]:
 
 
 def format_scores(summary: dict[str, Any]) -> str:
-    """A plain-text table: ensemble and each seed next to the oracle, per competition scan and tier."""
+    """A plain-text table: each scored model (``summary["scores"]``: the ensemble and each seed for retrain)
+    next to the oracle, per competition scan and tier."""
     scores = summary.get("scores")
     if not scores:
         return "no ground truth found: submissions written, not scored (pass --ground-truth DIR)"
-    lines = [f"{'model':<12}{'scan':<14}{'tier':<12}{'single-trial':>13}{'corr-to-avg':>13}{'FEVE':>10}"]
+    w = max(12, *(len(model) + 2 for model in scores))  # the model column
+    lines = [f"{'model':<{w}}{'scan':<14}{'tier':<12}{'single-trial':>13}{'corr-to-avg':>13}{'FEVE':>10}"]
     rows = list(scores.items())
     for model, per_key in rows:
         for key, tiers in per_key.items():
             for tier, s in tiers.items():
-                lines.append(f"{model:<12}{key:<14}{tier:<12}{s['single_trial_correlation']:>13.4f}"
+                lines.append(f"{model:<{w}}{key:<14}{tier:<12}{s['single_trial_correlation']:>13.4f}"
                              f"{s['correlation_to_average']:>13.4f}{_f(s.get('feve')):>10}")
     for key, tiers in (summary.get("oracle") or {}).items():
         for tier in ("test", "final_test"):
             if tier in tiers:
                 o = tiers[tier]
-                lines.append(f"{'oracle':<12}{key:<14}{tier:<12}{o['single_trial_correlation']:>13.4f}"
+                lines.append(f"{'oracle':<{w}}{key:<14}{tier:<12}{o['single_trial_correlation']:>13.4f}"
                              f"{o['correlation_to_average']:>13.4f}{'-':>10}")
     return "\n".join(lines)
 

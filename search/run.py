@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "run a Ray Tune + Optuna hyperparameter search from a search file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", choices=("asha", "fifo"),
                         help="search.scheduler: asha stops weak trials early, fifo runs every trial to the cap")
     parser.add_argument("--seed", type=int, help="seed of the TPE sampler (search.seed)")
+    parser.add_argument("--objective", choices=("val_corr", "val_corr+cost"),
+                        help="search.objective: val_corr+cost also minimises the training cost (two objectives)")
+    parser.add_argument("--cost", choices=("train_seconds", "parameters"),
+                        help="search.cost: median training seconds per epoch, or the model's parameter count")
+    parser.add_argument("--warm-start", type=Path, metavar="EARLIER_RUN",
+                        help="add the finished trials of an earlier search over the same keys to the study first")
     parser.add_argument("--out", type=Path, help="run folder (default: runs/search-<search file name>)")
     parser.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: local Ray)")
     parser.add_argument("--data", nargs="+", metavar="PATH", help="scan folders/zips (replaces data.scans)")
@@ -46,10 +51,18 @@ def run(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         scheduler=args.scheduler,
         seed=args.seed,
+        objective=args.objective,
+        cost=args.cost,
     )
+    warm_start = None
+    if args.warm_start:  # read and checked before Ray starts
+        from search.warm_start import plan_warm_start
+
+        warm_start = plan_warm_start(args.warm_start, spec)
     out = args.out or Path("runs") / f"search-{args.search_file.stem}"
-    records = run_search(spec, out, address=args.address, progress=not args.quiet)
+    records = run_search(spec, out, address=args.address, progress=not args.quiet, warm_start=warm_start)
     best = best_trial(records)
     print(f"best trial {best.trial_id}: best val corr {best.best_val_corr:.4f} at epoch {best.best_epoch}")
-    print(f"next: sensorium-search export {out}   |   sensorium-search report {out}")
+    pick = " --pick cheapest:0.01" if spec.settings.with_cost else ""  # a point on the Pareto front
+    print(f"next: sensorium-search export {out}{pick}   |   sensorium-search report {out}")
     return 0

@@ -2,17 +2,33 @@
 
 A search file is data, and everything in it is checked before any trial starts: every searched key must
 be a real config field (``sensorium.config.field_types``), distributions must fit the field's type, ranges
-must be non-empty, and a config is built at the ends of every range and at every choice so that
-``ExperimentConfig`` itself rejects values (an even kernel, a gauss_type that does not exist) up front.
+must be non-empty, a parameter must be read by the configs it applies to (the config classes say which
+fields their switches leave unread, and which family a field belongs to), and a config is built at the ends
+of every range and at every choice so that ``ExperimentConfig`` itself rejects values (an even kernel, a
+gauss_type that does not exist) up front.
 
-Example search file::
+The parameters form a tree: a categorical parameter's ``choices`` may be a mapping from each option to the
+parameters (distributions) and fixed values that option brings, searched only in trials that choose it.
+``search.tuner`` compiles the tree into an Optuna define-by-run space. Example search file::
 
     base: tiny.yaml                     # relative to this file, or an inline mapping
     overrides: {train.max_epochs: 6}    # fixed for this study
     parameters:
       train.lr: {type: loguniform, low: 1.0e-3, high: 3.0e-2, role: nuisance}
       model.core.hidden_kern: {type: int, low: 3, high: 9, step: 2, role: scientific}
-      model.readout.gauss_type: {type: categorical, choices: [full, isotropic], role: scientific}
+      model.core.kind:
+        type: categorical
+        role: scientific
+        choices:
+          stacked2d: {}                 # no parameters of its own
+          se2d:                         # searched only in trials with an SE core
+            model.core.se_reduction: {type: categorical, choices: [4, 8], role: nuisance}
+      model.readout.kind:
+        type: categorical
+        role: scientific
+        choices:
+          gaussian: {model.readout.gauss_type: {type: categorical, choices: [full, isotropic], role: scientific}}
+          factorized: {model.shifter.enabled: false}      # a fixed value that comes with this option
     search: {num_trials: 4, max_concurrent: 2, asha: {grace_period: 2, max_t: 6}}
 
 No Ray or Optuna here: ``search.tuner`` turns a SearchSpec into their objects.
@@ -21,14 +37,18 @@ No Ray or Optuna here: ``search.tuner`` turns a SearchSpec into their objects.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from search.settings import SearchSettings, build_settings, check_keys, number, plain_settings
-from sensorium.config import ExperimentConfig, field_types, get_value, read_yaml_mapping, set_value
+from search.settings import SearchSettings, build_settings, plain_settings
+from sensorium.config import (
+    ExperimentConfig, family_of, field_types, get_value, read_yaml_mapping, set_value, set_values,
+)
 from sensorium.errors import ConfigError, UserError
 from sensorium.runtime import is_cuda_request
+from sensorium.typed import check_keys, number
 
 SEARCH_FILE = "search.yaml"  # the resolved search, saved in every run folder
 
@@ -37,19 +57,21 @@ ROLES = ("scientific", "nuisance")
 _EXHAUSTIVE = 256  # integer ranges up to this many values are checked value by value
 # Searching these would let a study "tune" what should be fixed (playbook: keep the best checkpoint instead).
 _NOT_SEARCHABLE = {"train.max_epochs": "never tune the number of epochs; early stopping keeps the best one"}
-# A searched key is only read when its switch is on: searching it with the switch off searches nothing.
-# searched key (prefix) -> the switch that must be true for anything to read it
-_REQUIRES = {"model.shifter.": "model.shifter.enabled", "model.readout.gmp_": "model.readout.grid_mean_predictor"}
-# searched key -> the switch that must be false for anything to read it
-_EXCLUDED_BY = {
-    "model.readout.init_mu_range": "model.readout.grid_mean_predictor",  # positions come from the predictor
-    "model.core.gamma_hidden": "model.core.depth_separable",  # no group sparsity on depth-separable convs
-}
+
+
+@dataclass(frozen=True)
+class Branch:
+    """What one option of a categorical parameter brings: its own parameters and fixed values."""
+
+    value: Any
+    params: tuple[Param, ...] = ()
+    fixed: tuple[tuple[str, Any], ...] = ()  # (dotted key, value) set whenever this option is chosen
 
 
 @dataclass(frozen=True)
 class Param:
-    """One searched config key. ``low``/``high`` are inclusive; ``choices`` only for categorical."""
+    """One searched config key. ``low``/``high`` are inclusive; ``choices`` only for categorical, whose options
+    may carry ``branches`` (the options' own parameters and fixed values)."""
 
     key: str
     type: Literal["uniform", "loguniform", "int", "categorical"]
@@ -58,6 +80,7 @@ class Param:
     high: float | None = None
     step: float | None = None
     choices: tuple[Any, ...] = ()
+    branches: tuple[Branch, ...] = ()  # empty: a plain list of choices
 
     def edge_values(self) -> list[Any]:
         """Values a config is built with during validation: range ends (all values of small int ranges)."""
@@ -69,10 +92,28 @@ class Param:
             return list(values) if len(values) <= _EXHAUSTIVE else [values[0], values[-1]]
         return [self.low, self.high]
 
+    def branch(self, value: Any) -> Branch | None:
+        """The branch of option ``value`` (None for a parameter without branches)."""
+        return next((b for b in self.branches if _same(b.value, value)), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"type": self.type, "role": self.role}
+        if self.branches:
+            entry["choices"] = {
+                b.value: {**{q.key: q.to_dict() for q in b.params}, **dict(b.fixed)} for b in self.branches
+            }
+        elif self.type == "categorical":
+            entry["choices"] = list(self.choices)
+        else:
+            entry.update(low=self.low, high=self.high)
+            if self.step is not None:
+                entry["step"] = self.step
+        return entry
+
 
 @dataclass(frozen=True)
 class SearchSpec:
-    """A validated search: ``base`` already has the overrides applied."""
+    """A validated search: ``base`` already has the overrides applied; ``params`` is the top of the tree."""
 
     base: ExperimentConfig
     params: tuple[Param, ...]
@@ -83,32 +124,29 @@ class SearchSpec:
         """The full experiment config of one trial: ``base`` with the sampled ``values`` set."""
         return resolve(self.base, values)
 
+    def walk(self) -> Iterator[tuple[Param, dict[str, Any]]]:
+        """Every parameter of the tree, depth first, with the values its enclosing options set (their choice
+        and fixed values): the context in which it is searched."""
+        yield from _walk(self.params, {})
+
+    def keys(self) -> list[str]:
+        """Every searched key once, in tree order (a key may sit under several options)."""
+        return list(dict.fromkeys(p.key for p, _ in self.walk()))
+
+    def conditional(self) -> bool:
+        """Whether some parameter is searched only under some options."""
+        return any(p.branches for p in self.params)
+
     def to_dict(self) -> dict[str, Any]:
         """A self-contained search file (base inlined) that ``parse_search`` reads back."""
-        params = {}
-        for p in self.params:
-            entry: dict[str, Any] = {"type": p.type, "role": p.role}
-            if p.type == "categorical":
-                entry["choices"] = list(p.choices)
-            else:
-                entry.update(low=p.low, high=p.high)
-                if p.step is not None:
-                    entry["step"] = p.step
-            params[p.key] = entry
+        params = {p.key: p.to_dict() for p in self.params}
         return {"base": self.base.to_dict(), "parameters": params, "search": plain_settings(self.settings)}
 
 
 def resolve(base: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
-    """``base`` with every dotted key in ``values`` set (validated by ExperimentConfig)."""
-    raw = base.to_dict()
-    for key, value in values.items():
-        field_types(key)
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value.item() if hasattr(value, "item") else value  # numpy scalars from samplers
-    return ExperimentConfig.from_dict(raw)
+    """``base`` with every dotted key in ``values`` set (validated by ExperimentConfig; a component's ``kind``
+    first, see ``sensorium.config.set_values``)."""
+    return set_values(base, values)
 
 
 def load_search(path: str | Path) -> SearchSpec:
@@ -133,49 +171,35 @@ def parse_search(raw: Any, base_dir: Path = Path("."), source: str = "") -> Sear
     """Validate plain data (as read from YAML) into a SearchSpec."""
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}")
-    check_keys(raw, {"base", "overrides", "parameters", "search"}, "")
+    check_keys(raw, ("base", "overrides", "parameters", "search"), "")
     base = _load_base(raw.get("base", {}), base_dir)
     overrides = raw.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise ConfigError(f"overrides: expected a mapping of dotted keys to values, got {overrides!r}")
-    for key, value in overrides.items():
-        base = set_value(base, str(key), value)
+    base = set_values(base, {str(k): v for k, v in overrides.items()})
     params_raw = raw.get("parameters") or {}
     if not isinstance(params_raw, dict) or not params_raw:
         raise ConfigError("parameters: expected a non-empty mapping of dotted config keys to distributions")
-    params = tuple(_parse_param(str(k), v) for k, v in params_raw.items())
-    for p in params:
-        if p.key in overrides:
-            raise ConfigError(f"parameters.{p.key}: also fixed in overrides; a key is either fixed or searched")
+    params = tuple(_parse_param(str(k), v, "parameters.") for k, v in params_raw.items())
     settings = build_settings(raw.get("search") or {})
     spec = SearchSpec(base=base, params=params, settings=settings, source=source)
+    for p, context in spec.walk():
+        for key in (p.key, *context):
+            if key in overrides:
+                raise ConfigError(f"parameters.{key}: also fixed in overrides; a key is either fixed or searched")
     validate(spec)
     return spec
 
 
 def validate(spec: SearchSpec) -> None:
-    """Check combinations: each value alone, all lows / all highs together, settings against the base."""
-    for p in spec.params:
-        for switch_prefix, switch in _REQUIRES.items():
-            if p.key.startswith(switch_prefix) and p.key != switch and not get_value(spec.base, switch):
-                raise ConfigError(f"parameters.{p.key}: searched while {switch} is false, so nothing reads it")
-        switch = _EXCLUDED_BY.get(p.key)
-        if switch and get_value(spec.base, switch):
-            raise ConfigError(f"parameters.{p.key}: searched while {switch} is true, so nothing reads it")
-        for value in p.edge_values():
-            _try(spec.base, {p.key: value}, f"parameters.{p.key}")
-    for end in ("low", "high"):  # interactions: every parameter at the same end at once
-        values = {p.key: p.edge_values()[0 if end == "low" else -1] for p in spec.params}
-        _try(spec.base, values, f"parameters (all at their {end} end together)")
-    names = {p.key for p in spec.params}
+    """Check the tree (each value in its context, all lows / all highs together per level) and the settings."""
+    _check_structure(spec.base, spec.params, {}, set(), "parameters")
+    _check_level(spec.base, spec.params, {}, {}, "parameters")
     for i, point in enumerate(spec.settings.start_with):
-        unknown = sorted(set(point) - names)
-        if unknown:
-            raise ConfigError(f"search.start_with[{i}]: {unknown[0]!r} is not a searched parameter")
-        for p in spec.params:
-            if p.key in point and not _in_range(p, point[p.key]):
-                raise ConfigError(f"search.start_with[{i}].{p.key}={point[p.key]!r}: outside its search range")
-        _try(spec.base, point, f"search.start_with[{i}]")
+        problem = point_problem(spec, point, partial=True)
+        if problem:
+            raise ConfigError(f"search.start_with[{i}]: {problem}")
+        _try(spec.base, _end(spec.params, 0, given=point), f"search.start_with[{i}]")  # the rest at low ends
     s = spec.settings
     if s.asha.max_t > spec.base.train.max_epochs:
         raise ConfigError(
@@ -183,11 +207,63 @@ def validate(spec: SearchSpec) -> None:
         )
     if s.max_concurrent > s.num_trials:
         raise ConfigError(f"search.max_concurrent={s.max_concurrent}: more than num_trials={s.num_trials}")
-    devices = next((p.choices for p in spec.params if p.key == "train.device"), (spec.base.train.device,))
+    devices = next((p.choices for p, _ in spec.walk() if p.key == "train.device"), (spec.base.train.device,))
     cuda = [d for d in devices if is_cuda_request(str(d))]
     if cuda and s.gpus_per_trial == 0:  # a trial gets a GPU only through Ray's accounting, never around it
         raise ConfigError(f"train.device={cuda[0]!r} needs a GPU, but search.gpus_per_trial is 0: give each "
                           "trial a GPU (gpus_per_trial, --gpus-per-trial) or set train.device to auto or cpu")
+
+
+def point_problem(spec: SearchSpec, point: dict[str, Any], partial: bool = False) -> str | None:
+    """Why ``point`` (searched key -> value) is not a point of ``spec``'s space, or None if it is.
+
+    A key that is not searched under the options the point chooses, or a value outside its range or choices,
+    is a problem; with ``partial``, searched keys may be missing (the sampler fills them), otherwise every key
+    of the point's branches must be given. Fixed values of the chosen options may be present (trial configs
+    hold them) and must then equal them.
+    """
+    left = dict(point)
+
+    def walk(params: tuple[Param, ...]) -> str | None:
+        for p in params:
+            if p.key not in left:
+                if not partial:
+                    return f"{p.key} has no value"
+                continue
+            value = left.pop(p.key)
+            if not _in_range(p, value):
+                return f"{p.key}={value!r} is outside its search range"
+            branch = p.branch(value)
+            if branch is not None:
+                for key, fixed in branch.fixed:
+                    if key in left and not _same(left.pop(key), fixed):
+                        return f"{key} is fixed to {fixed!r} with {p.key}={value!r}"
+                problem = walk(branch.params)
+                if problem:
+                    return problem
+        return None
+
+    problem = walk(spec.params)
+    if problem:
+        return problem
+    if left:
+        return f"{sorted(left)[0]!r} is not a searched parameter (of the options this point chooses)"
+    return None
+
+
+def active_params(spec: SearchSpec, point: dict[str, Any]) -> list[Param]:
+    """The parameters a point of the space samples: the top level and the branches of the options it chooses."""
+    out: list[Param] = []
+
+    def walk(params: tuple[Param, ...]) -> None:
+        for p in params:
+            out.append(p)
+            branch = p.branch(point.get(p.key)) if p.key in point else None
+            if branch is not None:
+                walk(branch.params)
+
+    walk(spec.params)
+    return out
 
 
 def with_settings(spec: SearchSpec, **changes: Any) -> SearchSpec:
@@ -222,14 +298,14 @@ def _load_base(raw: Any, base_dir: Path) -> ExperimentConfig:
         raise ConfigError(f"{where}: {err}") from err
 
 
-def _parse_param(key: str, raw: Any) -> Param:
-    where = f"parameters.{key}"
+def _parse_param(key: str, raw: Any, prefix: str) -> Param:
+    where = f"{prefix}{key}"
     field_types(key)  # unknown keys: ConfigError listing the valid ones
     if key in _NOT_SEARCHABLE:
         raise ConfigError(f"{where}: not searchable ({_NOT_SEARCHABLE[key]})")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with type, role and a range or choices")
-    check_keys(raw, {"type", "role", "low", "high", "step", "choices"}, where + ".")
+    check_keys(raw, ("type", "role", "low", "high", "step", "choices"), where + ".")
     kind, role = raw.get("type"), raw.get("role")
     if kind not in DISTRIBUTIONS:
         raise ConfigError(f"{where}.type={kind!r}: expected one of {list(DISTRIBUTIONS)}")
@@ -237,17 +313,23 @@ def _parse_param(key: str, raw: Any) -> Param:
         raise ConfigError(f"{where}.role={role!r}: expected one of {list(ROLES)}")
     tp = field_types(key)[key]
     if kind == "categorical":
+        for extra in ("low", "high", "step"):
+            if extra in raw:
+                raise ConfigError(f"{where}.{extra}: not used by a categorical parameter (give choices)")
         choices = raw.get("choices")
+        branches: tuple[Branch, ...] = ()
+        if isinstance(choices, dict) and choices:  # options with their own parameters
+            branches = tuple(_parse_branch(key, value, sub, f"{where}.choices.{value}.")
+                             for value, sub in choices.items())
+            choices = list(choices)
         if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{where}.choices: expected a non-empty list")
+            raise ConfigError(f"{where}.choices: expected a non-empty list, or a mapping from each option to "
+                              "its own parameters")
         if any(not isinstance(c, (str, int, float, bool)) and c is not None for c in choices):
             raise ConfigError(f"{where}.choices: expected scalars (str, number, bool or null)")
         if len(set(map(repr, choices))) != len(choices):
             raise ConfigError(f"{where}.choices: duplicate values in {choices}")
-        for extra in ("low", "high", "step"):
-            if extra in raw:
-                raise ConfigError(f"{where}.{extra}: not used by a categorical parameter (give choices)")
-        return Param(key, kind, role, choices=tuple(choices))
+        return Param(key, kind, role, choices=tuple(choices), branches=branches)
     if "choices" in raw:
         raise ConfigError(f"{where}.choices: only for type categorical")
     numeric = _scalar_type(tp)
@@ -275,9 +357,113 @@ def _parse_param(key: str, raw: Any) -> Param:
     return Param(key, kind, role, low=low, high=high, step=step)
 
 
+def _parse_branch(key: str, value: Any, raw: Any, prefix: str) -> Branch:
+    """One option of a categorical parameter: a mapping of dotted keys to distributions (searched with this
+    option) or to plain values (fixed with this option); null or {} for none."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping of dotted config keys to distributions or "
+                          f"fixed values, got {raw!r}")
+    params, fixed = [], []
+    for sub_key, sub in raw.items():
+        sub_key = str(sub_key)
+        if sub_key == key:
+            raise ConfigError(f"{prefix}{sub_key}: an option cannot set the parameter it is an option of")
+        if isinstance(sub, dict):
+            params.append(_parse_param(sub_key, sub, prefix))
+        else:
+            field_types(sub_key)
+            fixed.append((sub_key, sub))
+    return Branch(value, tuple(params), tuple(fixed))
+
+
+def _walk(params: tuple[Param, ...], context: dict[str, Any]) -> Iterator[tuple[Param, dict[str, Any]]]:
+    for p in params:
+        yield p, context
+        for b in p.branches:
+            yield from _walk(b.params, {**context, p.key: b.value, **dict(b.fixed)})
+
+
+def _check_level(
+    base: ExperimentConfig, params: tuple[Param, ...], context: dict[str, Any], outer: dict[str, Any], where: str
+) -> None:
+    """Validate one level of the tree. ``context``: the enclosing options' choices and fixed values; ``outer``:
+    the values the enclosing levels' other parameters are tried at (their low ends). Each value is tried alone
+    in its context (an option with its own parameters), then every parameter of the level at its low, then its
+    high end; then every parameter must be read by the config at the low end."""
+    scope = set(outer) | {p.key for p in params}
+    ends = [_end(params, i) for i in (0, -1)]
+    for p in params:
+        name = f"{where}.{p.key}"
+        for value in [] if p.branches else p.edge_values():  # an option is tried with its own parameters
+            _try(base, {**outer, **context, **ends[0], p.key: value}, name)
+        for b in p.branches:
+            inner = {**context, p.key: b.value, **dict(b.fixed)}
+            siblings = {**outer, **_end(tuple(q for q in params if q.key != p.key), 0)}
+            _check_level(base, b.params, inner, siblings, f"{name}.choices.{b.value}")
+    for end, name in zip(ends, ("low", "high")):  # interactions: the whole level at one end at once
+        _try(base, {**outer, **context, **end}, f"{where} (all at their {name} end together)")
+    at_low = resolve(base, {**outer, **context, **ends[0]})
+    for p in params:
+        reason = at_low.unread_keys().get(p.key)
+        if reason and reason not in scope:
+            switch = str(get_value(at_low, reason)).lower()
+            raise ConfigError(f"{where}.{p.key}: searched while {reason} is {switch}, so nothing reads it")
+
+
+def _check_structure(
+    base: ExperimentConfig, params: tuple[Param, ...], context: dict[str, Any], outer: set[str], where: str
+) -> None:
+    """No key searched twice on one path of the tree; a field of one family only under that family's option."""
+    keys = [p.key for p in params]
+    scope = outer | set(keys)
+    for p in params:
+        name = f"{where}.{p.key}"
+        if p.key in context or p.key in outer or keys.count(p.key) > 1:
+            raise ConfigError(f"{name}: searched twice on one path of the tree (or also fixed by an option)")
+        _check_family(base, p.key, context, scope, name)
+        for b in p.branches:
+            inner = {**context, p.key: b.value, **dict(b.fixed)}
+            _check_structure(base, b.params, inner, scope, f"{name}.choices.{b.value}")
+
+
+def _end(params: tuple[Param, ...], i: int, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The point of a (sub)tree with every parameter at edge ``i`` (0: low, -1: high; for a choice, its first
+    or last option with that option's fixed values and its own parameters at the same end); ``given``: values
+    taken instead of the edge (a partial point)."""
+    given = given or {}
+    point: dict[str, Any] = {}
+    for p in params:
+        value = given.get(p.key, p.edge_values()[i])
+        point[p.key] = value
+        branch = p.branch(value)
+        if branch is not None:
+            point.update({**dict(branch.fixed), **_end(branch.params, i, given)})
+    return point
+
+
+def _check_family(base: ExperimentConfig, key: str, context: dict[str, Any], scope: set[str], where: str) -> None:
+    """A field of one family (``model.core.se_reduction``) is searched only where that family is chosen."""
+    family = family_of(key)
+    if family is None:
+        return
+    kind_key, kinds = family
+    if kind_key not in context and kind_key in scope:  # the family is searched here, but does not enclose it
+        raise ConfigError(f"{where}: a field of {kind_key} {' or '.join(kinds)}, which is searched: nest it under "
+                          f"that option of {kind_key}")
+    kind = context.get(kind_key, get_value(base, kind_key))
+    if kind not in kinds:
+        raise ConfigError(f"{where}: a field of {kind_key} {' or '.join(kinds)}, but the space never chooses it "
+                          f"here ({kind_key} is {kind!r})")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b and type(a) is type(b)
+
+
 def _in_range(p: Param, value: Any) -> bool:
     if p.type == "categorical":
-        return any(value == c and type(value) is type(c) for c in p.choices)
+        return any(_same(value, c) for c in p.choices)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return p.low <= value <= p.high
@@ -291,9 +477,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _try(base: ExperimentConfig, values: dict[str, Any], where: str) -> None:
+def _try(base: ExperimentConfig, values: dict[str, Any], where: str) -> ExperimentConfig:
     try:
-        resolve(base, values)
+        return resolve(base, values)
     except ConfigError as err:
         raise ConfigError(f"{where}: the config rejects {values}: {err}") from err
 

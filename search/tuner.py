@@ -4,7 +4,7 @@ compute budget) over ``train_trial``.
 Run folder (``RUN_DIR``, Tune's experiment folder; the pieces this module adds are marked *):
 
     search.yaml*            the validated search, base config inlined with absolute data paths
-    study.json*             Optuna study name and storage file, for resume and the report
+    study.json*             Optuna study name and storage file, its objectives, and the warm start it had
     optuna_journal.log*     the Optuna study (JournalStorage file: safe on NFS; optuna-dashboard opens it)
     tuner.pkl, experiment_state-*.json, searcher-state-*.pkl      Tune's own state (resume reads it)
     events.out.tfevents.*   the HParams column list (TensorBoard)
@@ -12,6 +12,12 @@ Run folder (``RUN_DIR``, Tune's experiment folder; the pieces this module adds a
                             (config.yaml, curves.csv, ...), checkpoint_<n>/ (best.pt, last.pt), error.txt
 
 Only the driver writes the Optuna storage (OptunaSearch runs in the driver), so one journal file suffices.
+
+With ``search.objective: val_corr+cost`` the study has two objectives, best_val_corr and the cost
+(``search.cost``), maximised and minimised (Optuna's multi-objective TPE; constant liar works there too);
+Optuna then keeps no intermediate values, and the cost of a trial is computed from its per-epoch results
+(``results.trial_cost``) when it ends. A warm-started study (``run --warm-start``) holds the earlier run's
+finished trials first, as COMPLETE trials with no Tune trial in this run (``search.warm_start``).
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import yaml
@@ -32,16 +39,22 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from search.callbacks import LiveTable, TensorBoardHParams
-from search.space import SEARCH_FILE, SearchSpec
-from search.results import TrialRecord, read_results
+from search.space import SEARCH_FILE, Param, SearchSpec, active_params
+from search.results import COSTS, TrialRecord, read_results, trial_cost
 from search.trainable import FIT_DONE, TRIAL_ERROR, train_trial
 from sensorium.atomic import write_text
 from sensorium.errors import UserError
+
+if TYPE_CHECKING:
+    from search.warm_start import WarmStart
 
 STUDY_FILE = "study.json"
 JOURNAL_FILE = "optuna_journal.log"
 TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna trial's user attribute naming its Tune trial
 RANK_METRIC = "best_val_corr"  # trials are ranked (and Optuna is told) by their best epoch, not their last
+# user attributes of a trial imported by a warm start: the run it was trained in, its Tune trial id there
+WARM_START_FROM = "warm_start_from"
+SOURCE_TRIAL = "source_trial"
 
 # Tune's own console output is replaced by LiveTable; its auto-added TensorBoard logger would write a
 # second, end-of-trial-only HParams entry with sampled values, so loggers are chosen explicitly below.
@@ -51,19 +64,54 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table reports trials
 
 
-def optuna_space(spec: SearchSpec) -> dict[str, optuna.distributions.BaseDistribution]:
-    """Optuna distributions by dotted config key (flat names: Tune passes them through unchanged)."""
-    space: dict[str, optuna.distributions.BaseDistribution] = {}
-    for p in spec.params:
-        if p.type == "categorical":
-            space[p.key] = optuna.distributions.CategoricalDistribution(list(p.choices))
-        elif p.type == "int":
-            space[p.key] = optuna.distributions.IntDistribution(int(p.low), int(p.high), step=int(p.step or 1))
-        else:
-            space[p.key] = optuna.distributions.FloatDistribution(
-                p.low, p.high, log=p.type == "loguniform", step=p.step
-            )
-    return space
+def distribution(p: Param) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution of one searched parameter (a choice with branches: its options)."""
+    if p.type == "categorical":
+        return optuna.distributions.CategoricalDistribution(list(p.choices))
+    if p.type == "int":
+        return optuna.distributions.IntDistribution(int(p.low), int(p.high), step=int(p.step or 1))
+    return optuna.distributions.FloatDistribution(p.low, p.high, log=p.type == "loguniform", step=p.step)
+
+
+class TreeSpace:
+    """The search space as an Optuna define-by-run function: samples the top level, then the parameters of the
+    options chosen, and returns the fixed values those options bring (Tune adds them to the trial's params).
+    Names are the dotted config keys (Tune passes them through unchanged). A class, not a closure, so that
+    Tune can save it with the searcher's state."""
+
+    def __init__(self, spec: SearchSpec) -> None:
+        self.params = spec.params
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        return self._sample(trial, self.params)
+
+    def _sample(self, trial: optuna.Trial, params: tuple[Param, ...]) -> dict[str, Any]:
+        fixed: dict[str, Any] = {}
+        for p in params:  # the public suggest_* methods: Tune captures what they return
+            if p.type == "categorical":
+                value = trial.suggest_categorical(p.key, list(p.choices))
+            elif p.type == "int":
+                value = trial.suggest_int(p.key, int(p.low), int(p.high), step=int(p.step or 1))
+            else:
+                value = trial.suggest_float(p.key, p.low, p.high, log=p.type == "loguniform", step=p.step)
+            branch = p.branch(value)
+            if branch is not None:
+                fixed.update(branch.fixed)
+                fixed.update(self._sample(trial, branch.params))
+        return fixed
+
+
+def distributions_for(spec: SearchSpec, params: dict[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The distributions of one point's keys in ``spec``'s space: what a trial with these ``params`` is added
+    to the study with (a warm start): only the parameters of the options it chooses (``space.active_params``);
+    every key of ``params`` must be one of them (``space.point_problem``)."""
+    space = {p.key: distribution(p) for p in active_params(spec, params)}
+    return {key: space[key] for key in params}
+
+
+def study_directions(spec: SearchSpec) -> list[str]:
+    """Optuna directions of the study: best_val_corr up, and with ``objective: val_corr+cost`` the cost down."""
+    return ["maximize", "minimize"] if spec.settings.with_cost else ["maximize"]
 
 
 def journal_storage(run_dir: Path) -> optuna.storages.JournalStorage:
@@ -78,27 +126,34 @@ def load_study(run_dir: Path) -> optuna.Study:
     return optuna.load_study(study_name=info["study_name"], storage=journal_storage(run_dir))
 
 
-def close_orphans(run_dir: Path, best: dict[str, float | None]) -> int:
+def close_orphans(run_dir: Path, best: dict[str, float | None], costs: dict[str, float | None] | None = None) -> int:
     """Close the Optuna trials still RUNNING after the whole search ended; returns how many.
 
-    ``best``: each Tune trial's best validation correlation as its result.json holds it (the records). A
+    ``best``: each Tune trial's best validation correlation as its result.json holds it (the records);
+    ``costs``: each one's cost (``TrialRecord.cost``), needed by a two-objective study. A
     trial that a time or compute budget stopped while it ran (Tune stops it without telling the searcher)
     is told COMPLETE with that best, as a trial ASHA stopped is; the study's intermediate values are not
     enough, since the result that spent the budget reaches neither the searcher nor the scheduler. One that
     reported nothing is marked FAIL: a driver killed right after the sampler proposed a trial, but before
     Tune saved that trial, leaves such a trial in the journal (on resume the restored sampler proposes it
     again under a new number). Call only when every Tune trial has ended (an interrupted run's RUNNING
-    trials are still live).
+    trials are still live). In a two-objective study (no intermediate values) a trial without both a score
+    and a cost in its record is marked FAIL. Trials a warm start imported are COMPLETE: never touched.
     """
     study = load_study(run_dir)
+    two = len(study.directions) > 1
     orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     for trial in orphans:
-        value = best.get(trial.user_attrs.get(TUNE_TRIAL_ID, ""))
+        tune_id = trial.user_attrs.get(TUNE_TRIAL_ID, "")
+        value = best.get(tune_id)
         if value is None or not math.isfinite(value):  # no record: the best of what the searcher was told
             reported = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
             value = max(reported) if reported else None
-        if value is not None:
+        cost = (costs or {}).get(tune_id)
+        if value is not None and not two:
             study.tell(trial.number, value)
+        elif value is not None and cost is not None and math.isfinite(cost):
+            study.tell(trial.number, [value, cost])
         else:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return len(orphans)
@@ -110,7 +165,20 @@ class StudySearch(OptunaSearch):
     Such a trial ends normally for Tune (so Tune does not retry it) with a last result carrying
     ``TRIAL_ERROR``; that result is kept from the study's intermediate values. A trial Tune restarts after
     an infrastructure failure is told nothing until it ends: the study gets every trial exactly once.
+
+    ``cost`` (``search.cost``; None for one objective): the searcher's metrics are best_val_corr and the
+    cost's per-epoch field (``train_seconds`` or ``n_parameters``, which every result carries); it keeps
+    that field per epoch (an epoch reported again after a restart replaces the earlier one) and tells the
+    study ``[best_val_corr, trial_cost]`` when the trial ends; a trial without both is told FAIL. The kept
+    fields are part of the searcher's saved state, so a resumed search still has them.
     """
+
+    cost: str | None = None  # class default: a searcher pickled before costs existed restores as one-objective
+
+    def __init__(self, *args: Any, cost: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cost = cost
+        self._epochs: dict[str, dict[int, dict[str, float]]] = {}  # trial id -> epoch -> cost fields
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -118,44 +186,77 @@ class StudySearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if TRIAL_ERROR not in result and FIT_DONE not in result:  # those repeat the last epoch's metrics
-            super().on_trial_result(trial_id, result)
+        if TRIAL_ERROR in result or FIT_DONE in result:  # those repeat the last epoch's metrics
+            return
+        self._keep_cost(trial_id, result)
+        super().on_trial_result(trial_id, result)  # two objectives: Ray reports nothing (Optuna can't)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and TRIAL_ERROR in result:
             result, error = None, True
+        if self.cost is not None and result is not None:
+            self._keep_cost(trial_id, result)  # the result the scheduler stopped on reaches only this hook
+            cost = trial_cost(list(self._epochs.pop(trial_id, {}).values()), self.cost)
+            best = result.get(RANK_METRIC)
+            if cost is None or not isinstance(best, (int, float)) or not math.isfinite(best):
+                result, error = None, True  # two objectives need both values
+            else:
+                result = {**result, COSTS[self.cost][0]: cost}  # the trial's cost, not its last epoch's field
         super().on_trial_complete(trial_id, result, error=error)
+
+    def _keep_cost(self, trial_id: str, result: dict) -> None:
+        field = COSTS[self.cost][0] if self.cost is not None else None
+        if field in result and isinstance(result.get("epoch"), (int, float)):
+            self._epochs.setdefault(trial_id, {})[int(result["epoch"])] = {field: result[field]}
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     """The seeded sampler of ``search.sampler``: TPE with every setting explicit (Optuna 5.0 changed its
-    defaults), or uniform random sampling (the baseline a search has to beat)."""
+    defaults; grouped multivariate on a conditional space), or uniform random sampling (the baseline a search
+    has to beat)."""
     s = spec.settings
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
+    with warnings.catch_warnings():  # "group is an experimental feature" (since Optuna 2.8)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return _tpe(spec)
+
+
+def _tpe(spec: SearchSpec) -> optuna.samplers.TPESampler:
+    s = spec.settings
     return optuna.samplers.TPESampler(
         seed=s.seed,
         n_startup_trials=s.tpe.n_startup_trials,
         multivariate=s.tpe.multivariate,
+        # a conditional space (options with their own parameters): one multivariate model per group of trials
+        # that share the same parameters, instead of falling back to independent sampling for all of them
+        group=s.tpe.multivariate and spec.conditional(),
         constant_liar=s.tpe.constant_liar,
     )
 
 
-def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str) -> OptunaSearch:
+def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str, warm_start: WarmStart | None = None) -> OptunaSearch:
     """OptunaSearch with the seeded sampler of ``search.sampler``, persisting its study in the run folder.
 
-    ``search.start_with`` points are enqueued in the study first (partial points allowed: the sampler
-    fills the keys they leave out); OptunaSearch then loads the study and hands them out first.
+    The study has one objective or two (``study_directions``). A ``warm_start``'s trials are added first, as
+    COMPLETE trials, so the sampler's startup phase and model count them before it proposes anything; then
+    ``search.start_with`` points are enqueued (partial points allowed: the sampler fills the keys they leave
+    out); OptunaSearch then loads the study and hands those out first.
     """
     s = spec.settings
     sampler = make_sampler(spec)
     storage = journal_storage(run_dir)
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler)
+    study = optuna.create_study(study_name=study_name, storage=storage, directions=study_directions(spec),
+                                sampler=sampler)
+    for trial in warm_start.trials if warm_start is not None else ():
+        study.add_trial(trial)
     for point in s.start_with:
         study.enqueue_trial(dict(point))
+    metric, mode = ([RANK_METRIC, COSTS[s.cost][0]], ["max", "min"]) if s.with_cost else (RANK_METRIC, "max")
     return StudySearch(
-        space=optuna_space(spec), metric=RANK_METRIC, mode="max", sampler=sampler,
-        study_name=study_name, storage=storage,
+        space=TreeSpace(spec),
+        metric=metric, mode=mode, sampler=sampler, study_name=study_name, storage=storage,
+        cost=s.cost if s.with_cost else None,
     )
 
 
@@ -249,7 +350,12 @@ def compute_spent(records: list[TrialRecord]) -> tuple[float, int]:
 
 def trial_name(trial: Any) -> str:
     """Trial folder and display name: ``trial_<id>`` (sampled values live in the HParams and the report)."""
-    return f"trial_{trial.trial_id}"
+    return trial_folder(trial.trial_id)
+
+
+def trial_folder(trial_id: str) -> str:
+    """The folder of Tune trial ``trial_id`` in its run folder."""
+    return f"trial_{trial_id}"
 
 
 def callbacks(spec: SearchSpec, live_every_s: float, stopper: SearchStopper) -> list[tune.Callback]:
@@ -280,8 +386,10 @@ def run_config(run_dir: Path, spec: SearchSpec, live_every_s: float) -> tune.Run
     )
 
 
-def new_tuner(spec: SearchSpec, run_dir: Path, live_every_s: float = 20.0) -> tune.Tuner:
-    """A Tuner for a fresh run folder; writes search.yaml and study.json first."""
+def new_tuner(spec: SearchSpec, run_dir: Path, live_every_s: float = 20.0,
+              warm_start: WarmStart | None = None) -> tune.Tuner:
+    """A Tuner for a fresh run folder; writes search.yaml and study.json first (with what ``warm_start``, if
+    given, imports: its trials enter the study here, before any trial starts)."""
     if (run_dir / "tuner.pkl").exists():
         raise UserError(f"{run_dir}: already holds a search; continue it with `resume {run_dir}` or pick --out")
     if (run_dir / JOURNAL_FILE).exists():
@@ -289,11 +397,15 @@ def new_tuner(spec: SearchSpec, run_dir: Path, live_every_s: float = 20.0) -> tu
     run_dir.mkdir(parents=True, exist_ok=True)
     study_name = f"sensorium-search-{run_dir.name}"
     write_text(run_dir / SEARCH_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    write_text(run_dir / STUDY_FILE,
-               json.dumps({"study_name": study_name, "storage": JOURNAL_FILE, "metric": RANK_METRIC, "mode": "max"}))
     s = spec.settings
+    info: dict[str, Any] = {"study_name": study_name, "storage": JOURNAL_FILE, "metric": RANK_METRIC, "mode": "max"}
+    if s.with_cost:
+        info.update(metric=[RANK_METRIC, COSTS[s.cost][0]], mode=["max", "min"], cost=s.cost)
+    if warm_start is not None:
+        info["warm_start"] = warm_start.summary()
+    write_text(run_dir / STUDY_FILE, json.dumps(info, indent=1))
     tune_config = tune.TuneConfig(
-        search_alg=make_searcher(spec, run_dir, study_name),
+        search_alg=make_searcher(spec, run_dir, study_name, warm_start),
         scheduler=make_scheduler(spec),
         num_samples=s.num_trials,
         max_concurrent_trials=s.max_concurrent,

@@ -86,3 +86,27 @@ def ray_session():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def finished_run(ray_session, tiny_data, tmp_path_factory):
+    """A finished 2-trial search of configs/search_tiny.yaml on ``tiny_data``; returns its run folder.
+
+    Shared by the modules that read a search back (export, retrain, report, ensemble): they write only into
+    their own subfolders of it (best_config.yaml, retrain/, report/, ensemble/) or elsewhere.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from search.driver import run_search
+    from search.space import parse_search, with_data
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    raw = yaml.safe_load((configs / "search_tiny.yaml").read_text())
+    raw["base"] = str((configs / raw["base"]).resolve())
+    raw["search"].update(num_trials=2, max_concurrent=2)
+    spec = with_data(parse_search(raw), [str(tiny_data.data_dir)])
+    run_dir = tmp_path_factory.mktemp("search") / "run"
+    run_search(spec, run_dir, progress=False, live_every_s=1e9)
+    return run_dir

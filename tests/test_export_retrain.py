@@ -1,4 +1,5 @@
-"""After a search: export -> train round trip, the seed-ensemble retrain with scored submissions, the report."""
+"""After a search (conftest's ``finished_run``): export -> train round trip, the seed-ensemble retrain with
+scored submissions, the report."""
 
 from __future__ import annotations
 
@@ -10,30 +11,16 @@ import numpy as np
 import pytest
 import yaml
 
-from search.driver import run_search
 from search.export import export_best, read_best_config
 from search.report import boundary_check, write_report
 from search.results import best_trial, load_trials
 from search.retrain import retrain
-from search.space import parse_search, with_data
+from search.space import parse_search
 from sensorium.cli import main
 from sensorium.config import config_hash, load_config
 from sensorium.errors import UserError
 from sensorium.submission import read_submission
 from sensorium.training.fit import fit
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def finished_run(ray_session, tiny_data, tmp_path_factory):
-    raw = yaml.safe_load((ROOT / "configs" / "search_tiny.yaml").read_text())
-    raw["base"] = str((ROOT / "configs" / raw["base"]).resolve())
-    raw["search"].update(num_trials=2, max_concurrent=2)
-    spec = with_data(parse_search(raw), [str(tiny_data.data_dir)])
-    run_dir = tmp_path_factory.mktemp("search") / "run"
-    run_search(spec, run_dir, progress=False, live_every_s=1e9)
-    return run_dir
 
 
 def test_export_then_train_reproduces_the_config_hash(finished_run, tmp_path):
@@ -53,7 +40,7 @@ def test_export_then_train_reproduces_the_config_hash(finished_run, tmp_path):
 def test_provenance_key_is_only_accepted_in_best_config_files(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text(yaml.safe_dump({"name": "x", "provenance": {"trial_id": "abc"}}))
-    with pytest.raises(UserError, match="unknown config key 'provenance'"):
+    with pytest.raises(UserError, match="unknown key 'provenance'"):
         load_config(bad)
     with pytest.raises(UserError, match="not a best_config.yaml"):
         read_best_config(bad)
@@ -148,10 +135,13 @@ def test_demo_smoke_runs_every_stage_and_scores_against_the_oracle(ray_session, 
 
     summary = run_demo(tmp_path / "demo", smoke=True, seeds=2)
     assert summary["trials"]["run"] == summary["trials"]["requested"] == 3
-    assert set(summary["seconds"]) == {"synth", "search", "export", "retrain", "baseline", "report", "total"}
+    assert set(summary["seconds"]) == {"synth", "search", "export", "retrain", "baseline", "ensemble", "report",
+                                       "total"}
     table = summary["table"]
-    for label in ("oracle (noise-free truth)", "baseline, untuned (1 seed)", "tuned, seed 0", "tuned, ensemble of 2"):
+    for label in ("oracle (noise-free truth)", "baseline, untuned (1 seed)", "tuned, seed 0", "tuned, ensemble of 2",
+                  "best single trial", "trial ensemble of "):
         assert label in table
+    assert set(summary["scores"]["trials"]) == {"trial_ensemble", "best_trial", "seed_ensemble"}
     assert Path(summary["report"]).is_file() and Path(summary["demo_md"]).is_file()
     g = summary["budgets"]  # the compute each model had, stated in demo.md
     assert g["search"]["epochs"] >= 3 and g["search"]["train_s"] > 0
@@ -161,3 +151,4 @@ def test_demo_smoke_runs_every_stage_and_scores_against_the_oracle(ray_session, 
     key = next(iter(summary["oracle"]))
     assert (tmp_path / "demo" / "search" / "retrain" / key / "submission_file_final_test.csv").is_file()
     assert (tmp_path / "demo" / "baseline" / key / "submission_file_live_test.csv").is_file()
+    assert (tmp_path / "demo" / "search" / "ensemble" / key / "submission_file_live_test.csv").is_file()

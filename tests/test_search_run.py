@@ -22,7 +22,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from search.driver import run_search
 from search.results import best_trial, load_trials
-from search.space import parse_search, with_data
+from search.space import load_run_spec, parse_search, with_data
 from search.tuner import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +93,8 @@ def test_tensorboard_has_curves_and_hparams_of_every_trial(search_run):
     experiment = root["_hparams_/experiment"].experiment
     assert {m.name.tag for m in experiment.metric_infos} >= {"best_val_corr", "val_corr"}
     assert {h.name for h in experiment.hparam_infos} >= {"model.core.hidden_channels", "train.lr", "seed"}
+    searched = [p.key for p in load_run_spec(run_dir).params]
+    assert [h.name for h in experiment.hparam_infos][: len(searched)] == searched  # the searched keys first
     for r in records:
         plugin, acc = _hparams(r.path)
         start = plugin["_hparams_/session_start_info"].session_start_info.hparams
@@ -180,5 +182,5 @@ def test_search_file_errors_stop_the_command_before_ray_starts(tmp_path):
     cmd = [sys.executable, "-m", "sensorium.cli", "run", str(bad)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert out.returncode == 2
-    assert "unknown config key 'model.core.layerz'" in out.stderr
+    assert "unknown key 'model.core.layerz'" in out.stderr
     assert "Started a local Ray" not in out.stderr

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.space import load_search, parse_search, resolve, with_settings
-from search.tuner import optuna_space
+import optuna
+
+from search.space import active_params, load_search, parse_search, point_problem, resolve, with_settings
+from search.tuner import TreeSpace, distributions_for
 from sensorium.config import ExperimentConfig, load_config
 from sensorium.errors import ConfigError
 
@@ -47,7 +49,7 @@ def test_valid_search_resolves_every_value_into_a_config():
     "changes, message",
     [
         ({"param:model.core.layerz": {"type": "int", "low": 2, "high": 4, "role": "scientific"}},
-         "unknown config key 'model.core.layerz'"),
+         "unknown key 'model.core.layerz'"),
         ({"param:train.lr": {"type": "uniform", "low": 0.01, "high": 0.001, "role": "nuisance"}},
          "parameters.train.lr: inverted range"),
         ({"param:train.lr": {"type": "uniform", "low": 0.01, "high": 0.01, "role": "nuisance"}},
@@ -84,8 +86,8 @@ def test_valid_search_resolves_every_value_into_a_config():
         ({"search": {"num_trials": 4, "cpus_per_trail": 2}}, "unknown key 'search.cpus_per_trail'"),
         ({"search": {"num_trials": 4, "metric": "loss", "asha": {"max_t": 6}}}, "search.metric='loss'"),
         ({"search": {"num_trials": 4, "asha": {"max_t": 6},
-                     "start_with": [{"train.lr": 0.5}]}}, "search.start_with[0].train.lr=0.5: outside"),
-        ({"base": {"model": {"core": {"layerz": 3}}}}, "base: unknown config key 'model.core.layerz'"),
+                     "start_with": [{"train.lr": 0.5}]}}, "search.start_with[0]: train.lr=0.5 is outside"),
+        ({"base": {"model": {"core": {"layerz": 3}}}}, "base: unknown key 'model.core.layerz'"),
     ],
 )
 def test_invalid_search_is_refused_naming_the_key(changes, message):
@@ -139,10 +141,18 @@ def test_base_path_is_relative_to_the_search_file(tmp_path):
         load_search(tmp_path / "bad.yaml")
 
 
-@pytest.mark.parametrize("name", ["search_default.yaml", "search_tiny.yaml"])
+@pytest.mark.parametrize("name", ["search_default.yaml", "search_tiny.yaml", "search_demo.yaml",
+                                  "search_families.yaml", "search_bench.yaml"])
 def test_shipped_search_files_are_valid(name):
     spec = load_search(CONFIGS / name)
-    assert set(optuna_space(spec)) == {p.key for p in spec.params}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):  # the compiled space samples points of the space, and each one is a config
+        trial = study.ask()
+        fixed = TreeSpace(spec)(trial)
+        point = {**trial.params, **fixed}
+        assert point_problem(spec, point) is None and set(trial.params) <= set(spec.keys())
+        spec.resolve(point)
+        study.tell(trial, 0.0)
     params = {p.key: p for p in spec.params}
     for point in spec.settings.start_with:  # the baseline trial of the default search is inside the space
         for key, value in point.items():
@@ -163,3 +173,94 @@ def test_default_search_varies_what_the_issue_asks_and_starts_from_the_baseline(
     assert resolve(baseline, spec.settings.start_with[0]) == baseline
     assert spec.base == baseline
     assert isinstance(spec.base, ExperimentConfig)
+
+
+# ------------------------------------------------------------------------------------- conditional spaces
+def _families(**changes) -> dict:
+    """A search over two core and two readout families, each option with its own parameters."""
+    core = {"type": "categorical", "role": "scientific", "choices": {
+        "stacked2d": {},
+        "se2d": {"model.core.se_reduction": {"type": "categorical", "choices": [4, 8], "role": "nuisance"}},
+    }}
+    readout = {"type": "categorical", "role": "scientific", "choices": {
+        "gaussian": {"model.readout.samples": {"type": "int", "low": 1, "high": 2, "role": "scientific"}},
+        "factorized": {"model.shifter.enabled": False,
+                       "model.readout.normalize": {"type": "categorical", "choices": [True, False],
+                                                   "role": "nuisance"}},
+    }}
+    raw = _search(**{"param:model.core.kind": core, "param:model.readout.kind": readout, **changes})
+    del raw["parameters"]["model.readout.gauss_type"]  # a gaussian field: only under that option
+    return raw
+
+
+def test_a_conditional_space_reads_back_and_samples_each_option_with_its_own_parameters():
+    spec = parse_search(_families())
+    assert spec.conditional() and parse_search(spec.to_dict()) == spec
+    assert spec.keys() == ["train.lr", "model.core.hidden_kern", "model.core.kind", "model.core.se_reduction",
+                           "model.readout.kind", "model.readout.samples", "model.readout.normalize"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        fixed = TreeSpace(spec)(trial)
+        params = trial.params
+        core, readout = params["model.core.kind"], params["model.readout.kind"]
+        seen.add((core, readout))
+        assert ("model.core.se_reduction" in params) == (core == "se2d")
+        assert ("model.readout.samples" in params) == (readout == "gaussian")
+        assert ("model.readout.normalize" in params) == (readout == "factorized")
+        assert fixed == ({"model.shifter.enabled": False} if readout == "factorized" else {})
+        cfg = spec.resolve({**params, **fixed})
+        assert (cfg.model.core.kind, cfg.model.readout.kind) == (core, readout)
+        assert set(distributions_for(spec, params)) == set(params)
+        study.tell(trial, 0.0)
+    assert len(seen) == 4
+
+
+def test_points_of_a_conditional_space():
+    spec = parse_search(_families())
+    point = {"train.lr": 0.005, "model.core.hidden_kern": 5, "model.core.kind": "se2d", "model.core.se_reduction": 4, "model.readout.kind": "factorized",
+             "model.readout.normalize": True}
+    assert point_problem(spec, point) is None
+    assert point_problem(spec, {**point, "model.shifter.enabled": False}) is None  # its option's fixed value
+    assert "fixed to False" in point_problem(spec, {**point, "model.shifter.enabled": True})
+    assert "not a searched parameter" in point_problem(spec, {**point, "model.readout.samples": 1})
+    assert "model.readout.normalize has no value" in point_problem(
+        spec, {k: v for k, v in point.items() if k != "model.readout.normalize"})
+    assert [p.key for p in active_params(spec, point)][-2:] == ["model.readout.kind", "model.readout.normalize"]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        # a field of a family the space never chooses where it is searched
+        ({"param:model.core.n_se_blocks": {"type": "int", "low": 0, "high": 1, "role": "scientific"}},
+         "parameters.model.core.n_se_blocks: a field of model.core.kind se2d, which is searched: nest it"),
+        ({"param:model.core.kind": {"type": "categorical", "role": "scientific", "choices": ["stacked2d"]},
+          "param:model.core.se_reduction": {"type": "int", "low": 2, "high": 4, "role": "nuisance"}},
+         "a field of model.core.kind se2d, which is searched"),
+        ({"param:model.core.kind": {"type": "categorical", "role": "scientific", "choices": {
+            "stacked2d": {"model.core.se_reduction": {"type": "int", "low": 2, "high": 4, "role": "nuisance"}},
+            "se2d": {}}}},
+         "choices.stacked2d.model.core.se_reduction: a field of model.core.kind se2d, but the space never "
+         "chooses it here (model.core.kind is 'stacked2d')"),
+        # the factorized readout without the shifter switched off: the config rejects it up front
+        ({"param:model.readout.kind": {"type": "categorical", "role": "scientific", "choices": {
+            "gaussian": {}, "factorized": {}}}},
+         "the factorized readout takes no shift"),
+        ({"param:model.readout.kind": {"type": "categorical", "role": "scientific", "choices": {
+            "gaussian": {}, "factorized": {"model.shifter.enabled": False, "model.readout.kind": "gaussian"}}}},
+         "an option cannot set the parameter it is an option of"),
+        ({"param:model.readout.kind": {"type": "categorical", "role": "scientific", "choices": {
+            "gaussian": {"train.lr": {"type": "uniform", "low": 0.001, "high": 0.01, "role": "nuisance"}},
+            "factorized": {"model.shifter.enabled": False}}}},
+         "searched twice on one path"),
+        ({"param:model.core.kind": {"type": "categorical", "role": "scientific", "choices": {
+            "stacked2d": {}, "se2d": {"model.core.se_reduction": 128}}}},  # fixed above hidden_channels (64)
+         "model.core.se_reduction=128: expected at most hidden_channels (64)"),
+    ],
+)
+def test_invalid_conditional_spaces_are_refused(changes, message):
+    with pytest.raises(ConfigError) as err:
+        parse_search(_families(**changes))
+    assert message in str(err.value)
