@@ -17,6 +17,7 @@ P_START_RUNNING = 0.02  # per trial
 P_STOP_RUNNING = 0.04  # per trial: running about a third of the time, bouts of ~25 trials
 AROUSAL_TAU = 8.0  # trials, smoothing of the running state that drives pupil dilation
 SHIFT_STD = 0.05  # RF shift per axis caused by eye movements, height units (about 2 px at 36x64)
+PUPIL_PER_STATE = 2.5  # pupil dilation (a.u.) per unit of the latent arousal state of history.py (corr ~0.45)
 
 
 @dataclass
@@ -69,8 +70,12 @@ def _timestamps(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.array([(start + timedelta(seconds=float(s))).isoformat(sep=" ", timespec="microseconds") for s in onsets])
 
 
-def simulate_session(rng: np.random.Generator, n_trials: int) -> Behaviour:
-    """One session of ``n_trials`` trials in time order."""
+def simulate_session(rng: np.random.Generator, n_trials: int, state: np.ndarray | None = None) -> Behaviour:
+    """One session of ``n_trials`` trials in time order.
+
+    ``state`` (n_trials,): the latent arousal state of ``history.py`` (unit std), if it is on; the pupil
+    dilates with it (``PUPIL_PER_STATE``), so part of that state is observable. It changes no random draw.
+    """
     running = _running_state(rng, n_trials)
     speed = np.where(
         running,
@@ -79,6 +84,8 @@ def simulate_session(rng: np.random.Generator, n_trials: int) -> Behaviour:
     )
     arousal = _smooth(running.astype(float), AROUSAL_TAU)
     pupil = rng.uniform(18.0, 26.0) + 10.0 * arousal + _ar1(rng, n_trials, tau=40.0, std=2.5)
+    if state is not None:
+        pupil = pupil + PUPIL_PER_STATE * state
     pupil = np.clip(pupil + rng.normal(0.0, 0.4, n_trials), 5.0, None)
     dpupil = np.diff(pupil, prepend=pupil[0])
     eye_rest = np.array([rng.uniform(200.0, 300.0), rng.uniform(150.0, 250.0)])

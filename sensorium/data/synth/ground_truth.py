@@ -7,6 +7,8 @@
     ground_truth_live_test.csv    official format, column ``responses``, standardised units (tier test)
     ground_truth_final_test.csv   the same for tier final_test (competition scans only)
     oracle.json                   tier -> {single_trial_correlation, correlation_to_average}
+    history_gain.npy              (N, n) float32  history and state gain of every trial, file order  } history
+    history.json                  effect sizes (``history.history_report``)                         } effects on
 
 Standardised units are the loader's: raw / per-neuron std of ``meta/statistics/responses/all/std.npy``,
 with every std below 1% of the mean std replaced by that threshold (SENSORIUM.md §1).
@@ -16,13 +18,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from sensorium.atomic import write_text
 from sensorium.data.normalization import response_precision
 from sensorium.submission import GROUND_TRUTH_FILES, write_submission
-
 
 
 def write_ground_truth(
@@ -56,3 +58,9 @@ def write_ground_truth(
             )
     write_text(folder / "oracle.json", json.dumps(oracle, indent=2, sort_keys=True) + "\n")
     return folder
+
+
+def write_history(folder: Path, gains: np.ndarray, report: dict[str, Any]) -> None:
+    """Write ``history_gain.npy`` (gains (N, n), file order) and ``history.json`` (``report``) into ``folder``."""
+    np.save(folder / "history_gain.npy", gains.astype(np.float32))
+    write_text(folder / "history.json", json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -8,7 +8,9 @@ Per trial t and neuron n::
     response    = sum of Poisson(rate / event_size) events, each Gamma-distributed with mean event_size
 
 so responses are non-negative, often exactly zero (sparse), and their mean is exactly ``rate``. The work
-runs in chunks of neurons: memory is about (trials x pixels) + (trials x neurons) float32.
+runs in chunks of neurons: memory is about (trials x pixels) + (trials x neurons) float32. With history and
+state effects on, ``feedforward_rates`` gives this rate and ``history.py`` multiplies it by a gain and draws
+the noise trial by trial in session order.
 """
 
 from __future__ import annotations
@@ -65,6 +67,38 @@ def stimulus_drive(pixels: np.ndarray, pop: Population, height: int, width: int,
     return drive / (drive.mean(axis=0) + 1e-8)
 
 
+def _rate_inputs(
+    images: np.ndarray, behavior: np.ndarray, shifts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shifted pixels (N, H * W) float32 and the z-scored running speed and pupil dilation (N, 1) float64."""
+    pixels = shifted_images(images, shifts)
+    running_z = _zscore(behavior[:, 2].astype(np.float64))[:, None]
+    pupil_z = _zscore(behavior[:, 0].astype(np.float64))[:, None]
+    return pixels, running_z, pupil_z
+
+
+def _chunk_rate(
+    pixels: np.ndarray,
+    running_z: np.ndarray,
+    pupil_z: np.ndarray,
+    pop: Population,
+    shape: tuple[int, int],
+    signal_strength: float,
+    neurons: slice,
+) -> np.ndarray:
+    """(N, k) float64 expected rate of ``neurons`` from stimulus and behaviour (the module docstring's rate)."""
+    stim = stimulus_drive(pixels, pop, *shape, neurons)
+    gain = np.exp(pop.run_gain[neurons] * running_z + pop.pupil_gain[neurons] * pupil_z)
+    offset = pop.baseline[neurons] * (1.0 + pop.run_offset[neurons] * np.tanh(running_z))
+    return offset + signal_strength * pop.amplitude[neurons] * gain * stim
+
+
+def draw_noise(rng: np.random.Generator, rate: np.ndarray, event_size: np.ndarray) -> np.ndarray:
+    """Noisy responses of the rates ``rate`` (..., k): Poisson(rate / event_size) Gamma-sized events, mean ``rate``."""
+    events = rng.poisson(rate / event_size)
+    return rng.gamma(events * EVENT_SHAPE, event_size / EVENT_SHAPE)
+
+
 def simulate_responses(
     rng: np.random.Generator,
     pop: Population,
@@ -73,25 +107,31 @@ def simulate_responses(
     shifts: np.ndarray,
     signal_strength: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Expected rates and noisy responses, both (N, n) float32, for (N, H, W) images.
+    """Expected rates and noisy responses, both (N, n) float32, for (N, H, W) images, trials independent.
 
     ``behavior`` (N, 3): pupil dilation, derivative, running speed; ``shifts`` (N, 2) RF shift per trial in
     height units. The rng draws the noise, neuron chunk by neuron chunk, so results do not depend on
     anything but the inputs.
     """
     n_trials, height, width = images.shape
-    pixels = shifted_images(images, shifts)
-    running_z = _zscore(behavior[:, 2].astype(np.float64))[:, None]
-    pupil_z = _zscore(behavior[:, 0].astype(np.float64))[:, None]
+    pixels, running_z, pupil_z = _rate_inputs(images, behavior, shifts)
     expected = np.empty((n_trials, pop.n), dtype=np.float32)
     noisy = np.empty((n_trials, pop.n), dtype=np.float32)
     for neurons in _chunks(pop.n, NEURON_CHUNK):
-        stim = stimulus_drive(pixels, pop, height, width, neurons)
-        gain = np.exp(pop.run_gain[neurons] * running_z + pop.pupil_gain[neurons] * pupil_z)
-        offset = pop.baseline[neurons] * (1.0 + pop.run_offset[neurons] * np.tanh(running_z))
-        rate = offset + signal_strength * pop.amplitude[neurons] * gain * stim
-        size = pop.event_size[neurons]
-        events = rng.poisson(rate / size)
+        rate = _chunk_rate(pixels, running_z, pupil_z, pop, (height, width), signal_strength, neurons)
         expected[:, neurons] = rate
-        noisy[:, neurons] = rng.gamma(events * EVENT_SHAPE, size / EVENT_SHAPE)
+        noisy[:, neurons] = draw_noise(rng, rate, pop.event_size[neurons])
     return expected, noisy
+
+
+def feedforward_rates(
+    pop: Population, images: np.ndarray, behavior: np.ndarray, shifts: np.ndarray, signal_strength: float
+) -> np.ndarray:
+    """(N, n) float32: the expected rates of ``simulate_responses`` without drawing noise — the input of the
+    trial-by-trial simulation with history and state effects (``history.simulate_history``)."""
+    n_trials, height, width = images.shape
+    pixels, running_z, pupil_z = _rate_inputs(images, behavior, shifts)
+    rates = np.empty((n_trials, pop.n), dtype=np.float32)
+    for neurons in _chunks(pop.n, NEURON_CHUNK):
+        rates[:, neurons] = _chunk_rate(pixels, running_z, pupil_z, pop, (height, width), signal_strength, neurons)
+    return rates

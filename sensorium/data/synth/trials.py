@@ -2,8 +2,18 @@
 
 Image ids are drawn once per dataset from one pool, so the live-test ids (shared by all scans), the
 final-test ids (shared by the competition scans) and each scan's own train/validation ids never collide.
-Trials are presented in a random order (time), then stored under a second random order (file index), so
-the file index carries no time, as in the released data.
+Trials are presented in a random order (time, the session order), then stored under a second random
+order (file index), so the file index carries no time, as in the released data. The test tiers' repeats are
+shuffled in with the train and validation trials, so they are spread over the whole session.
+
+What the files keep of the session order, as in the released data:
+
+- ``frame_trial_ts``: the onset of every trial (``YYYY-MM-DD HH:MM:SS.ffffff``, fixed width), strictly
+  increasing in session order in every scan; sorting the strings sorts the trials in time.
+- ``trial_idx``: the session position (0..N-1) in pre-training scans; in competition scans an MD5 hex
+  string of it, which reveals nothing of the order (only ``frame_trial_ts`` does there).
+
+History effects (``history.py``) run in this session order.
 """
 
 from __future__ import annotations
@@ -81,5 +91,6 @@ def design_scan(rng: np.random.Generator, cfg: SynthConfig, ids: ImageIds, scan:
 
 
 def hashed_trial_idx(seed: int, key: str, time_index: np.ndarray) -> np.ndarray:
-    """(N,) 32-hex strings standing in for the presentation order, as in the competition scans."""
+    """(N,) 32-hex strings standing in for the presentation order, as in the competition scans: unique, but
+    their order says nothing of the time (``frame_trial_ts`` does)."""
     return np.array([hashlib.md5(f"{seed}/{key}/{int(t)}".encode()).hexdigest() for t in time_index])

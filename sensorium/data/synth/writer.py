@@ -4,12 +4,14 @@ Layout under ``out``::
 
     data/static<key>-GrayImageNet-<hash>/   one official scan folder per scan
     ground_truth/<key>/                    see ``ground_truth.py``
-    ground_truth/oracle.json               per-scan oracles, their mean per tier, and the SynthConfig
+    ground_truth/oracle.json               per-scan oracles, their mean per tier, and the SynthConfig (and,
+                                           with history effects on, their sizes averaged over the scans)
 
 Every random draw comes from a stream seeded by ``(cfg.seed, purpose, scan)`` (images by
 ``(cfg.seed, image_id)``), so the same config gives the same bytes. Memory per scan is about
 N x H x W x 5 bytes (images, float copy for the filters) + N x n x 12 bytes (rates, responses, stored copy):
-about 1.9 GB for a full-size scan (6000 trials, 8000 neurons, 144x256).
+about 1.9 GB for a full-size scan (6000 trials, 8000 neurons, 144x256); with history effects on, N x n x 8
+bytes more (the rates before the gain, the gains): about 2.3 GB.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -27,22 +30,25 @@ from tqdm import tqdm
 from sensorium.data.format import ScanArrays, scan_folder_name, statistics_of, write_scan
 from sensorium.data.synth.behaviour import rf_shifts, simulate_session
 from sensorium.data.synth.config import SynthConfig
-from sensorium.data.synth.ground_truth import write_ground_truth
+from sensorium.data.synth.ground_truth import write_ground_truth, write_history
+from sensorium.data.synth.history import history_report, sample_history, simulate_history, summarise_history
 from sensorium.data.synth.images import make_images
 from sensorium.data.synth.oracle import scan_oracle, summarise
 from sensorium.data.synth.population import sample_population
 from sensorium.atomic import write_text
-from sensorium.data.synth.responses import simulate_responses
+from sensorium.data.synth.responses import feedforward_rates, simulate_responses
 from sensorium.data.synth.trials import ImageIds, design_scan, draw_image_ids, hashed_trial_idx, scan_keys
 from sensorium.errors import UserError
 
 _SCAN_STREAM = 3
+_HISTORY_STREAM = 4  # its own stream: switching history effects on changes no other scan draw
 STEPS = ("images", "responses", "scan files", "ground truth")  # progress steps per scan
 
 
 @dataclass
 class SynthResult:
-    """Where ``generate`` wrote what. oracle: key -> tier -> {single_trial_correlation, correlation_to_average}."""
+    """Where ``generate`` wrote what. oracle: key -> tier -> {single_trial_correlation, correlation_to_average};
+    history: the history effects' sizes averaged over the scans (``history.summarise_history``), None when off."""
 
     data_dir: Path
     ground_truth_dir: Path
@@ -50,6 +56,7 @@ class SynthResult:
     keys: list[str]
     competition_keys: list[str]
     oracle: dict[str, dict[str, dict[str, float]]]
+    history: dict[str, Any] | None = None
 
 
 def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -93,12 +100,16 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
     shared_ids = np.concatenate([ids.test, ids.final_test]) if cfg.n_competition else ids.test
     shared = make_images(cfg.seed, shared_ids, cfg.image_height, cfg.image_width, cfg.noise_mix)
     bar = tqdm(total=cfg.n_scans * len(STEPS), disable=not progress, file=sys.stderr, unit="step")
-    paths, oracles = [], {}
+    paths, oracles, histories = [], {}, {}
     for scan, key in enumerate(keys):
-        path, oracles[key] = _generate_scan(cfg, scan, key, ids, shared, data_dir, truth_dir, bar)
+        path, oracles[key], report = _generate_scan(cfg, scan, key, ids, shared, data_dir, truth_dir, bar)
         paths.append(path)
+        if report is not None:
+            histories[key] = report
     bar.close()
     summary = {"scans": oracles, "mean": summarise(oracles), "config": dataclasses.asdict(cfg)}
+    if histories:
+        summary["history"] = summarise_history(histories)
     write_text(truth_dir / "oracle.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return SynthResult(
         data_dir=data_dir,
@@ -107,6 +118,7 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
         keys=keys,
         competition_keys=keys[: cfg.n_competition],
         oracle=oracles,
+        history=summary.get("history"),
     )
 
 
@@ -127,8 +139,9 @@ def _generate_scan(
     data_dir: Path,
     truth_dir: Path,
     bar: tqdm,
-) -> tuple[Path, dict[str, dict[str, float]]]:
-    """Simulate one scan, write its folder and ground truth; return the folder and the scan's oracle."""
+) -> tuple[Path, dict[str, dict[str, float]], dict[str, Any] | None]:
+    """Simulate one scan, write its folder and ground truth; return the folder, the scan's oracle and its
+    history report (None without history effects)."""
     competition = scan < cfg.n_competition
     streams = np.random.SeedSequence([cfg.seed, _SCAN_STREAM, scan]).spawn(6)
     design_rng, behaviour_rng, population_rng, shift_rng, noise_rng, ids_rng = map(np.random.default_rng, streams)
@@ -140,20 +153,30 @@ def _generate_scan(
     bar.update()
 
     bar.set_description(f"{key} responses")
-    session = simulate_session(behaviour_rng, len(images))
+    history = None
+    if cfg.has_history:
+        history = sample_history(np.random.default_rng([cfg.seed, _HISTORY_STREAM, scan]), cfg, n, len(images))
+    session = simulate_session(behaviour_rng, len(images), state=None if history is None else history.state)
     pop = sample_population(
         population_rng, n, cfg.image_width / cfg.image_height, cfg.complex_fraction, cfg.weak_fraction
     )
     shifts = rf_shifts(shift_rng, session.pupil_center)
-    expected, noisy = simulate_responses(
-        noise_rng, pop, images, session.behavior, shifts, cfg.signal_strength
-    )
+    gains = report = None
+    if history is None:  # trials independent: noise drawn neuron chunk by neuron chunk
+        expected, noisy = simulate_responses(noise_rng, pop, images, session.behavior, shifts, cfg.signal_strength)
+    else:  # each trial's gain depends on the earlier ones: simulated trial by trial in session order
+        feedforward = feedforward_rates(pop, images, session.behavior, shifts, cfg.signal_strength)
+        mean_rate = feedforward.mean(axis=0, dtype=np.float64)
+        expected, noisy, gains = simulate_history(noise_rng, feedforward, mean_rate, pop.event_size, history)
+        del feedforward
+        report = history_report(expected, noisy, gains, history, design.tiers, cfg)
     bar.update()
 
     bar.set_description(f"{key} scan files")
     order = design.order  # file i holds the trial presented at time order[i]
     tiers = design.tiers[order]
     images, expected, noisy = images[order], expected[order], noisy[order]
+    gains = None if gains is None else gains[order]
     stored = noisy.copy()
     if competition:
         stored[np.isin(tiers, ("test", "final_test"))] = 0.0  # withheld, as in the released data
@@ -196,5 +219,7 @@ def _generate_scan(
     write_ground_truth(
         truth_dir / key, noisy, expected, trials, neurons["unit_ids"], statistics["responses"]["std"], oracle
     )
+    if gains is not None and report is not None:
+        write_history(truth_dir / key, gains, report)
     bar.update()
-    return path, oracle
+    return path, oracle, report
