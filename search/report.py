@@ -126,7 +126,7 @@ def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], impor
     flagged = boundary_check(spec, best)
     lines += ["", "## Boundary check", ""]
     lines += [f"- {f}" for f in flagged] or [f"- no best value lies within {EDGE:.0%} of an end of its range."]
-    lines += ["", "## Parameter importances (fANOVA on the Optuna study)", ""]
+    lines += ["", "## Parameter importances (Optuna's default evaluator, PED-ANOVA, on the study)", ""]
     if importances:
         lines += ["| parameter | importance |", "|---|---|"]
         lines += [f"| `{k}` | {v:.3f} |" for k, v in importances.items()]
@@ -237,7 +237,7 @@ def _plots(records: list[TrialRecord], spec: SearchSpec, importances: dict[str, 
         fig, ax = plt.subplots(figsize=(6, 0.4 * len(importances) + 1.2))
         keys = list(importances)[::-1]
         ax.barh(keys, [importances[k] for k in keys])
-        ax.set(xlabel="importance (fANOVA)", title="parameter importances")
+        ax.set(xlabel="importance (PED-ANOVA)", title="parameter importances")
         names.append(_save(fig, out / "importances.png"))
     for p in _first_params(spec).values():
         fig, ax = plt.subplots(figsize=(5, 3.5))
