@@ -45,6 +45,9 @@ class DataConfig:
     image_height: int = 36  # model resolution in pixels (official images are 144 x 256)
     image_width: int = 64
     behavior_channels: bool = True  # append the 3 normalised behaviour values as constant image channels
+    # reference: x / std per channel (NeuroNormalizer); minmax: pupil min-max to [0, 1], its derivative x / std,
+    # running |x| / max |x| (the winning SENSORIUM+ entry's scaling); see sensorium.data.dataset
+    behavior_scaling: Literal["reference", "minmax"] = "reference"
     batch_size: int = 128  # training batch size, per scan
     eval_batch_size: int = 0  # evaluation chunk size; 0 = the fastest for the device (runtime.eval_batch_size)
 
@@ -54,7 +57,7 @@ class DataConfig:
 
 
 # ---------------------------------------------------------------------------------------------- model
-# Each component of the model (core, readout, shifter) is a family: a frozen dataclass with a ``kind`` tag
+# Each component of the model (core, readout, shifter, modulator) is a family: a frozen dataclass with a ``kind`` tag
 # and the fields that family reads. ModelConfig annotates a component with the union of its families; the
 # reader (sensorium.typed) builds the family that ``kind`` names. Adding a family = one dataclass here, added
 # to its union, and one builder registered in sensorium.models.builder (a test checks both lists agree).
@@ -204,10 +207,48 @@ class ShifterConfig:
 
 
 @dataclass(frozen=True)
+class NoModulatorConfig:
+    """No modulator: the baseline's rate as it is (the default)."""
+
+    kind: Literal["none"] = "none"
+
+    def unread(self) -> dict[str, str]:
+        return {}
+
+
+@dataclass(frozen=True)
+class HistoryModulatorConfig:
+    """A gain per neuron and trial from the session's past (sensorium.models.modulator): filters over the
+    neuron's own responses on the last ``history_length`` trials, a ``state_dim``-dimensional behavioural state
+    of the previous trial, and a smooth gain over the session (Gaussian bumps ``time_kernel_width`` apart, in
+    session units 0-1); 0 switches a term off. ``gamma``: L2 penalty on its weights."""
+
+    kind: Literal["history"] = "history"
+    history_length: int = 5
+    state_dim: int = 2
+    time_kernel_width: float = 0.1
+    gamma: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _positive(self, "model.modulator", "history_length")
+        _non_negative(self, "model.modulator", "state_dim", "time_kernel_width", "gamma")
+        if self.time_kernel_width > 1:
+            raise ConfigError(f"model.modulator.time_kernel_width={self.time_kernel_width}: expected a width in "
+                              "session units, 0 (off) to 1")
+
+    def unread(self) -> dict[str, str]:
+        return {}
+
+
+ModulatorConfig = NoModulatorConfig | HistoryModulatorConfig
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     core: CoreConfig = field(default_factory=Stacked2dCoreConfig)
     readout: ReadoutConfig = field(default_factory=GaussianReadoutConfig)
     shifter: ShifterConfig = field(default_factory=ShifterConfig)
+    modulator: ModulatorConfig = field(default_factory=NoModulatorConfig)  # off: the baseline stays the reference
     elu_offset: float = 0.0  # output nonlinearity: elu(x + offset) + 1
 
     def __post_init__(self) -> None:
@@ -216,7 +257,7 @@ class ModelConfig:
                               "set model.shifter.enabled: false with it")
 
 
-COMPONENTS = ("core", "readout", "shifter")  # the family-tagged parts of ModelConfig
+COMPONENTS = ("core", "readout", "shifter", "modulator")  # the family-tagged parts of ModelConfig
 
 
 # ------------------------------------------------------------------------------------------- training

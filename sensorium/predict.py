@@ -64,7 +64,8 @@ def predict(
     values, rows = [], []
     with torch.no_grad():
         chunk = eval_batch_size(batch_size, device)
-        for batch in data.batches(tiers, chunk, rng=None, device=device, responses=False):
+        for batch in data.batches(tiers, chunk, rng=None, device=device, responses=False,
+                                  history=model.history_length):
             out = model(batch, data.key)  # (B, n)
             values.append(out.float().cpu().numpy())
             rows.append(batch.rows)

@@ -35,7 +35,7 @@ from sensorium.data.reader import ScanReader
 from sensorium.data.scan import MANIFEST, STAT_NAMES, Scan, stat_file
 from sensorium.errors import DataError
 
-CACHE_VERSION = 1  # bump when the cache layout or the preprocessing changes
+CACHE_VERSION = 2  # bump when the cache layout or the preprocessing changes (2: trial onsets, trial_ts)
 
 
 def load_scan(path: Path, cfg: DataConfig, progress: bool = True) -> Scan:
@@ -147,6 +147,7 @@ def build_cache(source: Path, out: Path, size: tuple[int, int], progress: bool =
             "tiers": tiers,
             "trial_idx": meta.trials["trial_idx"],
             "image_ids": meta.trials["frame_image_id"],
+            "trial_ts": meta.trials["frame_trial_ts"],
             "unit_ids": meta.neurons["unit_ids"],
             "cell_motor_coordinates": meta.neurons["cell_motor_coordinates"].astype(np.float32),
         }

@@ -6,7 +6,9 @@ using ``meta/statistics/<group>/all/{mean,std}``:
 - images: ``(x - mean) / std`` with scalar mean and std;
 - responses: ``x / std`` per neuron, no centring; a neuron whose std is not above 1% of the mean std
   (``threshold = 0.01 * std.mean()``) is divided by that threshold instead;
-- behavior: ``x / std`` per channel, no centring, no threshold;
+- behavior: ``x / std`` per channel, no centring, no threshold (``data.behavior_scaling: reference``); or, with
+  ``minmax`` (the winning SENSORIUM+ entry's scaling), pupil dilation min-max scaled to [0, 1], its derivative
+  ``x / std``, running ``|x| / max |x|`` (min and max over the scan's trials);
 - pupil_center: ``(x - mean) / std`` per coordinate.
 
 One deliberate difference: where a behaviour or pupil-centre std is exactly 0 (the SENSORIUM scan has
@@ -15,6 +17,13 @@ With ``behavior_channels`` the model input is the image plus the three normalise
 three constant channels (``AddBehaviorAsChannels``); batches carry the image (B, 1, H, W) and the behaviour
 (B, 3) apart, and the model's core appends the channels without building them (``sensorium.models.Core``).
 The pupil centre is kept separately for the shifter.
+
+History (:class:`History`, for the model's history modulator, only when asked for with ``history=H``): per
+trial, what came *before it in the session* (``frame_trial_ts`` order) and nothing else: the normalised
+responses of the H previous trials — masked (zero, mask 0) where that trial is in a test tier, whose responses
+the competition files withhold (in every scan alike, so training sees what inference sees) or before the
+session's start —, the previous trial's normalised behaviour and pupil centre (the files hold these for every
+trial), and the trial's own onset as a fraction of the session. A trial's own responses never enter.
 """
 
 from __future__ import annotations
@@ -35,6 +44,20 @@ from sensorium.data.scan import Scan
 from sensorium.errors import DataError, UserError
 
 
+VISIBLE_TIERS = ("train", "validation")  # tiers whose responses the competition files hold
+
+
+@dataclass
+class History:
+    """What a batch's trials may know of their past (see the module docstring); B trials, H previous ones."""
+
+    responses: torch.Tensor  # (B, H, n) normalised responses of the H previous trials (j=0: the last one)
+    mask: torch.Tensor  # (B, H) 1 where that previous trial exists and its responses are public, else 0
+    behavior: torch.Tensor  # (B, 5) the previous trial's normalised behaviour (3) and pupil centre (2)
+    behavior_mask: torch.Tensor  # (B,) 0 for the session's first trial
+    time: torch.Tensor  # (B,) onset in the session, 0 (first trial) to 1 (last)
+
+
 @dataclass
 class Batch:
     """One batch of one scan, normalised, as torch tensors on the device the batch was asked for (the model's
@@ -46,6 +69,7 @@ class Batch:
     pupil_center: torch.Tensor  # (B, 2) float32, z-scored
     rows: np.ndarray  # (B,) row indices into the scan, ascending
     trial_ids: np.ndarray  # (B,) trial_idx values of those rows
+    history: History | None = None  # only when asked for (``history=H``)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -66,7 +90,9 @@ class _DeviceArrays:
     image_mean: float
     image_std: float
     response_precision: torch.Tensor  # (n,)
+    behavior_offset: torch.Tensor  # (3,): behaviour = (transformed raw - offset) * precision
     behavior_precision: torch.Tensor  # (3,)
+    behavior_abs: torch.Tensor  # (3,) bool: channels taken as |x| first (running, with minmax scaling)
     pupil_mean: torch.Tensor  # (2,)
     pupil_precision: torch.Tensor  # (2,)
 
@@ -102,7 +128,7 @@ class ScanData:
     ...     batch.images.shape, batch.behavior.shape                      # (128, 1, 36, 64), (128, 3)
     """
 
-    def __init__(self, scan: Scan, behavior_channels: bool) -> None:
+    def __init__(self, scan: Scan, behavior_channels: bool, behavior_scaling: str = "reference") -> None:
         self.scan = scan
         self.key = scan.key
         self.behavior_channels = behavior_channels
@@ -115,6 +141,14 @@ class ScanData:
         self.image_ids = scan.image_ids
         self.tiers = scan.tiers
         self._response_precision = response_precision(scan.stats["responses"]["std"])  # (n,)
+        self._behavior = behavior_transform(scan, behavior_scaling)  # (offset, precision, abs)
+        order = np.argsort(scan.trial_ts, kind="stable")  # rows in session order
+        self._position = np.empty(len(order), dtype=np.int64)
+        self._position[order] = np.arange(len(order))  # row -> its place in the session
+        self._session = order
+        span = float(scan.trial_ts.max() - scan.trial_ts.min())
+        self._time = ((scan.trial_ts - scan.trial_ts.min()) / (span if span > 0 else 1.0)).astype(np.float32)
+        self._visible = np.isin(scan.tiers, VISIBLE_TIERS)
         self._on: dict[torch.device, _DeviceArrays] = {}
 
     def on(self, device: torch.device) -> _DeviceArrays:
@@ -134,7 +168,9 @@ class ScanData:
                 image_mean=float(np.float32(stats["images"]["mean"])),
                 image_std=float(np.float32(stats["images"]["std"])),
                 response_precision=const(self._response_precision),
-                behavior_precision=const(_safe_inverse(stats["behavior"]["std"])),
+                behavior_offset=const(self._behavior[0]),
+                behavior_precision=const(self._behavior[1]),
+                behavior_abs=torch.from_numpy(self._behavior[2]).to(device),
                 pupil_mean=const(stats["pupil_center"]["mean"]),
                 pupil_precision=const(_safe_inverse(stats["pupil_center"]["std"])),
             )
@@ -159,13 +195,15 @@ class ScanData:
         rng: np.random.Generator | None = None,
         device: torch.device = torch.device("cpu"),
         responses: bool = True,
+        history: int = 0,
     ) -> Iterator[Batch]:
         """Batches of the trials in ``tiers``, the last one possibly smaller.
 
         ``rng`` given: the trials are permuted by ``rng`` (same generator state, same batches); rows
         inside a batch are sorted (faster reads from the memory maps). ``rng`` None: fixed ascending row
         order, for evaluation. The row order of the whole pass goes to ``device`` once; each batch then
-        slices it there. ``responses=False`` leaves ``Batch.responses`` None (prediction needs none).
+        slices it there. ``responses=False`` leaves ``Batch.responses`` None (prediction needs none);
+        ``history=H`` > 0 adds each trial's :class:`History` of its H previous trials.
         """
         if batch_size <= 0:
             raise UserError(f"batch_size={batch_size}: expected a value > 0")
@@ -177,26 +215,60 @@ class ScanData:
         index = torch.from_numpy(rows).to(device)
         for start in range(0, len(rows), batch_size):
             stop = start + batch_size
-            yield self._gather(rows[start:stop], index[start:stop], device, responses)
+            yield self._gather(rows[start:stop], index[start:stop], device, responses, history)
 
-    def batch(self, rows: np.ndarray, device: torch.device = torch.device("cpu"), responses: bool = True) -> Batch:
+    def batch(self, rows: np.ndarray, device: torch.device = torch.device("cpu"), responses: bool = True,
+              history: int = 0) -> Batch:
         """The normalised batch of the given rows (ascending row indices read fastest)."""
         rows = np.asarray(rows)
-        return self._gather(rows, torch.from_numpy(rows).to(device), device, responses)
+        return self._gather(rows, torch.from_numpy(rows).to(device), device, responses, history)
+
+    def previous_rows(self, rows: np.ndarray, history: int) -> np.ndarray:
+        """(len(rows), H) rows of the H trials before each row's trial in the session (column j: j + 1 trials
+        before), -1 before the session's start."""
+        positions = self._position[np.asarray(rows)][:, None] - np.arange(1, history + 1)  # (B, H)
+        return np.where(positions >= 0, self._session[np.maximum(positions, 0)], -1)
 
     def normalised_responses(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), n) float32 responses of the given rows in model units, computed on the host."""
         return np.asarray(self.scan.responses[rows] * self._response_precision, dtype=np.float32)
 
-    def _gather(self, rows: np.ndarray, index: torch.Tensor, device: torch.device, responses: bool) -> Batch:
+    def _gather(
+        self, rows: np.ndarray, index: torch.Tensor, device: torch.device, responses: bool, history: int = 0
+    ) -> Batch:
         a = self.on(device)
         return Batch(
             images=(a.images.index_select(0, index) - a.image_mean) / a.image_std,  # (B, 1, H, W)
             responses=a.responses.index_select(0, index) * a.response_precision if responses else None,
-            behavior=a.behavior.index_select(0, index) * a.behavior_precision,  # (B, 3)
+            behavior=self._scaled_behavior(a, index),  # (B, 3)
             pupil_center=(a.pupil_center.index_select(0, index) - a.pupil_mean) * a.pupil_precision,
             rows=rows,
             trial_ids=self.trial_ids[rows],
+            history=self._history(a, rows, history, device) if history > 0 else None,
+        )
+
+    def _scaled_behavior(self, a: _DeviceArrays, index: torch.Tensor) -> torch.Tensor:
+        raw = a.behavior.index_select(0, index)
+        raw = torch.where(a.behavior_abs, raw.abs(), raw)
+        return (raw - a.behavior_offset) * a.behavior_precision
+
+    def _history(self, a: _DeviceArrays, rows: np.ndarray, history: int, device: torch.device) -> History:
+        previous = self.previous_rows(rows, history)  # (B, H), -1 before the start
+        exists = previous >= 0
+        mask = exists & self._visible[np.maximum(previous, 0)]  # withheld (test-tier) responses never enter
+        index = torch.from_numpy(np.maximum(previous, 0).ravel()).to(device)
+        past = a.responses.index_select(0, index).view(*previous.shape, -1) * a.response_precision  # (B, H, n)
+        mask_t = torch.from_numpy(mask.astype(np.float32)).to(device)
+        last = index.view(previous.shape)[:, 0]
+        behavior = torch.cat([self._scaled_behavior(a, last),
+                              (a.pupil_center.index_select(0, last) - a.pupil_mean) * a.pupil_precision], dim=1)
+        first = torch.from_numpy(exists[:, 0].astype(np.float32)).to(device)  # (B,)
+        return History(
+            responses=past * mask_t[:, :, None],
+            mask=mask_t,
+            behavior=behavior * first[:, None],
+            behavior_mask=first,
+            time=torch.from_numpy(self._time[rows]).to(device),
         )
 
 
@@ -211,4 +283,22 @@ def load_data(cfg: DataConfig, progress: bool = True) -> dict[str, ScanData]:
             other = scans[scan.key].source
             raise DataError(f"{path}: data key {scan.key} also belongs to {other}; expected unique scans")
         scans[scan.key] = scan
-    return {key: ScanData(scans[key], cfg.behavior_channels) for key in sorted(scans)}
+    return {key: ScanData(scans[key], cfg.behavior_channels, cfg.behavior_scaling) for key in sorted(scans)}
+
+
+def behavior_transform(scan: Scan, scaling: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offset, precision, abs) of the behaviour channels (pupil dilation, its derivative, running), each (3,):
+    ``scaled = (|x| if abs else x - offset) * precision``. ``reference``: ``x / std`` (NeuroNormalizer);
+    ``minmax``: pupil ``(x - min) / (max - min)``, derivative ``x / std``, running ``|x| / max |x|``, with min
+    and max over the scan's trials."""
+    std = _safe_inverse(scan.stats["behavior"]["std"])
+    if scaling == "reference":
+        return np.zeros(3, np.float32), std, np.zeros(3, bool)
+    if scaling != "minmax":
+        raise UserError(f"data.behavior_scaling={scaling!r}: expected reference or minmax")
+    low, high = np.min(scan.behavior, axis=0), np.max(scan.behavior, axis=0)
+    top = np.abs(scan.behavior[:, 2]).max()
+    offset = np.array([low[0], 0.0, 0.0], np.float32)
+    precision = np.array([_safe_inverse(np.array([high[0] - low[0]]))[0], std[1],
+                          _safe_inverse(np.array([top]))[0]], np.float32)
+    return offset, precision, np.array([False, False, True])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import numpy as np
 
 from sensorium.data.format import DATA_GROUPS, KEY_META, NEURON_META, TIERS, TRIAL_META
 from sensorium.errors import DataError
+
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?")
 
 _STAT_NAMES = ("mean", "std")  # the only statistics the reference normaliser reads
 _ANCHOR = "meta/trials/tiers.npy"  # locates the scan folder inside a zip
@@ -238,6 +241,7 @@ class ScanReader:
         trials["tiers"] = trials["tiers"].astype(str)
         trials["frame_image_id"] = self._integers("meta/trials/frame_image_id.npy", trials["frame_image_id"])
         trials["trial_idx"] = self._ids("meta/trials/trial_idx.npy", trials["trial_idx"])
+        trials["frame_trial_ts"] = self._seconds("meta/trials/frame_trial_ts.npy", trials["frame_trial_ts"])
 
         neurons = {name: self.load(f"meta/neurons/{name}.npy") for name in NEURON_META}
         n_neurons = self._length("meta/neurons/unit_ids.npy", neurons["unit_ids"])
@@ -318,6 +322,27 @@ class ScanReader:
         if array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
             return array.astype(np.int64)
         raise DataError(f"{self.source.where(rel)}: dtype {array.dtype}, expected integers")
+
+    def _seconds(self, rel: str, array: np.ndarray) -> np.ndarray:
+        """Trial onsets as float64 seconds after the session's first: from timestamp strings (the official
+        ``Timestamp('2019-08-15 13:57:35.012000')`` or a bare ``2019-08-15 13:57:35.012000``), datetime64, or
+        numbers (taken as seconds)."""
+        if array.dtype.kind in "iuf":
+            self._check_numeric(rel, array)
+            seconds = array.astype(np.float64)
+        elif array.dtype.kind == "M":
+            seconds = (array - array.min()).astype("timedelta64[us]").astype(np.float64) / 1e6
+        elif array.dtype.kind in "USO":
+            found = [_TIMESTAMP.search(str(v)) for v in array]
+            bad = next((str(v) for v, m in zip(array, found) if m is None), None)
+            if bad is not None:
+                raise DataError(f"{self.source.where(rel)}: {bad!r} is not a timestamp (expected e.g. "
+                                "'2019-08-15 13:57:35.012000')")
+            stamps = np.array([m.group(0).replace(" ", "T") for m in found], dtype="datetime64[us]")
+            seconds = (stamps - stamps.min()).astype(np.float64) / 1e6
+        else:
+            raise DataError(f"{self.source.where(rel)}: dtype {array.dtype}, expected timestamps")
+        return seconds - seconds.min()
 
     def _ids(self, rel: str, array: np.ndarray) -> np.ndarray:
         if array.dtype.kind not in "iuUS":

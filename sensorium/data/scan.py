@@ -18,7 +18,7 @@ from sensorium.data.format import DATA_GROUPS
 from sensorium.errors import DataError
 
 MANIFEST = "manifest.json"
-TRIAL_ARRAYS = ("tiers", "trial_idx", "image_ids")  # (N,) each
+TRIAL_ARRAYS = ("tiers", "trial_idx", "image_ids", "trial_ts")  # (N,) each
 NEURON_ARRAYS = ("unit_ids", "cell_motor_coordinates")  # (n,), (n, 3)
 STAT_NAMES = ("mean", "std")
 
@@ -45,6 +45,7 @@ class Scan:
     tiers: np.ndarray  # (N,) str 'train' | 'validation' | 'test' | 'final_test'
     trial_idx: np.ndarray  # (N,) int64, or str (32-hex hashes in the competition scans)
     image_ids: np.ndarray  # (N,) int64 frame_image_id; a repeated id is a repeated presentation
+    trial_ts: np.ndarray  # (N,) float64 onset in seconds after the session's first trial (frame_trial_ts)
     unit_ids: np.ndarray  # (n,) int64
     cell_motor_coordinates: np.ndarray  # (n, 3) float32, cortical x, y, z in microns
     stats: dict[str, dict[str, np.ndarray]]  # group -> {'mean', 'std'} from meta/statistics/<group>/all

@@ -26,11 +26,12 @@ import sensorium.compat  # noqa: F401  (must precede neuralpredictors)
 from neuralpredictors.layers.shifters import MLPShifter
 
 from sensorium.config import (
-    CoreConfig, FactorizedReadoutConfig, GaussianReadoutConfig, ModelConfig, SE2dCoreConfig, ShifterConfig,
-    Stacked2dCoreConfig,
+    CoreConfig, FactorizedReadoutConfig, GaussianReadoutConfig, HistoryModulatorConfig, ModelConfig,
+    NoModulatorConfig, SE2dCoreConfig, ShifterConfig, Stacked2dCoreConfig,
 )
 from sensorium.errors import ConfigError
 from sensorium.models.model import Core, Inputs, SECore, SensoriumModel  # noqa: F401 (Inputs: doctest)
+from sensorium.models.modulator import HistoryModulator
 from sensorium.models.readout import Factorized2d, KSampleGaussian2d
 
 if TYPE_CHECKING:
@@ -116,12 +117,26 @@ def _mlp_shifter(cfg: ShifterConfig, data_keys: list[str]) -> MLPShifter:
     )
 
 
+def _no_modulator(cfg: NoModulatorConfig, meta: Mapping[str, ScanMeta]) -> None:
+    return None
+
+
+def _history_modulator(cfg: HistoryModulatorConfig, meta: Mapping[str, ScanMeta]) -> nn.ModuleDict:
+    return nn.ModuleDict({
+        key: HistoryModulator(scan.n_neurons, history_length=cfg.history_length, state_dim=cfg.state_dim,
+                              time_kernel_width=cfg.time_kernel_width, gamma=cfg.gamma)
+        for key, scan in meta.items()
+    })
+
+
 # kind -> builder, one registry per component. A core builder takes (config, input channels) and returns a
 # sensorium.models.model.Core-protocol module; a readout builder (config, core output (C, H, W), ScanMeta)
 # one scan's readout; a shifter builder (config, data keys) a ModuleDict data key -> MLP.
 CORES: dict[str, Callable[..., nn.Module]] = {"stacked2d": _stacked2d, "se2d": _se2d}
 READOUTS: dict[str, Callable[..., nn.Module]] = {"gaussian": _gaussian, "factorized": _factorized}
 SHIFTERS: dict[str, Callable[..., nn.ModuleDict]] = {"mlp": _mlp_shifter}
+# a modulator builder (config, scan metadata) -> a ModuleDict data key -> gain module, or None
+MODULATORS: dict[str, Callable[..., nn.ModuleDict | None]] = {"none": _no_modulator, "history": _history_modulator}
 
 
 def build_core(cfg: CoreConfig, input_channels: int) -> nn.Module:
@@ -161,4 +176,5 @@ def build_model(
     build_readout = READOUTS[cfg.readout.kind]
     readouts = nn.ModuleDict({key: build_readout(cfg.readout, feature_shape, scan) for key, scan in meta.items()})
     shifter = SHIFTERS[cfg.shifter.kind](cfg.shifter, list(meta)) if cfg.shifter.enabled else None
-    return SensoriumModel(core, readouts, shifter, elu_offset=cfg.elu_offset)
+    modulator = MODULATORS[cfg.modulator.kind](cfg.modulator, meta)  # after the rest: the baseline's draws first
+    return SensoriumModel(core, readouts, shifter, elu_offset=cfg.elu_offset, modulator=modulator)

@@ -26,7 +26,8 @@ class BatchInputs(Protocol):
     images: torch.Tensor  # (B, C_img, H, W) normalised
     behavior: torch.Tensor | None  # (B, k): appended as constant channels when the core expects C_img + k
     pupil_center: torch.Tensor | None  # (B, 2) z-scored; needed with a shifter
-    trial_ids: Any  # (B,) trial_idx of each row (ordering in the session; no model part uses it yet)
+    trial_ids: Any  # (B,) trial_idx of each row
+    history: Any  # sensorium.data.History of the trials' past, or None (needed by a history modulator)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Inputs:
     pupil_center: torch.Tensor | None = None
     behavior: torch.Tensor | None = None
     trial_ids: np.ndarray | None = None
+    history: Any = None
 
 
 class CoreModule(Protocol):
@@ -164,15 +166,22 @@ class SensoriumModel(nn.Module):
     """
 
     def __init__(
-        self, core: CoreModule, readout: nn.ModuleDict, shifter: nn.ModuleDict | None, elu_offset: float = 0.0
+        self, core: CoreModule, readout: nn.ModuleDict, shifter: nn.ModuleDict | None, elu_offset: float = 0.0,
+        modulator: nn.ModuleDict | None = None,
     ) -> None:
         super().__init__()
         self.core = core
         self.readout = readout
         self.shifter = shifter
+        self.modulator = modulator
         self.elu_offset = elu_offset
         self.channels_last = False
         self.autocast: torch.dtype | None = None  # e.g. torch.bfloat16: forward under torch.autocast
+
+    @property
+    def history_length(self) -> int:
+        """How many previous trials the batches must carry (``ScanData.batches(history=...)``); 0: none."""
+        return 0 if self.modulator is None else max(m.history_length for m in self.modulator.values())
 
     @property
     def data_keys(self) -> list[str]:
@@ -214,13 +223,22 @@ class SensoriumModel(nn.Module):
                 raise ValueError(f"scan {data_key}: this model has a shifter and needs pupil_center (B, 2)")
             shift = self.shifter[data_key](batch.pupil_center)  # (B, 2), in readout grid units
         x = self.readout[data_key](x, shift=shift)  # (B, n)
-        return F.elu(x + self.elu_offset) + 1
+        rate = F.elu(x + self.elu_offset) + 1
+        if self.modulator is not None:
+            if batch.history is None:
+                raise ValueError(f"scan {data_key}: this model has a history modulator and needs batch.history "
+                                 f"(batches made with history={self.history_length})")
+            rate = rate * self.modulator[data_key](batch.history)  # a positive gain per neuron and trial
+        return rate
 
     def regularizer(self, data_key: str) -> torch.Tensor:
-        """Scalar penalty for one batch of ``data_key``: core (Laplace, group sparsity) + readout L1 + shifter."""
+        """Scalar penalty for one batch of ``data_key``: core (Laplace, group sparsity) + readout L1 + shifter
+        + modulator (L2)."""
         reg = self.core.regularizer() + self.readout[data_key].regularizer(reduction="sum")
         if self.shifter is not None:
             reg = reg + self.shifter.regularizer(data_key)
+        if self.modulator is not None:
+            reg = reg + self.modulator[data_key].regularizer()
         return reg
 
     def set_generator(self, generator: torch.Generator | None) -> None:

@@ -204,9 +204,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def cycle_batches(
-    data: Mapping[str, ScanData], cfg: ExperimentConfig, rng: np.random.Generator, device: torch.device
+    data: Mapping[str, ScanData], cfg: ExperimentConfig, rng: np.random.Generator, device: torch.device,
+    history: int = 0,
 ) -> tuple[int, Iterator[tuple[str, Batch]]]:
-    """(number of batches, iterator of (data_key, batch)) of one epoch, scans in turn (LongCycler).
+    """(number of batches, iterator of (data_key, batch)) of one epoch, scans in turn (LongCycler); batches
+    carry each trial's ``history`` previous trials when > 0 (a model with a history modulator).
 
     Each scan yields ``max_batches`` batches, ``max_batches`` being the largest scan's batch count (capped
     by train.max_batches_per_epoch when > 0); a scan that runs out starts over with a fresh shuffle.
@@ -218,12 +220,12 @@ def cycle_batches(
         per_scan = min(per_scan, cfg.train.max_batches_per_epoch)
 
     def batches() -> Iterator[tuple[str, Batch]]:
-        streams = {key: scan.batches(tiers, size, rng, device) for key, scan in data.items()}
+        streams = {key: scan.batches(tiers, size, rng, device, history=history) for key, scan in data.items()}
         for _ in range(per_scan):
             for key, scan in data.items():
                 batch = next(streams[key], None)
                 if batch is None:
-                    streams[key] = scan.batches(tiers, size, rng, device)
+                    streams[key] = scan.batches(tiers, size, rng, device, history=history)
                     batch = next(streams[key])
                 yield key, batch
 
@@ -259,7 +261,7 @@ def _train_epoch(
     a non-finite one then raises FloatingPointError naming the first such batch.
     """
     model.train()
-    total, steps = cycle_batches(data, cfg, rng, device)
+    total, steps = cycle_batches(data, cfg, rng, device, history=model.history_length)
     n_scans = len(data)
     losses: list[torch.Tensor] = []
     keys: list[str] = []

@@ -1,0 +1,78 @@
+"""The history and state modulator: a positive gain per neuron and trial from the session's recent past.
+
+What the winning SENSORIUM+ entry added to the baseline, as one model part that multiplies the baseline's
+predicted rate (``rate * gain``). Its inputs (:class:`sensorium.data.History`, built by the data layer from
+trials *earlier in the session* only) are:
+
+- ``responses`` (B, H, n): the neuron's own normalised responses on the H previous trials of the session,
+  zero where ``mask`` (B, H) is 0: before the session's first trial, and on test-tier trials, whose
+  responses the competition files withhold (masked in every scan, so training sees what inference sees);
+- ``behavior`` (B, 5) and ``behavior_mask`` (B,): the previous trial's normalised behaviour (pupil dilation,
+  its derivative, running) and pupil centre; the files hold them for every trial, test trials included;
+- ``time`` (B,): the trial's onset in the session (``frame_trial_ts``), 0 at the first trial, 1 at the last.
+
+Per scan and neuron n::
+
+    log gain = sum_j w_hist[n, j] * responses[:, j, n]           (per-neuron filters over the last H trials)
+             + load[n] . tanh(W_state @ behavior_prev)           (a state_dim-dimensional behavioural state)
+             + sum_k w_time[n, k] * exp(-(time - c_k)^2 / (2 width^2))   (a smooth gain over the session)
+
+Every weight starts at 0, so an untrained modulator is the identity (gain 1) and the model starts as the
+baseline. Its penalty is ``gamma`` times the squared weights (summed).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+N_BEHAVIOR = 5  # the previous trial's behaviour (3) and pupil centre (2)
+
+
+class HistoryModulator(nn.Module):
+    """The gain of one scan's ``n_neurons`` neurons; see the module docstring.
+
+    Args:
+        n_neurons: n.
+        history_length: H, previous trials whose responses each neuron's filter reads.
+        state_dim: dimension of the behavioural state of the previous trial (0: no state term).
+        time_kernel_width: width of the Gaussian bumps over the session's time (in session units, 0-1);
+            the bumps' centres are spaced one width apart from 0 to 1 (0: no time term).
+        gamma: weight of the L2 penalty on all weights.
+    """
+
+    generator: torch.Generator | None = None  # nothing is drawn
+
+    def __init__(self, n_neurons: int, *, history_length: int, state_dim: int, time_kernel_width: float,
+                 gamma: float) -> None:
+        super().__init__()
+        self.history_length = history_length
+        self.gamma = gamma
+        self.history = nn.Parameter(torch.zeros(n_neurons, history_length))  # (n, H)
+        self.state = nn.Linear(N_BEHAVIOR, state_dim, bias=False) if state_dim else None
+        if self.state is not None:
+            nn.init.normal_(self.state.weight, 0.0, 1.0 / math.sqrt(N_BEHAVIOR))  # a random projection to start
+        self.loadings = nn.Parameter(torch.zeros(n_neurons, state_dim))  # (n, state_dim)
+        n_bumps = int(math.floor(1.0 / time_kernel_width)) + 1 if time_kernel_width > 0 else 0
+        self.register_buffer("centres", torch.linspace(0.0, 1.0, n_bumps) if n_bumps > 1 else torch.zeros(n_bumps))
+        self.width = time_kernel_width
+        self.time = nn.Parameter(torch.zeros(n_neurons, n_bumps))  # (n, K)
+
+    def forward(self, history: Any) -> torch.Tensor:
+        """``history`` (:class:`sensorium.data.History` of B trials) -> gain (B, n) > 0."""
+        responses = history.responses[:, : self.history_length]  # (B, H, n), zero where masked
+        log_gain = torch.einsum("bhn,nh->bn", responses, self.history)
+        if self.state is not None:
+            state = torch.tanh(self.state(history.behavior)) * history.behavior_mask[:, None]  # (B, state_dim)
+            log_gain = log_gain + state @ self.loadings.T
+        if self.time.shape[1]:
+            bumps = torch.exp(-((history.time[:, None] - self.centres) ** 2) / (2 * self.width**2))  # (B, K)
+            log_gain = log_gain + bumps @ self.time.T
+        return torch.exp(log_gain)
+
+    def regularizer(self) -> torch.Tensor:
+        """gamma * the summed squared weights (filters, state loadings, time weights)."""
+        return self.gamma * (self.history.square().sum() + self.loadings.square().sum() + self.time.square().sum())
