@@ -4,13 +4,13 @@ epochs and seeds for both, scored on the competition scan's test tiers next to t
 
 For each data set (``synth`` of ``SynthConfig.demo(history=...)``) and model (configs/sensorium_plus.yaml, and
 the same with ``model.modulator.kind: history``), ``retrain`` trains ``--seeds`` seeds (42, 43, ...; two at a
-time on 1 CPU each) for ``--epochs`` epochs (early stopping may end one earlier; the best epoch is kept) and
+time on ``--cpus-per-seed`` CPUs each) for ``--epochs`` epochs (early stopping may end one earlier; the best epoch is kept) and
 scores each seed and their ensemble against the ground truth.
 
 Writes results/bench_history.md: test single-trial correlation and correlation to average per seed, mean ± sd,
 the gain of the modulator (mean over seeds, and its sd across seed pairs), the oracle, and training seconds.
 
-    .venv/bin/python bench/bench_history.py [--seeds 3] [--epochs 12]   # about 40 min on 2 CPUs
+    .venv/bin/python bench/bench_history.py [--seeds 3] [--epochs 6]   # about 45 min on 2 CPUs
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def rows(data_name: str, model: str, summary: dict) -> tuple[list[str], list[flo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="models per data set and model (default 3)")
-    parser.add_argument("--epochs", type=int, default=12, help="epoch cap of every model (default 12)")
+    parser.add_argument("--epochs", type=int, default=6, help="epoch cap of every model (default 6)")
+    parser.add_argument("--cpus-per-seed", type=float, default=0.67,
+                        help="Ray CPUs per seed task (default 0.67: three seeds at once on 2 CPUs, 1 thread each)")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     header = " | ".join(f"{tier} {s.split('_')[0]}" for tier in TIERS for s in SCORES)
@@ -81,7 +83,8 @@ def main() -> int:
         "trials; the competition scan's test tiers scored), with its history and state effects (adaptation 0.5, "
         "drift 0.4, arousal 0.4) and without them. Models: configs/sensorium_plus.yaml and the same with "
         f"`model.modulator.kind: history` (5 trials, 2-dimensional state, time bumps 0.1 apart), at most "
-        f"{args.epochs} epochs each (best epoch kept), seeds 42, 43, ..., two at a time on 1 CPU each.",
+        f"{args.epochs} epochs each (best epoch kept), seeds 42, 43, ... as Ray tasks of {args.cpus_per_seed:g} CPU "
+        "(1 thread) each.",
         "",
         f"| data | model | seed | {header} |",
         "|---|---|---|" + "---:|" * (len(TIERS) * len(SCORES)),
@@ -97,7 +100,8 @@ def main() -> int:
                 print(f"== {data_name}: {model}", file=sys.stderr, flush=True)
                 summary = retrain(config(model, changes, data_dir, args.epochs),
                                   out=work / model.replace(" ", "_").replace("+", "and"), seeds=args.seeds,
-                                  force=True, ground_truth=work / "synth" / "ground_truth", cpus_per_seed=1)
+                                  force=True, ground_truth=work / "synth" / "ground_truth",
+                                  cpus_per_seed=args.cpus_per_seed)
                 table, live[model] = rows(data_name, model, summary)
                 lines += table
                 oracles[data_name] = next(iter(summary["oracle"].values()))

@@ -72,8 +72,7 @@ def train_trial(
 
     # Every result carries the metrics the searcher and scheduler read (Tune checks), a failure before the
     # first epoch too: the scores, and the cost fields a cost-aware study's searcher reads.
-    last: dict[str, float] = {"epoch": 0, "val_corr": math.nan, "best_val_corr": math.nan,
-                              "train_seconds": math.nan, "n_parameters": math.nan}
+    last: dict[str, float] = {**{k: math.nan for k in CURVE_FIELDS}, "epoch": 0}
 
     def report(epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         out = {k: float(metrics[k]) for k in CURVE_FIELDS if k in metrics}

@@ -141,3 +141,17 @@ def test_a_random_fifo_search_ends_normally_when_its_compute_budget_is_spent(ray
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     told = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert told == pytest.approx(sorted(r.best_val_corr for r in records if r.ranked))
+
+
+def test_every_metric_a_search_reads_is_one_of_fit_s_epoch_metrics():
+    """The per-epoch metric names live in one schema (EpochMetrics); the search's choices name its fields."""
+    from typing import get_args, get_type_hints
+
+    from search.callbacks import HPARAM_METRICS
+    from search.results import COSTS
+    from search.settings import SearchSettings
+    from search.tuner import RANK_METRIC
+    from sensorium.training.rundir import CURVE_FIELDS
+
+    asha = get_args(get_type_hints(SearchSettings)["metric"])
+    assert set(asha) | {RANK_METRIC} | set(HPARAM_METRICS) | {field for field, _ in COSTS.values()} <= set(CURVE_FIELDS)

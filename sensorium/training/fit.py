@@ -40,7 +40,7 @@ from sensorium.training.checkpoint import (
     DamagedCheckpoint, checkpoint_path, cpu_state, model_payload, read_checkpoint, save_atomic, to_cpu,
 )
 from sensorium.training.early_stopping import EarlyStopper
-from sensorium.training.rundir import RunDir, write_json
+from sensorium.training.rundir import EpochMetrics, RunDir, write_json
 
 # (epoch 1-based, metrics, checkpoint_dir holding this epoch's best.pt + last.pt, or None when none was written)
 ReportFn = Callable[[int, dict[str, float], "Path | None"], None]
@@ -158,13 +158,12 @@ def fit(
             best_state = cpu_state(model)
         if step.action != "continue":  # end of an lr-decay round or of the run: back to the best weights
             model.load_state_dict(best_state)
-        metrics = {
-            "epoch": epoch, "train_loss": train_loss, "val_corr": val_corr,
-            "best_val_corr": stopper.best_score, "best_epoch": stopper.best_epoch,
-            "lr": lr, "epoch_seconds": time.perf_counter() - start,
-            "train_seconds": train_seconds, "data_seconds": data_seconds, "n_parameters": n_parameters,
-            **gpu_memory(device),
-        }
+        metrics = EpochMetrics(
+            epoch=epoch, train_loss=train_loss, val_corr=val_corr, best_val_corr=stopper.best_score,
+            best_epoch=stopper.best_epoch, lr=lr, epoch_seconds=time.perf_counter() - start,
+            train_seconds=train_seconds, data_seconds=data_seconds, n_parameters=n_parameters,
+            peak_gpu_memory_mb=gpu_memory(device).get("peak_gpu_memory_mb"),
+        ).as_dict()
         run.append_curve(metrics)
         due = (
             step.action != "continue" or epoch in checkpoint_epochs

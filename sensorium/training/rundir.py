@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -23,13 +24,29 @@ from sensorium.atomic import atomic_write, write_text
 from sensorium.config import ExperimentConfig, save_config
 from sensorium.runtime import device_info, provenance
 
-# Per-epoch metrics of fit (its report callback, curves.csv, a search trial's results); the last one only
-# on GPUs. epoch_seconds = train_seconds (of which data_seconds assembling batches) + validation;
-# n_parameters (the model's trainable parameters, the same every epoch) is one cost a search can minimise.
-CURVE_FIELDS = (
-    "epoch", "train_loss", "val_corr", "best_val_corr", "best_epoch", "lr",
-    "epoch_seconds", "train_seconds", "data_seconds", "n_parameters", "peak_gpu_memory_mb",
-)
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One epoch of fit: the one schema of the per-epoch metrics (curves.csv's columns, fit's report callback, a
+    search trial's results, the search's TensorBoard scalars, what ASHA and a cost-aware study read)."""
+
+    epoch: int
+    train_loss: float  # mean per-batch objective
+    val_corr: float  # validation single-trial correlation, pooled over scans
+    best_val_corr: float
+    best_epoch: int
+    lr: float  # used in this epoch
+    epoch_seconds: float  # train_seconds + validation
+    train_seconds: float  # of which data_seconds assembling batches
+    data_seconds: float
+    n_parameters: int  # the model's trainable parameters (the same every epoch): one cost a search can minimise
+    peak_gpu_memory_mb: float | None = None  # GPU only
+
+    def as_dict(self) -> dict[str, float]:
+        """The fields that have a value (peak_gpu_memory_mb only on GPUs)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+CURVE_FIELDS = tuple(f.name for f in dataclasses.fields(EpochMetrics))
 
 
 @dataclass(frozen=True)
