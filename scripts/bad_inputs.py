@@ -193,6 +193,36 @@ def _inverted_range(folder: Path, good: Good) -> Invocation:
                       {search: "<search.yaml>", good.scan: "<scan>"}, ("search",))
 
 
+def _family_parameter_outside_its_option(folder: Path, good: Good) -> Invocation:
+    search = _search_file(
+        folder,
+        "parameters:\n  model.readout.kind:\n    type: categorical\n    role: scientific\n    choices:\n"
+        "      gaussian: {}\n      factorized: {model.shifter.enabled: false}\n"
+        "  model.readout.init_noise: {type: loguniform, low: 1.0e-4, high: 1.0e-2, role: nuisance}\n",
+    )
+    return Invocation(_run(folder, search, good.scan), "parameters.model.readout.init_noise",
+                      {search: "<search.yaml>", good.scan: "<scan>"}, ("search",))
+
+
+def _warm_start_from_other_keys(folder: Path, good: Good) -> Invocation:
+    earlier = folder / "earlier"
+    earlier.mkdir()
+    (earlier / "search.yaml").write_text(
+        "parameters:\n  model.core.layers: {type: int, low: 2, high: 4, role: scientific}\n")
+    (earlier / "study.json").write_text('{"study_name": "earlier", "storage": "optuna_journal.log"}')
+    argv = _run(folder, ROOT / "configs" / "search_tiny.yaml", good.scan, "--warm-start", str(earlier))
+    return Invocation(argv, "model.core.layers", {good.scan: "<scan>", earlier: "<earlier run>"}, ("search",))
+
+
+def _ensemble_of_no_search(folder: Path, good: Good) -> Invocation:
+    return Invocation(["ensemble", str(folder / "nope"), "--quiet"], "<tmp>/nope", must_not_exist=("nope",))
+
+
+def _export_with_a_bad_pick(folder: Path, good: Good) -> Invocation:
+    return Invocation(["export", str(folder / "run"), "--pick", "fastest"], "--pick 'fastest'",
+                      must_not_exist=("run",))
+
+
 def _submission_missing_ids(folder: Path, good: Good) -> Invocation:
     submission = _submission(folder, good, lambda rows: rows[1:])
     return Invocation(["evaluate", str(submission), str(good.ground_truth_csv)], "<submission.csv>",
@@ -230,6 +260,10 @@ CASES: tuple[Case, ...] = (
     Case("renamed scan without its data-key meta", _renamed_without_key_meta),
     Case("search file with an unknown key", _unknown_search_key),
     Case("search file with an inverted range", _inverted_range),
+    Case("search file with a family's parameter outside its option", _family_parameter_outside_its_option),
+    Case("warm start from a search over other keys", _warm_start_from_other_keys),
+    Case("ensemble of a folder that is not a search", _ensemble_of_no_search),
+    Case("export with an unknown --pick", _export_with_a_bad_pick),
     Case("submission with missing ids", _submission_missing_ids),
     Case("submission with duplicate ids", _submission_duplicate_ids),
     Case("config with an unknown key", _unknown_config_key),
