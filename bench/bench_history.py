@@ -70,8 +70,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="models per data set and model (default 3)")
     parser.add_argument("--epochs", type=int, default=6, help="epoch cap of every model (default 6)")
-    parser.add_argument("--cpus-per-seed", type=float, default=0.67,
-                        help="Ray CPUs per seed task (default 0.67: three seeds at once on 2 CPUs, 1 thread each)")
+    parser.add_argument("--cpus-per-seed", type=float, default=0.66,
+                        help="Ray CPUs per seed task (default 0.66: three seeds at once on 2 CPUs, 1 thread each)")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     header = " | ".join(f"{tier} {s.split('_')[0]}" for tier in TIERS for s in SCORES)
