@@ -63,7 +63,7 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
     from search.export import export_best, read_best_config
     from search.report import write_report
     from search.results import status_counts
-    from search.retrain import format_scores, retrain
+    from search.retrain import retrain, score_table
     from search.space import load_search, with_settings
     from search.tuner import compute_spent
     from sensorium.config import load_config, save_config, set_value
@@ -153,7 +153,7 @@ def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds
     }
     summary["demo_md"] = str(out / "demo.md")
     write_text(out / "demo.json", json.dumps(summary, indent=2, default=str))
-    write_text(out / "demo.md", _markdown(summary, format_scores(tuned), format_steps(ensemble)))
+    write_text(out / "demo.md", _markdown(summary, score_table(tuned), format_steps(ensemble)))
     return summary
 
 

@@ -64,13 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.retrain import format_scores
+    from search.retrain import score_table
 
     summary = build_ensemble(args.run_dir, max_members=args.max_members, out=args.out, retrain_dir=args.retrain,
                              ground_truth=args.ground_truth, data=args.data, device=args.device,
                              progress=not args.quiet)
     print(format_steps(summary))
-    print(format_scores(summary))
+    print(score_table(summary))
     print(f"submissions, ensemble.json and ensemble.md in {summary['out']}")
     return 0
 
@@ -339,7 +339,7 @@ def format_steps(summary: Mapping[str, Any]) -> str:
 
 
 def _markdown(summary: Mapping[str, Any]) -> str:
-    from search.retrain import format_scores
+    from search.retrain import score_table
 
     members = len(summary["steps"])
     lines = [
@@ -365,7 +365,7 @@ def _markdown(summary: Mapping[str, Any]) -> str:
                  if summary["retrain"] else "none (no retrain folder found or given)")
         lines += [f"Ground truth: `{summary['ground_truth']}`. trial_ensemble: this ensemble; best_trial: its first "
                   f"member alone; seed_ensemble: {seeds}.", ""]
-    lines += ["```", format_scores(dict(summary)), "```", ""]
+    lines += ["```", score_table(dict(summary)), "```", ""]
     return "\n".join(lines)
 
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         ground_truth=args.ground_truth, data=args.data, force=args.force, progress=not args.quiet,
         device=args.device, cpus_per_seed=args.cpus_per_seed, gpus_per_seed=args.gpus_per_seed, address=args.address,
     )
-    print(format_scores(summary))
+    print(score_table(summary))
     print(f"submissions and retrain.json in {summary['out']}")
     return 0
 
@@ -285,7 +285,7 @@ def read_oracle(gt: Path, keys: list[str]) -> dict[str, Any]:
     return found
 
 
-def format_scores(summary: dict[str, Any]) -> str:
+def score_table(summary: dict[str, Any]) -> str:
     """A plain-text table: each scored model (``summary["scores"]``: the ensemble and each seed for retrain)
     next to the oracle, per competition scan and tier."""
     scores = summary.get("scores")
