@@ -129,9 +129,9 @@ class LiveTable(tune.Callback):
         for trial_id, row in shown:
             epoch = row.get("epoch")
             lines.append(
-                f"{trial_id:<14}{row.get('status', ''):<9}{'-' if epoch is None else int(epoch):>6}"
+                f"{trial_id:<14}{row.get('status', ''):<9}{_int(epoch):>6}"
                 f"{_fmt(row.get('val_corr')):>10}{_fmt(row.get('best_val_corr')):>9}"
-                f"{'-' if row.get('best_epoch') is None else int(row['best_epoch']):>5}{row.get('retries', 0):>8}"
+                f"{_int(row.get('best_epoch')):>5}{row.get('retries', 0):>8}"
             )
         if len(shown) < len(order):
             lines.append(f"... and {len(order) - len(shown)} more ended trials")
@@ -213,6 +213,11 @@ def _logdir(trial: Any) -> str:
 
 def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
+
+
+def _int(value: Any) -> str:
+    """An epoch as a whole number, or '-' where there is none yet (None, NaN: a trial failed before it)."""
+    return str(int(value)) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
 def _fmt(value: Any) -> str:
