@@ -285,7 +285,7 @@ def _load(cfg: Any, loaded: dict[Any, dict[str, Any]], progress: bool) -> dict[s
     from sensorium.data import load_data
 
     d = cfg.data
-    setting = (d.scans, d.cache_dir, d.image_height, d.image_width, d.behavior_channels)
+    setting = (d.scans, d.cache_dir, d.image_height, d.image_width, d.behavior_channels, d.behavior_scaling)
     if setting not in loaded:
         loaded[setting] = load_data(d, progress=progress)
         first = next(iter(loaded.values()))
