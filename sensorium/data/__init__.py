@@ -17,17 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "Batch": "sensorium.data.dataset",
+    "History": "sensorium.data.dataset",
     "ScanData": "sensorium.data.dataset",
     "load_data": "sensorium.data.dataset",
     "load_scan": "sensorium.data.cache",
     "resolve_scan_paths": "sensorium.data.reader",
     "Scan": "sensorium.data.scan",
 }
-__all__ = ["Batch", "Scan", "ScanData", "load_data", "load_scan", "resolve_scan_paths"]  # = _EXPORTS
+__all__ = ["Batch", "History", "Scan", "ScanData", "load_data", "load_scan", "resolve_scan_paths"]  # = _EXPORTS
 
 if TYPE_CHECKING:
     from sensorium.data.cache import load_scan
-    from sensorium.data.dataset import Batch, ScanData, load_data
+    from sensorium.data.dataset import Batch, History, ScanData, load_data
     from sensorium.data.reader import resolve_scan_paths
     from sensorium.data.scan import Scan
 
