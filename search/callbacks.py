@@ -43,7 +43,7 @@ def trial_hparams(spec: SearchSpec, params: dict[str, Any]) -> dict[str, Any]:
 def hparam_columns(spec: SearchSpec) -> dict[str, Any]:
     """The HParams table's columns with a value of each column's type: every searched key first (also those of
     options a trial may not choose, e.g. an SE core's se_reduction), then the base config's fixed keys."""
-    searched = {p.key: p.edge_values()[0] for p, _ in spec.walk()}
+    searched = {key: p.edge_values()[0] for key, p in spec.first_params().items()}
     return {**searched, **{k: v for k, v in _flat(spec.base.to_dict()).items() if k not in searched}}
 
 

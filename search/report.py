@@ -89,7 +89,7 @@ def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], impor
               note: str, figures: list[str], sections: list[str] = ()) -> str:
     counts = status_counts(records)
     ranked = [r for r in records if r.ranked]
-    first = _first_params(spec)
+    first = spec.first_params()
     n_sci = sum(p.role == "scientific" for p in first.values())
     lost = counts["failed"] + counts["error"]
     trials = (
@@ -164,14 +164,6 @@ def family_section(spec: SearchSpec, records: list[TrialRecord]) -> list[str]:
     return lines
 
 
-def _first_params(spec: SearchSpec) -> dict[str, Param]:
-    """Each searched key's first parameter in tree order (a key may sit under several options)."""
-    first: dict[str, Param] = {}
-    for p, _ in spec.walk():
-        first.setdefault(p.key, p)
-    return first
-
-
 def _memory_line(records: list[TrialRecord]) -> str:
     rss = [row["rss_mb"] for r in records for row in r.curve[-1:] if "rss_mb" in row]
     private = [row["private_mb"] for r in records for row in r.curve[-1:] if "private_mb" in row]
@@ -239,7 +231,7 @@ def _plots(records: list[TrialRecord], spec: SearchSpec, importances: dict[str, 
         ax.barh(keys, [importances[k] for k in keys])
         ax.set(xlabel="importance (PED-ANOVA)", title="parameter importances")
         names.append(_save(fig, out / "importances.png"))
-    for p in _first_params(spec).values():
+    for p in spec.first_params().values():
         fig, ax = plt.subplots(figsize=(5, 3.5))
         pts = [(r.params[p.key], r.best_val_corr) for r in ranked if p.key in r.params]
         if p.type == "categorical":

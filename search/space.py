@@ -129,9 +129,17 @@ class SearchSpec:
         and fixed values): the context in which it is searched."""
         yield from _walk(self.params, {})
 
+    def first_params(self) -> dict[str, Param]:
+        """Every searched key once, in tree order, with its first parameter (a key may sit under several
+        options, with a range each)."""
+        first: dict[str, Param] = {}
+        for p, _ in self.walk():
+            first.setdefault(p.key, p)
+        return first
+
     def keys(self) -> list[str]:
-        """Every searched key once, in tree order (a key may sit under several options)."""
-        return list(dict.fromkeys(p.key for p, _ in self.walk()))
+        """Every searched key once, in tree order."""
+        return list(self.first_params())
 
     def conditional(self) -> bool:
         """Whether some parameter is searched only under some options."""
@@ -401,9 +409,8 @@ def _check_level(
             inner = {**context, p.key: b.value, **dict(b.fixed)}
             siblings = {**outer, **_end(tuple(q for q in params if q.key != p.key), 0)}
             _check_level(base, b.params, inner, siblings, f"{name}.choices.{b.value}")
-    for end, name in zip(ends, ("low", "high")):  # interactions: the whole level at one end at once
-        _try(base, {**outer, **context, **end}, f"{where} (all at their {name} end together)")
-    at_low = resolve(base, {**outer, **context, **ends[0]})
+    at_low, _ = (_try(base, {**outer, **context, **end}, f"{where} (all at their {name} end together)")
+                 for end, name in zip(ends, ("low", "high")))  # interactions: the whole level at one end at once
     for p in params:
         reason = at_low.unread_keys().get(p.key)
         if reason and reason not in scope:

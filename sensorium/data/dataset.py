@@ -297,8 +297,6 @@ def behavior_transform(scan: Scan, scaling: str) -> tuple[np.ndarray, np.ndarray
     if scaling != "minmax":
         raise UserError(f"data.behavior_scaling={scaling!r}: expected reference or minmax")
     low, high = np.min(scan.behavior, axis=0), np.max(scan.behavior, axis=0)
-    top = np.abs(scan.behavior[:, 2]).max()
-    offset = np.array([low[0], 0.0, 0.0], np.float32)
-    precision = np.array([_safe_inverse(np.array([high[0] - low[0]]))[0], std[1],
-                          _safe_inverse(np.array([top]))[0]], np.float32)
-    return offset, precision, np.array([False, False, True])
+    spans = _safe_inverse(np.array([high[0] - low[0], 1.0, np.abs(scan.behavior[:, 2]).max()]))
+    precision = np.where([True, False, True], spans, std).astype(np.float32)  # derivative: x / std as before
+    return np.array([low[0], 0.0, 0.0], np.float32), precision, np.array([False, False, True])
