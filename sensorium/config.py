@@ -221,16 +221,18 @@ class HistoryModulatorConfig:
     """A gain per neuron and trial from the session's past (sensorium.models.modulator): filters over the
     neuron's own responses on the last ``history_length`` trials, a ``state_dim``-dimensional behavioural state
     of the previous trial, and a smooth gain over the session (Gaussian bumps ``time_kernel_width`` apart, in
-    session units 0-1); 0 switches a term off. ``gamma``: L2 penalty on its weights."""
+    session units 0-1); 0 switches a term off. ``gamma``: L2 penalty on its weights. ``lr_scale``: its weights'
+    learning rate as a multiple of ``train.lr`` (their own Adam parameter group)."""
 
     kind: Literal["history"] = "history"
     history_length: int = 5
     state_dim: int = 2
     time_kernel_width: float = 0.1
     gamma: float = 1e-3
+    lr_scale: float = 0.1
 
     def __post_init__(self) -> None:
-        _positive(self, "model.modulator", "history_length")
+        _positive(self, "model.modulator", "history_length", "lr_scale")
         _non_negative(self, "model.modulator", "state_dim", "time_kernel_width", "gamma")
         if self.time_kernel_width > 1:
             raise ConfigError(f"model.modulator.time_kernel_width={self.time_kernel_width}: expected a width in "

@@ -106,6 +106,51 @@ def test_the_modulator_off_is_the_baseline_and_on_starts_as_the_identity(scans):
     assert modulated.regularizer(key) > plain.regularizer(key)
 
 
+def test_history_features_and_the_time_term_are_centred(scans):
+    """Every input of the modulator averages to 0 over the session, so a trained modulator moves gains around
+    the mean rate and cannot stand in for the readout's bias."""
+    scan = scans[1]
+    data = ScanData(scan, behavior_channels=True)
+    history = data.batch(np.arange(scan.n_trials), history=1).history
+    # the previous trial's features: centred over all trials (the session's first trial has none, mask 0, and
+    # the last trial is no trial's previous one, hence the tolerance of one trial's share)
+    assert history.behavior_mask.sum() == scan.n_trials - 1
+    largest = float(history.behavior.abs().max())
+    assert largest > 0.1
+    np.testing.assert_allclose(history.behavior.sum(0) / scan.n_trials, 0.0, atol=2 * largest / scan.n_trials)
+    # the past responses: minus the neuron's mean from the files' statistics (in model units)
+    response_mean, _ = data.history_centres(torch.device("cpu"))
+    precision = data.on(torch.device("cpu")).response_precision
+    expected = np.asarray(scan.stats["responses"]["mean"], np.float32) * precision.numpy()
+    np.testing.assert_allclose(response_mean.numpy(), expected, rtol=1e-6)
+    visible = history.mask[:, 0] > 0
+    raw = data.batch(data.previous_rows(np.arange(scan.n_trials), 1)[visible.numpy(), 0]).responses
+    np.testing.assert_allclose(history.responses[visible, 0], raw - response_mean, rtol=1e-5, atol=1e-5)
+    # the time term: zero-mean over the session whatever its weights
+    cfg = apply_overrides(ExperimentConfig(), HISTORY).model
+    model = build_model(cfg, scan_meta({scan.key: data}), (4, 36, 64))
+    module = model.modulator[scan.key]
+    torch.nn.init.normal_(module.time, 0.0, 1.0)
+    grid = torch.linspace(0.0, 1.0, 10001)
+    with torch.no_grad():
+        term = (module._bumps(grid) - module.bump_means) @ module.time.T  # (T, n)
+    assert term.std(0).min() > 0.1
+    np.testing.assert_allclose(term.mean(0), 0.0, atol=5e-3)  # (the bumps' means are taken on a coarser grid)
+
+
+def test_the_modulator_has_its_own_learning_rate(scans):
+    data = {s.key: ScanData(s, behavior_channels=True) for s in scans}
+    meta = scan_meta(data)
+    plain = build_model(ExperimentConfig().model, meta, (4, 36, 64))
+    assert [len(g["params"]) for g in plain.param_groups(0.01)] == [len(list(plain.parameters()))]
+    cfg = apply_overrides(ExperimentConfig(), [*HISTORY, "model.modulator.lr_scale=0.1"])
+    model = build_model(cfg.model, meta, (4, 36, 64))
+    rest, own = model.param_groups(0.01)
+    assert own["lr"] == pytest.approx(0.001) and rest["lr"] == 0.01
+    assert {id(p) for p in own["params"]} == {id(p) for p in model.modulator.parameters()}
+    assert len(rest["params"]) + len(own["params"]) == len(list(model.parameters()))
+
+
 def test_a_model_with_the_modulator_trains_and_predicts(tiny_data, tmp_path):
     from sensorium.config import load_config
     from sensorium.training.fit import fit
@@ -139,6 +184,7 @@ def test_minmax_behaviour_scaling_and_bad_modulator_values(scans):
     np.testing.assert_allclose(behavior[:5, 1], reference[:, 1])  # the derivative: x / std in both
     for override, message in (("model.modulator.history_length=0", "history_length=0: expected a value > 0"),
                               ("model.modulator.time_kernel_width=2", "time_kernel_width=2.0"),
+                              ("model.modulator.lr_scale=0", "lr_scale=0.0: expected a value > 0"),
                               ("data.behavior_scaling=zscore", "expected one of ['reference', 'minmax']")):
         with pytest.raises(ConfigError, match=message.replace("[", "\\[").replace("]", "\\]")):
             apply_overrides(ExperimentConfig(), [*HISTORY, override])

@@ -20,10 +20,13 @@ The pupil centre is kept separately for the shifter.
 
 History (:class:`History`, for the model's history modulator, only when asked for with ``history=H``): per
 trial, what came *before it in the session* (``frame_trial_ts`` order) and nothing else: the normalised
-responses of the H previous trials — masked (zero, mask 0) where that trial is in a test tier, whose responses
-the competition files withhold (in every scan alike, so training sees what inference sees) or before the
-session's start —, the previous trial's normalised behaviour and pupil centre (the files hold these for every
-trial), and the trial's own onset as a fraction of the session. A trial's own responses never enter.
+responses of the H previous trials, each minus the neuron's mean (from the files' response statistics, as the
+normaliser's std) — masked (zero, mask 0) where that trial is in a test tier, whose responses the competition
+files withhold (in every scan alike, so training sees what inference sees) or before the session's start —,
+the previous trial's normalised behaviour and pupil centre minus their means over the scan's trials (the files
+hold these for every trial), and the trial's own onset as a fraction of the session. A trial's own responses
+never enter. Centred, every feature is 0 on average, so the modulator moves gains around the mean rate and
+cannot stand in for the readout's bias.
 """
 
 from __future__ import annotations
@@ -51,9 +54,10 @@ VISIBLE_TIERS = ("train", "validation")  # tiers whose responses the competition
 class History:
     """What a batch's trials may know of their past (see the module docstring); B trials, H previous ones."""
 
-    responses: torch.Tensor  # (B, H, n) normalised responses of the H previous trials (j=0: the last one)
+    responses: torch.Tensor  # (B, H, n) normalised responses of the H previous trials minus the neuron's mean
+    #                          (j=0: the last one); 0 where masked
     mask: torch.Tensor  # (B, H) 1 where that previous trial exists and its responses are public, else 0
-    behavior: torch.Tensor  # (B, 5) the previous trial's normalised behaviour (3) and pupil centre (2)
+    behavior: torch.Tensor  # (B, 5) the previous trial's normalised behaviour (3) and pupil centre (2), centred
     behavior_mask: torch.Tensor  # (B,) 0 for the session's first trial
     time: torch.Tensor  # (B,) onset in the session, 0 (first trial) to 1 (last)
 
@@ -150,6 +154,7 @@ class ScanData:
         self._time = ((scan.trial_ts - scan.trial_ts.min()) / (span if span > 0 else 1.0)).astype(np.float32)
         self._visible = np.isin(scan.tiers, VISIBLE_TIERS)
         self._on: dict[torch.device, _DeviceArrays] = {}
+        self._centres: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def on(self, device: torch.device) -> _DeviceArrays:
         """The scan's arrays and constants on ``device`` (built on first use, then kept)."""
@@ -252,11 +257,28 @@ class ScanData:
         raw = torch.where(a.behavior_abs, raw.abs(), raw)
         return (raw - a.behavior_offset) * a.behavior_precision
 
+    def history_centres(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :class:`History` subtracts, on ``device``: each neuron's mean response in model units (n,), from
+        the files' response statistics (``meta/statistics/responses/all/mean``, as the normaliser's std), and
+        the mean over all the scan's trials of the previous-trial features (5,): scaled behaviour and pupil
+        centre (the files hold these for every trial)."""
+        device = torch.device(device)
+        if device not in self._centres:
+            a = self.on(torch.device("cpu"))
+            every = torch.arange(self.scan.n_trials)
+            features = torch.cat([self._scaled_behavior(a, every),
+                                  (a.pupil_center - a.pupil_mean) * a.pupil_precision], dim=1)  # (N, 5)
+            response_mean = np.asarray(self.scan.stats["responses"]["mean"], np.float32) * self._response_precision
+            self._centres[device] = (torch.from_numpy(response_mean).to(device),
+                                     features.double().mean(0).float().to(device))
+        return self._centres[device]
+
     def _history(self, a: _DeviceArrays, rows: np.ndarray, history: int, device: torch.device) -> History:
         previous = self.previous_rows(rows, history)  # (B, H), -1 before the start
         exists = previous >= 0
         mask = exists & self._visible[np.maximum(previous, 0)]  # withheld (test-tier) responses never enter
         index = torch.from_numpy(np.maximum(previous, 0).ravel()).to(device)
+        response_mean, feature_mean = self.history_centres(device)
         past = a.responses.index_select(0, index).view(*previous.shape, -1) * a.response_precision  # (B, H, n)
         mask_t = torch.from_numpy(mask.astype(np.float32)).to(device)
         last = index.view(previous.shape)[:, 0]
@@ -264,9 +286,9 @@ class ScanData:
                               (a.pupil_center.index_select(0, last) - a.pupil_mean) * a.pupil_precision], dim=1)
         first = torch.from_numpy(exists[:, 0].astype(np.float32)).to(device)  # (B,)
         return History(
-            responses=past * mask_t[:, :, None],
+            responses=(past - response_mean) * mask_t[:, :, None],
             mask=mask_t,
-            behavior=behavior * first[:, None],
+            behavior=(behavior - feature_mean) * first[:, None],
             behavior_mask=first,
             time=torch.from_numpy(self._time[rows]).to(device),
         )

@@ -124,7 +124,8 @@ def _no_modulator(cfg: NoModulatorConfig, meta: Mapping[str, ScanMeta]) -> None:
 def _history_modulator(cfg: HistoryModulatorConfig, meta: Mapping[str, ScanMeta]) -> nn.ModuleDict:
     return nn.ModuleDict({
         key: HistoryModulator(scan.n_neurons, history_length=cfg.history_length, state_dim=cfg.state_dim,
-                              time_kernel_width=cfg.time_kernel_width, gamma=cfg.gamma)
+                              time_kernel_width=cfg.time_kernel_width, gamma=cfg.gamma,
+                              lr_scale=cfg.lr_scale)
         for key, scan in meta.items()
     })
 

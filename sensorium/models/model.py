@@ -231,6 +231,19 @@ class SensoriumModel(nn.Module):
             rate = rate * self.modulator[data_key](batch.history)  # a positive gain per neuron and trial
         return rate
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The trainable parameters as optimiser groups at learning rate ``lr``: one group (every parameter, in
+        ``parameters()`` order) without a modulator; else the rest, then the modulator's weights at
+        ``lr * lr_scale``."""
+        if self.modulator is None:
+            return [{"params": list(self.parameters()), "lr": lr}]
+        own = {id(p) for p in self.modulator.parameters()}
+        scales = {m.lr_scale for m in self.modulator.values()}
+        if len(scales) != 1:
+            raise ValueError(f"the scans' modulators have different lr_scale values {sorted(scales)}: expected one")
+        return [{"params": [p for p in self.parameters() if id(p) not in own], "lr": lr},
+                {"params": list(self.modulator.parameters()), "lr": lr * scales.pop()}]
+
     def regularizer(self, data_key: str) -> torch.Tensor:
         """Scalar penalty for one batch of ``data_key``: core (Laplace, group sparsity) + readout L1 + shifter
         + modulator (L2)."""

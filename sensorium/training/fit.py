@@ -112,10 +112,11 @@ def fit(
     eval_size = eval_batch_size(cfg.data.eval_batch_size, device)
     rng = np.random.default_rng(cfg.seed)  # batch shuffling
     t = cfg.train
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+    groups = model.param_groups(t.lr)
+    optimizer = torch.optim.Adam(groups, lr=t.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(  # every group decays alike, floored in proportion
         optimizer, mode="max", factor=t.lr_decay_factor, patience=t.patience,
-        threshold=t.tolerance, threshold_mode="abs", min_lr=t.min_lr,
+        threshold=t.tolerance, threshold_mode="abs", min_lr=[t.min_lr * g["lr"] / t.lr for g in groups],
     )
     if t.train_on_validation:
         # Validation is training data here, so it cannot steer anything: no lr schedule, no early stopping;
