@@ -49,7 +49,10 @@ class DataConfig:
     # running |x| / max |x| (the winning SENSORIUM+ entry's scaling); see sensorium.data.dataset
     behavior_scaling: Literal["reference", "minmax"] = "reference"
     batch_size: int = 128  # training batch size, per scan
-    eval_batch_size: int = 0  # evaluation chunk size; 0 = the fastest for the device (runtime.eval_batch_size)
+    eval_batch_size: int = 0  # evaluation chunk size; 0 = chosen from memory on a GPU, 64 on a CPU (sensorium.memory)
+    # GPU only: keep the train and validation responses on the device (False: they stay in host memory, shared by
+    # every trial of a node through the page cache, and each batch's rows cross asynchronously)
+    responses_on_device: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "data", "image_height", "image_width", "batch_size")

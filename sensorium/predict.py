@@ -18,7 +18,7 @@ import torch
 from sensorium.data import ScanData
 from sensorium.errors import UserError
 from sensorium.models import SensoriumModel
-from sensorium.runtime import eval_batch_size
+from sensorium.memory import scoring_chunk
 
 @dataclass
 class Predictions:
@@ -47,7 +47,8 @@ def predict(
 ) -> Predictions:
     """Predict every trial of ``tiers`` of one scan: eval mode (readouts at their means), no grad.
 
-    Runs in chunks of ``batch_size`` trials (0: the fastest for the device, ``runtime.eval_batch_size``);
+    Runs in chunks of ``batch_size`` trials (0: 64 on a CPU; on a GPU the most whose tensors take no more
+    memory than a training batch of 128, ``memory.scoring_chunk``, measured once per model);
     the recorded responses come from the host copy, never through the device. The model's train/eval
     mode is restored afterwards.
     """
@@ -63,7 +64,7 @@ def predict(
     model.eval()
     values, rows = [], []
     with torch.no_grad():
-        chunk = eval_batch_size(batch_size, device)
+        chunk = batch_size or _chunk_of(model, data, device)
         for batch in data.batches(tiers, chunk, rng=None, device=device, responses=False,
                                   history=model.history_length):
             out = model(batch, data.key)  # (B, n)
@@ -73,6 +74,15 @@ def predict(
     if not rows:
         raise UserError(f"scan {data.key} has no trials in tier(s) {tiers!r}")
     return keyed(data, np.concatenate(rows), np.concatenate(values))
+
+
+def _chunk_of(model: SensoriumModel, data: ScanData, device: torch.device) -> int:
+    """The model's evaluation chunk for ``data`` on ``device`` (kept on the model: later calls reuse it)."""
+    chunks = model.__dict__.setdefault("_eval_chunks", {})
+    key = (torch.device(device).type, data.n_neurons)
+    if key not in chunks:
+        chunks[key] = scoring_chunk(model, {data.key: data}, device)
+    return chunks[key]
 
 
 def keyed(data: ScanData, rows: np.ndarray, values: np.ndarray) -> Predictions:

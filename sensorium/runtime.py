@@ -114,14 +114,6 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
-def eval_batch_size(configured: int, device: torch.device) -> int:
-    """Evaluation chunk size: ``configured``, or for 0 the fastest measured for the device type
-    (CPU: 64, results/bench_training.md; GPU: 1024, where larger chunks only add memory)."""
-    if configured > 0:
-        return configured
-    return 1024 if device.type == "cuda" else 64
-
-
 def configure_backends(device: torch.device, deterministic: bool, precision: str = "fp32") -> None:
     """cuDNN and matmul settings for a run on ``device`` (nothing to set on the CPU, where runs are
     deterministic and fp32 unless the model autocasts to bf16).

@@ -84,13 +84,22 @@ class _DeviceArrays:
     """One scan's per-trial arrays (raw units) and normalisation constants as tensors on one device.
 
     On the CPU the arrays are the cache's memory maps themselves (no copy: every process shares the page
-    cache); on a GPU they are copied there once, so batches are gathered and normalised on the device.
+    cache). On a GPU the images, behaviour and pupil centre of every trial are copied there once (about 10 KB
+    a trial), so batches are gathered and normalised on the device; the responses (the bulk: 4 bytes x
+    neurons a trial) stay in host memory and each batch's rows cross through pinned buffers without
+    blocking (:class:`_StagedRows`), or, with ``responses_on_device``, those of the train and validation rows
+    (the only ones a trial reads; the others are test tiers, withheld in competition scans) are copied there.
     """
 
     images: torch.Tensor  # (N, 1, H, W)
-    responses: torch.Tensor  # (N, n)
+    responses: torch.Tensor | _StagedRows  # (N, n) on the CPU; (V, n) of the V visible rows; or staged
+    response_slot: torch.Tensor | None  # (N,) row -> its row in ``responses`` (V rows), 0 for the others
     behavior: torch.Tensor  # (N, 3)
     pupil_center: torch.Tensor  # (N, 2)
+    position: torch.Tensor  # (N,) int64 row -> its place in the session
+    session: torch.Tensor  # (N,) int64 place in the session -> row
+    visible: torch.Tensor  # (N,) bool: the row's responses are public (train, validation)
+    time: torch.Tensor  # (N,) float32 onset in the session, 0-1
     image_mean: float
     image_std: float
     response_precision: torch.Tensor  # (n,)
@@ -107,18 +116,56 @@ def _safe_inverse(std: np.ndarray) -> np.ndarray:
     return np.where(std > 0, 1 / np.where(std > 0, std, 1), 1).astype(np.float32)
 
 
-def _to_device(array: np.ndarray, device: torch.device, chunk_rows: int = 1024) -> torch.Tensor:
-    """A (read-only, memory-mapped) array as a tensor on ``device``: zero-copy on the CPU, else copied
-    there in chunks of rows (host memory stays bounded by one chunk)."""
+def _to_device(array: np.ndarray, device: torch.device, chunk_rows: int = 1024,
+               rows: np.ndarray | None = None) -> torch.Tensor:
+    """A (read-only, memory-mapped) array, or its ``rows``, as a tensor on ``device``: zero-copy on the CPU
+    (all rows), else copied there in chunks of rows (host memory stays bounded by one chunk)."""
     with warnings.catch_warnings():  # the memory maps are read-only; nothing here writes to them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         host = torch.from_numpy(array)
     if device.type == "cpu":
         return host
-    out = torch.empty(host.shape, dtype=host.dtype, device=device)
-    for start in range(0, host.shape[0], chunk_rows):
-        out[start : start + chunk_rows].copy_(host[start : start + chunk_rows].contiguous())
+    rows = np.arange(host.shape[0]) if rows is None else rows
+    out = torch.empty((len(rows), *host.shape[1:]), dtype=host.dtype, device=device)
+    for start in range(0, len(rows), chunk_rows):
+        part = torch.from_numpy(np.ascontiguousarray(rows[start : start + chunk_rows], dtype=np.int64))
+        out[start : start + chunk_rows].copy_(host.index_select(0, part))
     return out
+
+
+class _StagedRows:
+    """Rows of a host array (a read-only memory map) sent to a GPU one batch at a time.
+
+    Each call gathers the rows into one of ``RING`` pinned buffers and copies it to the device without
+    blocking the host; a buffer is reused only after the copy that last read it has finished (a CUDA event),
+    so the host can assemble the next batch while the device computes.
+    """
+
+    RING = 3
+
+    def __init__(self, host: torch.Tensor) -> None:
+        self.host = host  # (N, n)
+        self.buffers: list[torch.Tensor] = []
+        self.events: list[torch.cuda.Event] = []
+        self.turn = 0
+
+    def gather(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        """(len(rows), n) of the given rows, on ``device``."""
+        i, self.turn = self.turn, (self.turn + 1) % self.RING
+        if i < len(self.events):
+            self.events[i].synchronize()
+        if i >= len(self.buffers) or self.buffers[i].shape[0] < len(rows):
+            buffer = torch.empty((len(rows), *self.host.shape[1:]), dtype=self.host.dtype, pin_memory=True)
+            if i < len(self.buffers):
+                self.buffers[i] = buffer
+            else:
+                self.buffers.append(buffer)
+                self.events.append(torch.cuda.Event())
+        staged = self.buffers[i][: len(rows)]
+        torch.index_select(self.host, 0, torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)), out=staged)
+        out = staged.to(device, non_blocking=True)
+        self.events[i].record(torch.cuda.current_stream(device))
+        return out
 
 
 class ScanData:
@@ -132,8 +179,10 @@ class ScanData:
     ...     batch.images.shape, batch.behavior.shape                      # (128, 1, 36, 64), (128, 3)
     """
 
-    def __init__(self, scan: Scan, behavior_channels: bool, behavior_scaling: str = "reference") -> None:
+    def __init__(self, scan: Scan, behavior_channels: bool, behavior_scaling: str = "reference",
+                 responses_on_device: bool = False) -> None:
         self.scan = scan
+        self.responses_on_device = responses_on_device
         self.key = scan.key
         self.behavior_channels = behavior_channels
         self.n_neurons = scan.n_neurons
@@ -165,11 +214,26 @@ class ScanData:
             def const(values: np.ndarray) -> torch.Tensor:
                 return torch.from_numpy(np.asarray(values, dtype=np.float32)).to(device)
 
+            responses: torch.Tensor | _StagedRows = _to_device(scan.responses, torch.device("cpu"))
+            slot = None
+            if device.type != "cpu" and self.responses_on_device:
+                visible = np.flatnonzero(self._visible)
+                responses = _to_device(scan.responses, device, rows=visible)
+                slot = np.zeros(scan.n_trials, np.int64)
+                slot[visible] = np.arange(len(visible))
+                slot = torch.from_numpy(slot).to(device)
+            elif device.type != "cpu":
+                responses = _StagedRows(responses)
             self._on[device] = _DeviceArrays(
                 images=_to_device(scan.images, device),
-                responses=_to_device(scan.responses, device),
+                responses=responses,
+                response_slot=slot,
                 behavior=_to_device(scan.behavior, device),
                 pupil_center=_to_device(scan.pupil_center, device),
+                position=torch.from_numpy(self._position).to(device),
+                session=torch.from_numpy(self._session).to(device),
+                visible=torch.from_numpy(self._visible).to(device),
+                time=torch.from_numpy(self._time).to(device),
                 image_mean=float(np.float32(stats["images"]["mean"])),
                 image_std=float(np.float32(stats["images"]["std"])),
                 response_precision=const(self._response_precision),
@@ -244,13 +308,24 @@ class ScanData:
         a = self.on(device)
         return Batch(
             images=(a.images.index_select(0, index) - a.image_mean) / a.image_std,  # (B, 1, H, W)
-            responses=a.responses.index_select(0, index) * a.response_precision if responses else None,
+            responses=self._rows_of_responses(a, rows, index) * a.response_precision if responses else None,
             behavior=self._scaled_behavior(a, index),  # (B, 3)
             pupil_center=(a.pupil_center.index_select(0, index) - a.pupil_mean) * a.pupil_precision,
             rows=rows,
             trial_ids=self.trial_ids[rows],
-            history=self._history(a, rows, history, device) if history > 0 else None,
+            history=self._history(a, rows, index, history) if history > 0 else None,
         )
+
+    def _rows_of_responses(self, a: _DeviceArrays, rows: np.ndarray, index: torch.Tensor) -> torch.Tensor:
+        """Raw responses (len(rows), n) of ``rows`` (``index``: the same rows on the device), on the device.
+
+        With the responses on the device only visible rows are there: others read as row 0, so callers ask
+        only for visible rows or mask the others (a trial's history)."""
+        if isinstance(a.responses, _StagedRows):
+            return a.responses.gather(rows, index.device)
+        if a.response_slot is not None:
+            return a.responses.index_select(0, a.response_slot.index_select(0, index))
+        return a.responses.index_select(0, index)
 
     def _scaled_behavior(self, a: _DeviceArrays, index: torch.Tensor) -> torch.Tensor:
         raw = a.behavior.index_select(0, index)
@@ -273,24 +348,31 @@ class ScanData:
                                      features.double().mean(0).float().to(device))
         return self._centres[device]
 
-    def _history(self, a: _DeviceArrays, rows: np.ndarray, history: int, device: torch.device) -> History:
-        previous = self.previous_rows(rows, history)  # (B, H), -1 before the start
-        exists = previous >= 0
-        mask = exists & self._visible[np.maximum(previous, 0)]  # withheld (test-tier) responses never enter
-        index = torch.from_numpy(np.maximum(previous, 0).ravel()).to(device)
+    def _history(self, a: _DeviceArrays, rows: np.ndarray, index: torch.Tensor, history: int) -> History:
+        """The :class:`History` of ``rows`` (``index``: the same rows on the device); everything but staged past
+        responses is computed on the device from per-scan constants held there (no blocking copy)."""
+        device = index.device
+        offsets = torch.arange(1, history + 1, device=device)
+        positions = a.position.index_select(0, index)[:, None] - offsets  # (B, H) places in the session
+        exists = positions >= 0
+        previous = a.session.index_select(0, positions.clamp(min=0).flatten())  # (B * H,) rows, row of 0 if none
+        mask = (exists & a.visible.index_select(0, previous).view_as(exists)).float()  # withheld ones never enter
+        if isinstance(a.responses, _StagedRows):  # host rows: the same previous rows, worked out on the host
+            past = a.responses.gather(self.previous_rows(rows, history).clip(min=0).ravel(), device)
+        else:
+            past = self._rows_of_responses(a, rows, previous)
         response_mean, feature_mean = self.history_centres(device)
-        past = a.responses.index_select(0, index).view(*previous.shape, -1) * a.response_precision  # (B, H, n)
-        mask_t = torch.from_numpy(mask.astype(np.float32)).to(device)
-        last = index.view(previous.shape)[:, 0]
+        past = past.view(*positions.shape, -1) * a.response_precision  # (B, H, n)
+        last = previous.view(positions.shape)[:, 0]
         behavior = torch.cat([self._scaled_behavior(a, last),
                               (a.pupil_center.index_select(0, last) - a.pupil_mean) * a.pupil_precision], dim=1)
-        first = torch.from_numpy(exists[:, 0].astype(np.float32)).to(device)  # (B,)
+        first = exists[:, 0].float()  # (B,)
         return History(
-            responses=(past - response_mean) * mask_t[:, :, None],
-            mask=mask_t,
+            responses=(past - response_mean) * mask[:, :, None],
+            mask=mask,
             behavior=(behavior - feature_mean) * first[:, None],
             behavior_mask=first,
-            time=torch.from_numpy(self._time[rows]).to(device),
+            time=a.time.index_select(0, index),
         )
 
 
@@ -305,7 +387,8 @@ def load_data(cfg: DataConfig, progress: bool = True) -> dict[str, ScanData]:
             other = scans[scan.key].source
             raise DataError(f"{path}: data key {scan.key} also belongs to {other}; expected unique scans")
         scans[scan.key] = scan
-    return {key: ScanData(scans[key], cfg.behavior_channels, cfg.behavior_scaling) for key in sorted(scans)}
+    return {key: ScanData(scans[key], cfg.behavior_channels, cfg.behavior_scaling, cfg.responses_on_device)
+            for key in sorted(scans)}
 
 
 def behavior_transform(scan: Scan, scaling: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

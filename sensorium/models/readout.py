@@ -12,7 +12,8 @@ feature map there and takes a dot product with the neuron's feature weights; in 
 :class:`KSampleGaussian2d` draws K >= 1 positions per image and neuron in training mode and averages the K
 readouts (the readout is linear in the sampled feature vector, so it averages the K sampled vectors and
 applies the feature weights once). With K = 1 it makes exactly the draw ``FullGaussian2d``
-makes, so with the same RNG state both give bit-identical outputs. In eval mode it reads at mu whatever K is.
+makes, so with the same RNG state both give the same outputs up to float rounding (the feature weights are
+contracted over channels without the library's (B, C, n) product tensor). In eval mode it reads at mu whatever K is.
 """
 
 from __future__ import annotations
@@ -138,8 +139,9 @@ class KSampleGaussian2d(FullGaussian2d):
         y = y.squeeze(-1)  # (B, C, n)
         if k > 1:
             y = y / k
-        feat = self.features.view(1, channels, self.outdims)  # (1, C, n)
-        y = (y * feat).sum(dim=1)  # (B, n)
+        # a contraction over C, not (y * feat).sum(1): no second (B, C, n) tensor, which at 8,000 neurons and a
+        # 1,024-trial evaluation chunk would be 2 GB (results/bench_scale.md)
+        y = torch.einsum("bcn,cn->bn", y, self.features.view(channels, self.outdims))  # (B, n)
         if self.bias is not None:
             y = y + self.bias
         return y

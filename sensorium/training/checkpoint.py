@@ -25,7 +25,7 @@ from sensorium.atomic import atomic_write
 from sensorium.config import ExperimentConfig
 from sensorium.errors import UserError
 from sensorium.models import ScanMeta, SensoriumModel, build_model
-from sensorium.runtime import autocast_dtype, use_channels_last
+from sensorium.runtime import autocast_dtype, configure_backends, use_channels_last
 
 FORMAT = "sensorium-search/checkpoint/1"
 
@@ -143,4 +143,5 @@ def load_model(path: str | Path, device: torch.device) -> tuple[SensoriumModel, 
     if use_channels_last(cfg.train.channels_last, device):
         model.use_channels_last()
     model.autocast = autocast_dtype(cfg.train.precision)
+    configure_backends(device, cfg.train.deterministic, cfg.train.precision)  # the precision it was validated at
     return model.eval(), cfg

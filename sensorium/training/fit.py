@@ -29,11 +29,12 @@ from tqdm import tqdm
 from sensorium.config import ExperimentConfig
 from sensorium.data import Batch, ScanData
 from sensorium.errors import ConfigError, DataError
+from sensorium.memory import scoring_chunk
 from sensorium.metrics import pooled_single_trial_correlation, score_all
 from sensorium.models import SensoriumModel, build_model, scan_meta
 from sensorium.predict import predict
 from sensorium.runtime import (
-    autocast_dtype, configure_backends, device_info, eval_batch_size, gpu_memory, resolve_device, seed_everything,
+    autocast_dtype, configure_backends, device_info, gpu_memory, resolve_device, seed_everything,
     set_threads, use_channels_last,
 )
 from sensorium.training.checkpoint import (
@@ -109,7 +110,8 @@ def fit(
     model.autocast = autocast_dtype(cfg.train.precision)
     generator = torch.Generator(device=device)  # readout position draws, seeded per epoch (_epoch_seed)
     model.set_generator(generator)
-    eval_size = eval_batch_size(cfg.data.eval_batch_size, device)
+    # evaluation chunk: data.eval_batch_size, else sized so that scoring needs no more than a training step
+    eval_size = cfg.data.eval_batch_size or scoring_chunk(model, data, device, cfg.data.batch_size)
     rng = np.random.default_rng(cfg.seed)  # batch shuffling
     t = cfg.train
     groups = model.param_groups(t.lr)
@@ -189,11 +191,18 @@ def fit(
 
     model.load_state_dict(best_state)
     model.eval()
-    scores = final_scores(model, data, device, eval_size)
-    write_json(run.metrics, {
-        "best_val_corr": stopper.best_score, "best_epoch": stopper.best_epoch,
-        "epochs_run": stopper.epoch, "scans": scores, "device": device_info(device), **gpu_memory(device),
-    })
+    summary: dict[str, Any] = {"best_val_corr": stopper.best_score, "best_epoch": stopper.best_epoch,
+                               "epochs_run": stopper.epoch, "device": device_info(device), "eval_chunk": eval_size}
+    try:
+        summary["scans"] = final_scores(model, data, device, eval_size)
+    except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        # training finished and best.pt holds its result: a failure here (out of memory on a shared card) must
+        # not throw the trial away; the scores can be computed again from the checkpoint (submit, ensemble)
+        summary["scans"] = {}
+        summary["scoring_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        warnings.warn(f"{run.root}: final scoring failed ({summary['scoring_error']}); the trained model is kept "
+                      f"in {run.best}", stacklevel=2)
+    write_json(run.metrics, {**summary, **gpu_memory(device)})  # the peak includes the final scoring
     return FitResult(stopper.best_score, stopper.best_epoch, stopper.epoch, run.root, model)
 
 
