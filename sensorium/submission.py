@@ -9,14 +9,20 @@ sorts both files by trial id and neuron id and requires the ids to match exactly
 
 Trial ids are handled as strings throughout (``12`` and ``"12"`` are the same trial), so integer and
 hashed ids are compared the same way.
+
+Ground truth comes in several layouts: the synthetic generator's ``<dir>/<data key>/ground_truth_live_test.csv``,
+the official kit's ``ground_truth_file_test.csv`` / ``ground_truth_file_final_test.csv`` (one folder per scan,
+or several scans' files renamed side by side). :func:`match_ground_truth` takes any of them: every ``*.csv``
+under a folder that is a ground-truth file is matched to a scan's tier by its set of trial ids.
 """
 
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,7 +35,8 @@ ID_COLUMNS = ("trial_indices", "image_ids", "neuron_ids")
 VALUE_COLUMNS = ("prediction", "responses")
 # official submission file name -> the tier whose trials it holds (SENSORIUM.md §5)
 SUBMISSION_FILES = {"submission_file_live_test.csv": "test", "submission_file_final_test.csv": "final_test"}
-# tier -> ground-truth file name (the synthetic generator's layout: <ground truth>/<data key>/<name>)
+# tier -> ground-truth file name the synthetic generator writes (<ground truth>/<data key>/<name>); the official
+# kit's are ground_truth_file_<tier>.csv. Scoring finds either by its trial ids (match_ground_truth), not its name.
 GROUND_TRUTH_FILES = {"test": "ground_truth_live_test.csv", "final_test": "ground_truth_final_test.csv"}
 
 _INT = re.compile(r"^-?\d+$")
@@ -245,3 +252,74 @@ def score_files(submission_csv: str | Path, ground_truth_csv: str | Path) -> dic
     pred = pred[sub_rows][:, np.argsort(sub_neurons)]
     resp = resp[gt_rows][:, np.argsort(gt_neurons)]
     return metrics.score_all(pred, resp, gt_images[gt_rows])
+
+
+@dataclass(frozen=True)
+class GroundTruthMatch:
+    """What :func:`match_ground_truth` found under a folder."""
+
+    root: Path  # the folder searched
+    files: dict[tuple[str, str], Path]  # (data key, tier) -> the ground-truth CSV holding exactly its trials
+    tried: dict[Path, str]  # every *.csv read -> what it is ("<key> <tier>", or why it matched nothing)
+
+    def by_key(self) -> dict[str, dict[str, str]]:
+        """data key -> tier -> the matched CSV's path (JSON-ready)."""
+        found: dict[str, dict[str, str]] = {}
+        for (key, tier), path in self.files.items():
+            found.setdefault(key, {})[tier] = str(path)
+        return found
+
+    def tried_text(self, limit: int = 5) -> str:
+        """The CSVs read and what each is, on one line (the first ``limit``, then how many more)."""
+        if not self.tried:
+            return "no *.csv file there"
+        shown = [f"{path} ({what})" for path, what in list(self.tried.items())[:limit]]
+        more = len(self.tried) - limit
+        return "tried " + "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def ground_truth_trial_ids(path: str | Path) -> np.ndarray | None:
+    """The trial ids (T,) str of a ground-truth CSV (columns trial_indices, image_ids, responses, neuron_ids, in
+    any order), or None when ``path`` is no such file. Reads the header, then the trial_indices column only;
+    the rest is validated when the file is scored (:func:`score_files`)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        if not {*ID_COLUMNS, "responses"} <= {c.strip() for c in header}:
+            return None
+        column = pd.read_csv(path, usecols=["trial_indices"], dtype=str, keep_default_na=False)["trial_indices"]
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error):  # pandas' parser errors are ValueErrors
+        return None
+    return np.array([t.strip() for t in column], dtype=str)
+
+
+def match_ground_truth(root: str | Path, tiers: Mapping[tuple[str, str], Sequence | np.ndarray]) -> GroundTruthMatch:
+    """The ground-truth CSV of each (data key, tier) in ``tiers`` found under the folder ``root``, at any depth
+    and under any name: a file matches the tier whose trial ids ``tiers[(key, tier)]`` ((T,) int or str, as the
+    scan or a submission holds them) are exactly the set of its ``trial_indices``. Competition scans' ids are
+    32-hex hashes, so a file matches one scan's tier only; when two files hold the same trials the first in path
+    order is taken. Files are read in path order; ``tried`` says what each one is.
+
+    >>> found = match_ground_truth("runs/synth/ground_truth", {("1-2-3", "test"): trial_ids})  # doctest: +SKIP
+    >>> found.files                                                     # doctest: +SKIP
+    {('1-2-3', 'test'): PosixPath('runs/synth/ground_truth/1-2-3/ground_truth_live_test.csv')}
+    """
+    wanted = {slot: frozenset(_id_strings(ids, f"trial ids of {slot[0]} {slot[1]}")) for slot, ids in tiers.items()}
+    names = "/".join(sorted({tier for _, tier in wanted}))
+    files: dict[tuple[str, str], Path] = {}
+    tried: dict[Path, str] = {}
+    for path in sorted(Path(root).rglob("*.csv")):
+        ids = ground_truth_trial_ids(path)
+        if ids is None:
+            tried[path] = "not a ground-truth file"
+            continue
+        slots = [slot for slot, want in wanted.items() if want == frozenset(ids)]
+        new = [slot for slot in slots if slot not in files]
+        files.update((slot, path) for slot in new)
+        if new:
+            tried[path] = ", ".join(f"{key} {tier}" for key, tier in new)
+        elif slots:
+            tried[path] = f"the same trials as {files[slots[0]]}"
+        else:
+            tried[path] = f"{len(ids)} trials, those of no scan's {names} tier"
+    return GroundTruthMatch(Path(root), files, tried)

@@ -210,3 +210,89 @@ def test_evaluate_command_bad_input_exits_2_with_one_line(tmp_path, capsys):
                                        column=c) for n, c in (("sub", "prediction"), ("gt", "responses"))]
     assert main(["evaluate", str(one[0]), str(one[1])]) == 2
     assert "scores need at least 2 trials and 1 neuron, got 1 trials" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- finding the ground truth
+SCANS = ("26872-17-20", "27204-5-13")  # two competition scans: their trial ids are 32-hex hashes, disjoint
+
+
+@pytest.fixture
+def tiers():
+    """(data key, tier) -> (trial ids (24,) str, image ids, neuron ids, responses (24, 5)) of two scans."""
+    tables = {}
+    for i, key in enumerate(SCANS):
+        for j, tier in enumerate(("test", "final_test")):
+            tables[key, tier] = _table(seed=10 * i + j, hashed=True)
+    return tables
+
+
+def _official(path, table):
+    """A ground-truth CSV as the official kit's generate_ground_truth_file writes it (pandas, index=False)."""
+    import pandas as pd
+
+    trials, images, neurons, values = table
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"trial_indices": trials, "image_ids": images, "responses": values.tolist(),
+                  "neuron_ids": [neurons.tolist()] * len(trials)}).to_csv(path, index=False)
+    return path
+
+
+def _ours(path, table):
+    return submission.write_submission(path, *table, column="responses")
+
+
+LAYOUTS = {  # name -> (data key, tier) -> (writer, path under the folder)
+    "official_per_scan": lambda key, tier: (_official, f"static{key}-GrayImageNet-x/ground_truth_file_{tier}.csv"),
+    "official_flat": lambda key, tier: (_official, f"{key}_ground_truth_file_{tier}.csv"),
+    "ours": lambda key, tier: (_ours, f"{key}/{submission.GROUND_TRUTH_FILES[tier]}"),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_ground_truth_is_matched_to_scan_and_tier_by_trial_ids_in_any_layout(tmp_path, tiers, layout):
+    expected = {}
+    for slot, table in tiers.items():
+        write, rel = LAYOUTS[layout](*slot)
+        expected[slot] = write(tmp_path / "gt" / rel, table)
+    # neighbours that are no ground truth of these tiers: a submission, another scan's file, a note
+    trials, images, neurons, values = _table(seed=99, hashed=True)
+    submission.write_submission(tmp_path / "gt" / "sub" / "submission_file_live_test.csv", trials, images, neurons,
+                                values)
+    _ours(tmp_path / "gt" / "other" / "ground_truth_live_test.csv", (trials, images, neurons, values))
+    (tmp_path / "gt" / "notes.csv").write_text("a,b\n1,2\n")
+
+    found = submission.match_ground_truth(tmp_path / "gt", {slot: t[0] for slot, t in tiers.items()})
+    assert found.files == expected and found.root == tmp_path / "gt"
+    assert found.by_key() == {key: {tier: str(expected[key, tier]) for tier in ("test", "final_test")}
+                              for key in SCANS}
+    assert found.tried[tmp_path / "gt" / "notes.csv"] == "not a ground-truth file"
+    assert found.tried[tmp_path / "gt" / "sub" / "submission_file_live_test.csv"] == "not a ground-truth file"
+    assert "no scan's final_test/test tier" in found.tried[tmp_path / "gt" / "other" / "ground_truth_live_test.csv"]
+    for slot, path in expected.items():  # and every match scores as the ground truth it is
+        trials, images, neurons, values = tiers[slot]
+        sub = submission.write_submission(tmp_path / "s.csv", trials, images, neurons, values, overwrite=True)
+        assert submission.score_files(sub, path)["single_trial_correlation"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ground_truth_ids_match_as_strings_and_the_first_copy_wins(tmp_path):
+    trials, images, neurons, values = _table(seed=3)  # integer trial ids, as a pre-training scan's
+    first = _official(tmp_path / "a" / "ground_truth_file_test.csv", (trials, images, neurons, values))
+    _ours(tmp_path / "b" / "ground_truth_live_test.csv", (trials, images, neurons, values))
+    found = submission.match_ground_truth(tmp_path, {("1-2-3", "test"): trials})  # ints vs the file's text
+    assert found.files == {("1-2-3", "test"): first}
+    assert found.tried[tmp_path / "b" / "ground_truth_live_test.csv"] == f"the same trials as {first}"
+    partial = submission.match_ground_truth(tmp_path, {("1-2-3", "test"): trials[:-1]})  # a subset is no match
+    assert partial.files == {}
+
+
+def test_a_folder_matching_nothing_names_every_file_tried(tmp_path, tiers):
+    trials, images, neurons, values = _table(seed=99, hashed=True)
+    wrong = _official(tmp_path / "gt" / "ground_truth_file_test.csv", (trials, images, neurons, values))
+    sub = submission.write_submission(tmp_path / "gt" / "x" / "submission_file_live_test.csv", trials, images,
+                                      neurons, values)
+    found = submission.match_ground_truth(tmp_path / "gt", {slot: t[0] for slot, t in tiers.items()})
+    assert found.files == {} and list(found.tried) == [wrong, sub]
+    text = found.tried_text()
+    assert text.startswith("tried ") and str(wrong) in text and str(sub) in text and "\n" not in text
+    assert "24 trials, those of no scan's final_test/test tier" in text and "not a ground-truth file" in text
+    assert submission.match_ground_truth(tmp_path / "empty", {}).tried_text() == "no *.csv file there"
