@@ -4,21 +4,26 @@ Candidates are the trials that finished (``done``, or ``stopped`` early by ASHA 
 best checkpoint (``best.pt`` of the trial's latest persisted checkpoint: its best epoch up to then); failed
 and unfinished trials and trials without one are skipped and counted. Each candidate predicts once (eval
 mode, readouts at their means): the validation tier of every scan and both test tiers of every competition
-scan, cached as ``<data key>.<tier>.npy`` (trials, neurons) under ``RUN/ensemble/cache/<trial id>/`` with
-``key.json`` (the checkpoint's path, mtime and size and the scans' cache folders); a later call memory-maps
-them and builds no model for an unchanged trial.
+scan, each tier written as ``<data key>.<tier>.npy`` (trials, neurons) float32 under
+``RUN/ensemble/cache/<trial id>/`` as soon as it is predicted, then ``key.json`` (the checkpoint's path, mtime
+and size and the scans' cache folders); a later call builds no model for an unchanged trial. Predictions
+are never all held in memory (at the real data size a trial's are about 240 MB: 7 scans x 500 validation
+trials and 2 competition scans x 2,000 test trials, x 8,000 neurons, float32): everything after prediction
+reads them from the cache, memory-mapped, one file at a time.
 
 Greedy forward selection with replacement (Caruana et al. 2004, :func:`select_greedy`) starts from the best
 single trial and adds, one at a time, the candidate (one already in included) that most raises the
 validation single-trial correlation of the averaged prediction, pooled over scans as fit and the search
 pool it (``metrics.pooled_single_trial_correlation``), until no addition gains more than ``TOLERANCE`` or
-``--max-members`` are in. Weights are counts / members; predictions are averaged in the model's normalised
-response units, as retrain's seed ensemble averages them.
+``--max-members`` are in. It keeps the running sum of the members' predictions and the z-scored responses
+per scan, so its memory does not grow with the number of candidates. Weights are counts / members;
+predictions are averaged in the model's normalised response units, as retrain's seed ensemble averages them.
 
 Writes into ``RUN/ensemble/`` (or ``--out``): the official CSVs ``<data key>/submission_file_{live,final}_test.csv``,
 the best single trial's under ``best_trial/``, ``ensemble.json`` and ``ensemble.md``. With ground truth (found
-next to the data as retrain finds it, or ``--ground-truth``) both are scored next to the oracle and to the
-seed ensemble of the best config (``--retrain DIR``; default ``RUN/retrain`` when it holds a retrain.json).
+next to the data, or ``--ground-truth``: matched to the scans by trial ids as retrain matches it,
+``search.retrain.ground_truth_files``) both are scored next to the oracle and to the seed ensemble of the
+best config (``--retrain DIR``; default ``RUN/retrain`` when it holds a retrain.json).
 """
 
 from __future__ import annotations
@@ -39,9 +44,9 @@ import numpy as np
 
 from sensorium.atomic import atomic_write, exclusive_lock, write_text
 from sensorium.errors import UserError
-from sensorium.metrics import pooled_single_trial_correlation
 
 TOLERANCE = 1e-6  # a step must raise the validation correlation by more than this
+EPS = 1e-8  # added to a standard deviation, as metrics.corr does (pooled_single_trial_correlation's scores)
 MAX_MEMBERS = 10
 CACHE_KEY = "key.json"  # written last: a prediction cache folder without a matching one is rebuilt
 CACHE_FORMAT = 1
@@ -57,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default: RUN/ensemble)")
     parser.add_argument("--retrain", type=Path,
                         help="retrain's output folder to compare with (default: RUN/retrain, when it holds one)")
-    parser.add_argument("--ground-truth", type=Path, help="folder with <key>/ground_truth_*_test.csv to score against")
+    parser.add_argument("--ground-truth", type=Path, help="folder of ground-truth CSVs to score against (any layout: "
+                        "each file is matched to a scan's test tier by its trial ids)")
     parser.add_argument("--data", nargs="+", metavar="PATH", help="scans to use instead of the search's data.scans")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -116,7 +122,10 @@ def select_greedy(candidates: Mapping[str, Sequence[np.ndarray]], responses: Seq
     of the same scans, rows and columns alike. Starts from the best single candidate, then adds the
     candidate whose addition most raises ``pooled_single_trial_correlation`` of the members' mean (ties: the
     first in ``candidates``' order), until the best gain is at most ``tolerance`` or ``max_members`` are in.
-    Arrays may be memory maps: each step reads every candidate once.
+
+    Memory does not grow with the number of candidates: per scan it holds the z-scored responses and the
+    members' running sum (float64, (trials, neurons) each) and one candidate's mean at a time. Candidates may
+    be lazy sequences of memory maps (:meth:`CachedPredictions.tier`): each step reads every candidate once.
 
     >>> r = [np.array([[0.0], [1.0], [2.0]])]
     >>> select_greedy({"a": [np.array([[0.0], [1.0], [2.5]])], "b": [np.ones((3, 1))]}, r).counts
@@ -127,21 +136,46 @@ def select_greedy(candidates: Mapping[str, Sequence[np.ndarray]], responses: Seq
     if not candidates:
         raise ValueError("no candidates to select from")
     names = list(candidates)
-    singles = {n: pooled_single_trial_correlation(candidates[n], responses) for n in names}
+    z = [_zscore(np.array(r, dtype=np.float64)) for r in responses]  # (trials, neurons) per scan, once
+    singles = {n: _pooled_corr(z, candidates[n]) for n in names}
     first = max(names, key=lambda n: _finite_or_worst(singles[n]))
-    total = [np.asarray(p, dtype=np.float64) for p in candidates[first]]  # sum of the members, per scan
+    total = [np.array(p, dtype=np.float64) for p in candidates[first]]  # sum of the members, per scan
     steps = [Step(first, singles[first], None)]
     while len(steps) < max_members:
         k = len(steps) + 1
-        scores = {n: pooled_single_trial_correlation([(t + p) / k for t, p in zip(total, candidates[n])], responses)
-                  for n in names}
+        scores = {n: _pooled_corr(z, candidates[n], total, k) for n in names}
         best = max(names, key=lambda n: _finite_or_worst(scores[n]))  # a member predicting NaN: never
         gain = scores[best] - steps[-1].val_corr
         if not gain > tolerance:  # NaN included
             return Selection(tuple(steps), singles, "no improvement")
-        total = [t + p for t, p in zip(total, candidates[best])]
+        for t, p in zip(total, candidates[best]):
+            t += p
         steps.append(Step(best, scores[best], gain))
     return Selection(tuple(steps), singles, "max members")
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    """``x`` (trials, neurons) float64 standardised per neuron, in place: (x - mean) / (std + eps), the
+    operations of ``metrics.corr`` (the scores equal pooled_single_trial_correlation's to float rounding)."""
+    std = x.std(axis=0)
+    x -= x.mean(axis=0)
+    x /= std + EPS
+    return x
+
+
+def _pooled_corr(z: Sequence[np.ndarray], preds: Sequence[np.ndarray], total: Sequence[np.ndarray] | None = None,
+                 k: int = 1) -> float:
+    """``metrics.pooled_single_trial_correlation`` of ``(total + preds) / k`` (``total`` None: ``preds``
+    alone) against the responses whose z-scores are ``z``, one (trials, neurons) array per scan: per neuron
+    the mean of z(mean prediction) * z. One (trials, neurons) float64 temporary at a time (and np.std's own)."""
+    per_neuron = []
+    for s, (zs, p) in enumerate(zip(z, preds)):
+        x = np.array(p, dtype=np.float64) if total is None else np.add(total[s], p, dtype=np.float64)
+        x /= k
+        _zscore(x)
+        x *= zs
+        per_neuron.append(x.mean(axis=0))
+    return float(np.mean(np.concatenate(per_neuron)))
 
 
 def _finite_or_worst(score: float) -> float:
@@ -171,7 +205,7 @@ def build_ensemble(run_dir: Path, *, max_members: int = MAX_MEMBERS, out: Path |
     """Predict (or read the cache), select, write and score; returns what ensemble.json holds. ``data``
     replaces the search's data.scans; ``device`` runs the predictions (auto: a GPU when visible)."""
     from search.results import load_run
-    from search.retrain import find_ground_truth, read_oracle, score_all_files
+    from search.retrain import ground_truth_files, read_oracle, score_all_files
     from sensorium.config import set_value
     from sensorium.predict import competition_keys
     from sensorium.runtime import resolve_device
@@ -197,7 +231,10 @@ def build_ensemble(run_dir: Path, *, max_members: int = MAX_MEMBERS, out: Path |
         for folder in dict.fromkeys([run_dir / "ensemble", out]):
             locks.enter_context(exclusive_lock(folder / LOCK, "ensemble"))
         loaded: dict[Any, dict[str, Any]] = {}  # data-loading settings -> scans (trials differ in batch size only)
-        preds: dict[str, dict[Slot, np.ndarray]] = {}
+        first_cfg = configs[chosen[0].trial_id]
+        # before any prediction: a --ground-truth that matches nothing fails at once
+        truth = ground_truth_files(ground_truth, first_cfg, _load(first_cfg, loaded, progress))
+        preds: dict[str, CachedPredictions] = {}
         cached = 0
         for i, r in enumerate(chosen, 1):
             t0, cfg = time.perf_counter(), configs[r.trial_id]
@@ -210,7 +247,7 @@ def build_ensemble(run_dir: Path, *, max_members: int = MAX_MEMBERS, out: Path |
                 + ("(cached)" if hit else f"({time.perf_counter() - t0:.1f} s)"))
         scans = next(iter(loaded.values()))
         val = {k: scans[k].tier_indices("validation") for k in scans}
-        selection = select_greedy({t: [p[(k, "validation")] for k in scans] for t, p in preds.items()},
+        selection = select_greedy({t: p.tier(list(scans), "validation") for t, p in preds.items()},
                                   [scans[k].normalised_responses(rows) for k, rows in val.items()], max_members)
         say(f"ensemble: {len(selection.steps)} members, {len(selection.counts)} distinct trials, validation "
             f"single-trial corr {selection.val_corr:.4f} (best single {selection.steps[0].val_corr:.4f}); "
@@ -221,7 +258,6 @@ def build_ensemble(run_dir: Path, *, max_members: int = MAX_MEMBERS, out: Path |
         best_files = _write_average(out / "best_trial", {selection.steps[0].member: 1.0}, preds, scans, slots)
 
         by_id = {r.trial_id: r for r in chosen}
-        gt = Path(ground_truth) if ground_truth else find_ground_truth(configs[selection.steps[0].member])
         summary: dict[str, Any] = {
             "run": str(run_dir), "out": str(out), "max_members": max_members, "tolerance": TOLERANCE,
             "candidates": len(chosen), "skipped": skipped, "predicted": len(chosen) - cached, "cached": cached,
@@ -233,27 +269,61 @@ def build_ensemble(run_dir: Path, *, max_members: int = MAX_MEMBERS, out: Path |
                          "checkpoint": str(by_id[t].checkpoint / "best.pt")} for t, c in selection.counts.items()],
             "singles": selection.singles, "files": files, "best_trial_files": best_files,
             "retrain": previous and previous["out"], "retrain_seeds": previous and previous.get("seeds"),
-            "ground_truth": str(gt) if gt else None, "seconds": None,
+            "ground_truth": truth and str(truth.root), "ground_truth_files": truth and truth.by_key(), "seconds": None,
         }
-        if gt is not None:
-            scores = {"trial_ensemble": score_all_files(files, gt), "best_trial": score_all_files(best_files, gt)}
+        if truth is not None:
+            scores = {"trial_ensemble": score_all_files(files, truth.files),
+                      "best_trial": score_all_files(best_files, truth.files)}
             if previous:
                 existing = {rel: p for rel, p in previous["ensemble_files"].items() if Path(p).is_file()}
-                scores["seed_ensemble"] = score_all_files(existing, gt)
-            summary["scores"], summary["oracle"] = scores, read_oracle(gt, competition)
+                scores["seed_ensemble"] = score_all_files(existing, truth.files)
+            summary["scores"], summary["oracle"] = scores, read_oracle(truth.root, competition)
         summary["seconds"] = round(time.perf_counter() - start, 1)
         write_text(out / "ensemble.json", json.dumps(summary, indent=2))
         write_text(out / "ensemble.md", _markdown(summary))
     return summary
 
 
+@dataclass(frozen=True)
+class CachedPredictions:
+    """One trial's predictions in its cache folder: ``<data key>.<tier>.npy``, (trials, neurons) float32 in
+    normalised response units, rows in ``tier_indices`` order.
+
+    ``cached[(key, tier)]`` memory-maps one file when asked and keeps nothing open: a held map also holds a
+    file descriptor, and a hundred trials' files would pass the usual limit of 1,024.
+    """
+
+    folder: Path
+
+    def __getitem__(self, slot: Slot) -> np.ndarray:
+        key, tier = slot
+        return np.load(self.folder / f"{key}.{tier}.npy", mmap_mode="r")
+
+    def tier(self, keys: Sequence[str], tier: str) -> Sequence[np.ndarray]:
+        """The tier's predictions of the scans ``keys``, one per scan, each memory-mapped when indexed."""
+        return _Lazy(self, [(key, tier) for key in keys])
+
+
+class _Lazy(Sequence[np.ndarray]):
+    """Some tiers of one cached trial, one array per slot, memory-mapped only while in use."""
+
+    def __init__(self, cached: CachedPredictions, slots: list[Slot]) -> None:
+        self.cached, self.slots = cached, slots
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return self.cached[self.slots[i]]
+
+
 def trial_predictions(checkpoint: Path, scans: Mapping[str, Any], cache: Path, device: Any,
-                      batch_size: int = 0) -> tuple[dict[Slot, np.ndarray], bool]:
-    """(data key, tier) -> (trials, neurons) float32 predictions of one checkpoint, and whether they came
-    from ``cache``: the validation tier of every scan and the submission tiers of every competition scan,
-    rows in ``tier_indices`` order. A cache whose key (checkpoint path, mtime, size, the scans' cache
-    folders) or shapes differ is rebuilt: the model is loaded (eval mode) and predicts, files are written
-    whole, key.json last."""
+                      batch_size: int = 0) -> tuple[CachedPredictions, bool]:
+    """One checkpoint's predictions in ``cache``, and whether they were there already: the validation tier of
+    every scan and the submission tiers of every competition scan. A cache whose key (checkpoint path,
+    mtime, size, the scans' cache folders) or shapes differ is rebuilt: the model is loaded (eval mode) and
+    predicts one tier of one scan at a time, each written whole and released before the next, key.json
+    last."""
     from sensorium.predict import predict
     from sensorium.submission import SUBMISSION_FILES
     from sensorium.training.checkpoint import load_model
@@ -263,21 +333,22 @@ def trial_predictions(checkpoint: Path, scans: Mapping[str, Any], cache: Path, d
     stat = checkpoint.stat()
     key = {"format": CACHE_FORMAT, "checkpoint": str(checkpoint), "mtime_ns": stat.st_mtime_ns, "size": stat.st_size,
            "scans": {k: s.scan.cache_dir.name for k, s in scans.items()}}
+    cached = CachedPredictions(cache)
     try:
-        if json.loads((cache / CACHE_KEY).read_text()) == key:
-            values = {(k, t): np.load(cache / f"{k}.{t}.npy", mmap_mode="r") for k, t in slots}
-            if all(v.shape == (len(scans[k].tier_indices(t)), scans[k].n_neurons) for (k, t), v in values.items()):
-                return values, True
+        if json.loads((cache / CACHE_KEY).read_text()) == key and all(
+                cached[k, t].shape == (len(scans[k].tier_indices(t)), scans[k].n_neurons) for k, t in slots):
+            return cached, True
     except (OSError, ValueError):  # no cache yet, or a damaged one: predict again
         pass
     (cache / CACHE_KEY).unlink(missing_ok=True)  # no key may vouch for files half replaced
     model, _ = load_model(checkpoint, device)
-    values = {(k, t): predict(model, scans[k], t, device, batch_size).values for k, t in slots}
-    for (k, t), v in values.items():
+    for k, t in slots:
+        values = predict(model, scans[k], t, device, batch_size).values  # (trials, neurons) float32
         with atomic_write(cache / f"{k}.{t}.npy", "wb") as f:
-            np.save(f, v)
+            np.save(f, values)
+        del values  # before the next tier is predicted: one tier's predictions in memory at a time
     write_text(cache / CACHE_KEY, json.dumps(key, indent=2))
-    return values, False
+    return cached, False
 
 
 def _load(cfg: Any, loaded: dict[Any, dict[str, Any]], progress: bool) -> dict[str, Any]:
@@ -294,10 +365,10 @@ def _load(cfg: Any, loaded: dict[Any, dict[str, Any]], progress: bool) -> dict[s
     return loaded[setting]
 
 
-def _write_average(out: Path, weights: Mapping[str, float], preds: Mapping[str, Mapping[Slot, np.ndarray]],
+def _write_average(out: Path, weights: Mapping[str, float], preds: Mapping[str, CachedPredictions],
                    scans: Mapping[str, Any], slots: Sequence[tuple[str, str, str]]) -> dict[str, str]:
     """The weighted mean of the members' predictions (float64, then float32 in the file) as the official
-    CSVs ``out/<key>/<name>``; returns "<key>/<name>" -> path."""
+    CSVs ``out/<key>/<name>``, one file's mean in memory at a time; returns "<key>/<name>" -> path."""
     from sensorium.predict import keyed
     from sensorium.submission import write_submission
 

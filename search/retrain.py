@@ -3,14 +3,19 @@
 Trains the config with N seeds (``seed``, ``seed + 1``, ...), averages the N models' predictions of every
 competition scan (aligned by trial and neuron id), and writes the official CSVs
 ``OUT/<data key>/submission_file_{live,final}_test.csv`` (each seed's own under ``OUT/seed_<s>/submission/``).
-When a ground-truth folder is given or found next to the data (the synthetic layout
-``<gt>/<key>/ground_truth_<tier>.csv``), every file is scored; the oracle is reported beside the scores when
-``<gt>/<key>/oracle.json`` exists. Everything goes to ``OUT/retrain.json``.
+When a ground-truth folder is given or found next to the data, every file is scored: its CSVs are matched to
+the scans' test tiers by their trial ids, in any layout (``sensorium.submission.match_ground_truth``: the
+synthetic ``<gt>/<key>/ground_truth_<tier>.csv``, the official kit's ``ground_truth_file_<tier>.csv``); the
+oracle is reported beside the scores when ``<gt>/<key>/oracle.json`` exists. Everything goes to
+``OUT/retrain.json``.
 
-Each seed is one Ray task with its own resources (``--cpus-per-seed``, ``--gpus-per-seed``), on a private
-local Ray or a cluster (``--address``), as many at once as the resources allow. The driver builds the
-memory-mapped data cache once; each task maps it, runs ``fit``, writes its seed folder and submissions and
-returns its test-tier predictions, which the driver adds up as the tasks finish.
+Each seed is one Ray task with its own resources (``--cpus-per-seed``, ``--gpus-per-seed``; by default one
+whole GPU per seed when training on CUDA), on a private local Ray or a cluster (``--address``), as many at
+once as the resources allow. The driver builds the memory-mapped data cache once; each task maps it, runs
+``fit``, writes its seed folder, its submissions and its test-tier predictions as ``.npy`` files
+(``seed_<s>/predictions/``), and returns a summary of a few kB: at the real data size a seed's predictions
+are about 128 MB, too much for Ray's object store. The driver then averages them one file at a time from
+memory maps.
 
 ``--train-on-validation`` (a recorded choice) adds the validation tier to the training data; since early
 stopping on data the model trains on is meaningless, fit then trains exactly ``train.max_epochs``, set to
@@ -24,15 +29,19 @@ import json
 import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sensorium.atomic import exclusive_lock, write_text
+from sensorium.atomic import atomic_write, exclusive_lock, write_text
 from sensorium.config import ExperimentConfig, config_hash, load_config, set_value
 from sensorium.errors import UserError
 from sensorium.runtime import is_cuda_request
+
+if TYPE_CHECKING:
+    from sensorium.submission import GroundTruthMatch
 
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device accepts
 RETRAIN_LOCK = ".retrain.lock"  # in the output folder, held by the retrain writing it
@@ -44,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-on-validation", action="store_true",
                         help="also train on the validation tier, for the search's best number of epochs")
     parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/retrain or next to the config)")
-    parser.add_argument("--ground-truth", type=Path, help="folder with <key>/ground_truth_*_test.csv to score against")
+    parser.add_argument("--ground-truth", type=Path, help="folder of ground-truth CSVs to score against (any layout: "
+                        "each file is matched to a scan's test tier by its trial ids)")
     parser.add_argument("--data", nargs="+", metavar="PATH", help="scans to use instead of the config's data.scans")
     parser.add_argument("--device", help="train.device of every seed: auto, cpu, cuda or cuda:N (default: the config's)")
     parser.add_argument("--cpus-per-seed", type=float,
@@ -80,7 +90,6 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
     from search.prepare import absolute_data_paths
     from sensorium.data import load_data
     from sensorium.predict import competition_keys
-    from sensorium.submission import write_submission
 
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: expected at least 1")
@@ -116,27 +125,24 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
             cpus, gpus = seed_resources(run_cfg.train.device, seeds, cpus_per_seed, gpus_per_seed)
             preflight(cpus, gpus, str(out), [Path(p) for p in run_cfg.data.scans])
             # Builds the memory-mapped cache here, once, before the tasks map it.
-            competition = competition_keys(load_data(run_cfg.data, progress=progress))
-            members, ensemble = run_seeds(run_cfg, seeds, out, cpus, gpus, progress)
+            scans = load_data(run_cfg.data, progress=progress)
+            competition = competition_keys(scans)
+            truth = ground_truth_files(ground_truth, cfg, scans)  # a wrong --ground-truth fails before training
+            members, saved = run_seeds(run_cfg, seeds, out, cpus, gpus, progress)
         finally:
             release_ray(started)
+        files = write_seed_average(out, saved, scans)
 
-        files = {}
-        for (key, name), pred in ensemble.items():
-            path = write_submission(out / key / name, pred.trial_ids, pred.image_ids, pred.neuron_ids,
-                                    pred.values / seeds, overwrite=True)
-            files[f"{key}/{name}"] = str(path)
-
-        gt = Path(ground_truth) if ground_truth else find_ground_truth(cfg)
         summary: dict[str, Any] = {
             "source": str(source), "out": str(out), "config_hash": config_hash(cfg),
             "seeds": [m["seed"] for m in members], "choices": choices, "search_provenance": provenance,
-            "members": members, "ensemble_files": files, "ground_truth": str(gt) if gt else None, "seconds": None,
+            "members": members, "ensemble_files": files, "ground_truth": truth and str(truth.root),
+            "ground_truth_files": truth and truth.by_key(), "seconds": None,
         }
-        if gt is not None:
-            summary["scores"] = {"ensemble": score_all_files(files, gt),
-                                 **{f"seed_{m['seed']}": score_all_files(m["files"], gt) for m in members}}
-            summary["oracle"] = read_oracle(gt, competition)
+        if truth is not None:
+            summary["scores"] = {"ensemble": score_all_files(files, truth.files),
+                                 **{f"seed_{m['seed']}": score_all_files(m["files"], truth.files) for m in members}}
+            summary["oracle"] = read_oracle(truth.root, competition)
         summary["seconds"] = round(time.perf_counter() - start, 1)
         write_text(out / "retrain.json", json.dumps(summary, indent=2, default=_jsonable))
     return summary
@@ -163,15 +169,14 @@ def seed_resources(device: str, seeds: int, cpus: float | None, gpus: float | No
 
 
 def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: float,
-              progress: bool) -> tuple[list[dict[str, Any]], dict[tuple[str, str], Any]]:
-    """Run seeds ``cfg.seed`` ... ``cfg.seed + seeds - 1`` as Ray tasks into ``out/seed_<s>``; returns the
-    members (retrain.json entries, by seed) and the ensemble: (data key, file name) -> Predictions whose
-    values (trials, neurons) are the float64 sum over the seeds. The first failed seed cancels the others."""
+              progress: bool) -> tuple[list[dict[str, Any]], dict[int, dict[str, dict[str, str]]]]:
+    """Run seeds ``cfg.seed`` ... ``cfg.seed + seeds - 1`` as Ray tasks (:func:`seed_task`) into
+    ``out/seed_<s>``; returns the members (retrain.json entries, by seed) and where each seed saved its
+    predictions (seed -> "<data key>/<file name>" -> {"values", "rows"} paths). The first failed seed
+    cancels the others."""
     import ray
 
-    from search.trainable import train_seed
-
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(train_seed)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(seed_task)
     pending = {}
     for i in range(seeds):
         seed_cfg = set_value(cfg, "seed", cfg.seed + i)
@@ -206,11 +211,63 @@ def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: f
             print(f"retrain: seed {seed} on {done['host']} ({done['device']}) started {clock}, ended "
                   f"{time.strftime('%H:%M:%S')} ({m['seconds']:.0f} s): best val corr "
                   f"{m['best_val_corr']:.4f} at epoch {m['best_epoch']}", file=sys.stderr, flush=True)
-    ensemble: dict[tuple[str, str], Any] = {}
-    for seed in sorted(done_by_seed):  # summed in seed order: the same files whatever order the tasks end in
-        for slot, pred in done_by_seed[seed]["predictions"].items():
-            _accumulate(ensemble, slot, pred)
-    return [done_by_seed[seed]["member"] for seed in sorted(done_by_seed)], ensemble
+    ordered = sorted(done_by_seed)
+    return [done_by_seed[s]["member"] for s in ordered], {s: done_by_seed[s]["predictions"] for s in ordered}
+
+
+def seed_task(cfg_dict: dict[str, Any], seed_dir: str, cpus: float, gpus: float) -> dict[str, Any]:
+    """One seed, run as a Ray task: ``search.trainable.train_seed`` (fit, then the seed's submissions), then its
+    predictions saved into ``seed_dir/predictions/``, each file written whole: ``<data key>.<tier>.npy``
+    ((trials, neurons) float32, the model's normalised response units) and ``<data key>.<tier>.rows.npy``
+    ((trials,) int64, the scan rows they belong to, in that order).
+
+    Returns train_seed's summary (``member``, ``started``, ``device``, ``host``) with ``predictions``:
+    "<data key>/<file name>" -> {"values": path, "rows": path}. Its size does not grow with the data (about
+    1 kB), so nothing large passes through Ray's object store.
+    """
+    from search.trainable import train_seed
+    from sensorium.submission import SUBMISSION_FILES
+
+    done = train_seed(cfg_dict, seed_dir, cpus, gpus)
+    saved = {}
+    for (key, name), pred in done.pop("predictions").items():
+        stem = Path(seed_dir) / "predictions" / f"{key}.{SUBMISSION_FILES[name]}"
+        paths = {"values": f"{stem}.npy", "rows": f"{stem}.rows.npy"}
+        for what, array in (("values", pred.values), ("rows", pred.rows)):
+            with atomic_write(paths[what], "wb") as f:
+                np.save(f, array)
+        saved[f"{key}/{name}"] = paths
+    return {**done, "predictions": saved}
+
+
+def write_seed_average(out: Path, saved: Mapping[int, Mapping[str, Mapping[str, str]]],
+                       scans: Mapping[str, Any]) -> dict[str, str]:
+    """The seed ensemble's official CSVs ``out/<data key>/<file name>``: per file, the seeds' saved predictions
+    (memory-mapped) summed in float64 in seed order, divided by their number, keyed by trial and neuron id
+    through ``scans`` (data key -> ScanData). One file's sum is in memory at a time. Returns
+    "<data key>/<file name>" -> path. RuntimeError when the seeds predicted different trials."""
+    from sensorium.predict import keyed
+    from sensorium.submission import write_submission
+
+    files = {}
+    for rel in saved[min(saved)]:
+        total, rows = None, None
+        for seed in sorted(saved):
+            values = np.load(saved[seed][rel]["values"], mmap_mode="r")  # (trials, neurons)
+            seed_rows = np.load(saved[seed][rel]["rows"])
+            if total is None:
+                total, rows = values.astype(np.float64), seed_rows
+            elif np.array_equal(rows, seed_rows):
+                total += values
+            else:
+                raise RuntimeError(f"{rel}: ensemble members predicted different trials")
+        total /= len(saved)
+        key, name = rel.split("/")
+        pred = keyed(scans[key], rows, total)
+        path = write_submission(out / key / name, pred.trial_ids, pred.image_ids, pred.neuron_ids, pred.values,
+                                overwrite=True)
+        files[rel] = str(path)
+    return files
 
 
 def _print_epochs(out: Path, seeds: list[int], shown: dict[int, int]) -> None:
@@ -261,17 +318,51 @@ def find_ground_truth(cfg: ExperimentConfig) -> Path | None:
     return None
 
 
-def score_all_files(files: dict[str, str], gt: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """key -> tier -> scores, for every submission file whose ground truth exists under ``gt``."""
-    from sensorium.submission import GROUND_TRUTH_FILES, SUBMISSION_FILES, score_files
+def ground_truth_files(given: Path | None, cfg: ExperimentConfig,
+                       scans: Mapping[str, Any]) -> GroundTruthMatch | None:
+    """The ground truth to score the competition scans' submissions against: the folder ``given`` (``--ground-truth``), else one found next
+    to the data (:func:`find_ground_truth`), its CSVs matched to each competition scan's test and final_test
+    trials (``scans``: data key -> ScanData) by their trial ids, whatever their names and folders.
+
+    None when there is no folder, or when a found one matches nothing (a warning line on stderr names the
+    files tried). A given one that is no folder or matches nothing is a UserError naming the files tried.
+    Used by ``retrain`` and ``ensemble``.
+    """
+    from sensorium.predict import competition_keys
+    from sensorium.submission import SUBMISSION_FILES, match_ground_truth
+
+    root = Path(given) if given else find_ground_truth(cfg)
+    if root is None:
+        return None
+    if not root.is_dir():
+        raise UserError(f"--ground-truth {given}: no such folder")
+    keys = competition_keys(scans)
+    trials = {(key, tier): np.asarray(scans[key].trial_ids)[scans[key].tier_indices(tier)]
+              for key in keys for tier in SUBMISSION_FILES.values()}
+    found = match_ground_truth(root, trials)
+    if found.files:
+        return found
+    problem = (f"{root}: no ground-truth CSV there holds the test or final_test trials of scan "
+               f"{', '.join(keys)}; {found.tried_text()}")
+    if given:
+        raise UserError(f"--ground-truth {problem}")
+    print(f"warning: ground truth found next to the data, {problem}: submissions not scored",
+          file=sys.stderr, flush=True)
+    return None
+
+
+def score_all_files(files: Mapping[str, str], truth: Mapping[tuple[str, str], Path]
+                    ) -> dict[str, dict[str, dict[str, float]]]:
+    """key -> tier -> scores of every submission file ("<data key>/<file name>" -> path) whose ground truth is
+    in ``truth`` ((data key, tier) -> CSV, ``GroundTruthMatch.files``)."""
+    from sensorium.submission import SUBMISSION_FILES, score_files
 
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for rel, path in files.items():
         key, name = rel.split("/")
         tier = SUBMISSION_FILES[name]
-        truth = gt / key / GROUND_TRUTH_FILES[tier]
-        if truth.is_file():
-            scores.setdefault(key, {})[tier] = {k: float(v) for k, v in score_files(path, truth).items()}
+        if (key, tier) in truth:
+            scores.setdefault(key, {})[tier] = {k: float(v) for k, v in score_files(path, truth[key, tier]).items()}
     return scores
 
 
@@ -306,17 +397,6 @@ def score_table(summary: dict[str, Any]) -> str:
                 lines.append(f"{'oracle':<{w}}{key:<14}{tier:<12}{o['single_trial_correlation']:>13.4f}"
                              f"{o['correlation_to_average']:>13.4f}{'-':>10}")
     return "\n".join(lines)
-
-
-def _accumulate(ensemble: dict[tuple[str, str], Any], slot: tuple[str, str], pred: Any) -> None:
-    if slot not in ensemble:
-        pred.values = pred.values.astype(np.float64)
-        ensemble[slot] = pred
-        return
-    have = ensemble[slot]
-    if not (np.array_equal(have.trial_ids, pred.trial_ids) and np.array_equal(have.neuron_ids, pred.neuron_ids)):
-        raise RuntimeError(f"{slot}: ensemble members predicted different trials or neurons")
-    have.values = have.values + pred.values
 
 
 def _f(value: Any) -> str:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
+import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from search.ensemble import build_ensemble, select_greedy, split_candidates
+from search.ensemble import CachedPredictions, build_ensemble, select_greedy, split_candidates, trial_predictions
 from search.results import load_trials
 from sensorium.cli import main
 from sensorium.errors import UserError
@@ -76,6 +79,89 @@ def test_greedy_selection_respects_max_members_and_stops_when_nothing_improves(s
         select_greedy(candidates, responses, max_members=0)
 
 
+def _reference(candidates, responses, max_members, tolerance=1e-6):
+    """Caruana's selection spelled out: every evaluation averages the members' predictions from scratch and
+    scores the mean with the pooled metric. Returns (members in order, val corr after each step, singles)."""
+    def score(members):
+        return pooled_single_trial_correlation(
+            [np.mean([candidates[m][s] for m in members], axis=0, dtype=np.float64) for s in range(len(responses))],
+            responses)
+
+    def finite(name_score):
+        return name_score[1] if math.isfinite(name_score[1]) else -math.inf
+
+    singles = {n: score([n]) for n in candidates}
+    members, scores = [max(singles.items(), key=finite)[0]], [max(singles.items(), key=finite)[1]]
+    while len(members) < max_members:
+        best, value = max(((n, score(members + [n])) for n in candidates), key=finite)
+        if not value - scores[-1] > tolerance:
+            break
+        members.append(best)
+        scores.append(value)
+    return members, scores, singles
+
+
+def _random_candidates(seed, n_candidates, shapes=((120, 7), (80, 4))):
+    """(name -> one prediction per scan, responses per scan): predictions are the signal plus a noise shared by
+    all candidates, one of their own and a scale of their own, so the best mix takes several members."""
+    rng = np.random.default_rng(seed)
+    responses, candidates = [], {f"t{i}": [] for i in range(n_candidates)}
+    for shape in shapes:
+        signal = rng.gamma(2.0, 1.0, shape)
+        responses.append(signal + rng.normal(size=shape))
+        shared = rng.normal(size=shape)
+        for i, name in enumerate(candidates):
+            own = rng.normal(scale=rng.uniform(0.5, 2.0), size=shape)
+            candidates[name].append((signal * rng.uniform(0.5, 2) + 0.5 * shared + own).astype(np.float32))
+    return candidates, responses
+
+
+def _cache(folder, candidates, keys):
+    """The candidates written as trial caches (``<key>.validation.npy``); name -> memory-mapped, lazy sequence."""
+    for name, preds in candidates.items():
+        (folder / name).mkdir(parents=True)
+        for key, pred in zip(keys, preds):
+            np.save(folder / name / f"{key}.validation.npy", pred)
+    return {name: CachedPredictions(folder / name).tier(keys, "validation") for name in candidates}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_selection_equals_a_straightforward_reference_on_random_data(seed, tmp_path):
+    candidates, responses = _random_candidates(seed, n_candidates=6)
+    members, scores, singles = _reference(candidates, responses, max_members=8)
+    assert len(members) >= 3  # the data makes a real ensemble
+    in_memory = select_greedy(candidates, responses, max_members=8)
+    cached = select_greedy(_cache(tmp_path, candidates, ["1-1-1", "2-2-2"]), responses, max_members=8)
+    for sel in (in_memory, cached):
+        assert [s.member for s in sel.steps] == members
+        assert [s.val_corr for s in sel.steps] == pytest.approx(scores, abs=1e-12)
+        assert sel.singles == pytest.approx(singles, abs=1e-12)
+        assert sel.stopped == ("max members" if len(members) == 8 else "no improvement")
+
+
+def test_selection_memory_does_not_grow_with_the_number_of_candidates(tmp_path):
+    """tracemalloc sees numpy's allocations (not the pages of memory maps): the peak while selecting among 12
+    cached candidates is that of 3 candidates, a few (trials, neurons) arrays, not one array per candidate."""
+    keys, shapes = ["1-1-1", "2-2-2"], ((400, 300), (200, 300))
+    candidates, responses = _random_candidates(0, n_candidates=12, shapes=shapes)
+    lazy = _cache(tmp_path, candidates, keys)
+    one_candidate = sum(r * c * 8 for r, c in shapes)  # bytes of one candidate's predictions in float64
+
+    def peak(names):
+        tracemalloc.start()
+        try:
+            sel = select_greedy({n: lazy[n] for n in names}, responses, max_members=4, tolerance=-1.0)
+            return tracemalloc.get_traced_memory()[1], sel
+        finally:
+            tracemalloc.stop()
+
+    few, few_sel = peak(list(lazy)[:3])
+    many, many_sel = peak(list(lazy))
+    assert len(few_sel.steps) == len(many_sel.steps) == 4  # the same work per candidate
+    assert many < few + one_candidate / 8  # slack: far less than one more candidate's predictions
+    assert many < 5 * one_candidate  # z-scored responses, running sum, one candidate's mean and its products
+
+
 def test_candidates_are_finished_trials_with_a_best_checkpoint(tmp_path):
     with_ckpt = tmp_path / "ckpt"
     with_ckpt.mkdir()
@@ -117,6 +203,9 @@ def test_ensemble_of_a_finished_search_writes_scored_submissions_and_caches_pred
     assert "| step | member added |" in md and summary["best_trial"] in md
     cache = finished_run / "ensemble" / "cache"
     assert {p.name for p in cache.iterdir()} == {r.trial_id for r in load_trials(finished_run)}
+    for trial in cache.iterdir():  # what the selection read: the cache, memory-mapped, as the files hold it
+        for rel in (f"{key}.validation.npy", f"{key}.test.npy", f"{key}.final_test.npy"):
+            assert isinstance(np.load(trial / rel, mmap_mode="r"), np.memmap)
 
     # a second call reads every prediction from the cache and builds no model
     def no_model(*args, **kwargs):
@@ -151,6 +240,68 @@ def test_ensemble_compares_with_a_retrain_folder(finished_run, tmp_path):
     assert "retrain's 2 seeds of the best config" in (tmp_path / "ens" / "ensemble.md").read_text()
     with pytest.raises(UserError, match="no retrain.json there"):
         build_ensemble(finished_run, out=tmp_path / "x", retrain_dir=tmp_path / "missing", progress=False)
+
+
+def test_a_first_build_returns_the_cache_memory_mapped_not_the_predictions(finished_run, tmp_path):
+    import torch
+
+    from sensorium.data import load_data
+    from sensorium.training.checkpoint import load_model
+
+    checkpoint = load_trials(finished_run)[0].checkpoint / "best.pt"
+    _, cfg = load_model(checkpoint, torch.device("cpu"))
+    scans = load_data(cfg.data, progress=False)
+    cached, hit = trial_predictions(checkpoint, scans, tmp_path / "cache", torch.device("cpu"))
+    assert not hit and isinstance(cached, CachedPredictions) and (tmp_path / "cache" / "key.json").is_file()
+    key = next(iter(scans))
+    validation = cached[key, "validation"]
+    assert isinstance(validation, np.memmap) and validation.dtype == np.float32
+    assert validation.shape == (len(scans[key].tier_indices("validation")), scans[key].n_neurons)
+
+
+def _official_layout(tiny_data, folder):
+    """The generator's ground truth of the competition scan copied under the official kit's names, side by
+    side in one folder (the scan's key in the name, as two scans' files there would need)."""
+    key = tiny_data.competition_keys[0]
+    folder.mkdir()
+    for tier, name in GROUND_TRUTH_FILES.items():
+        shutil.copy(tiny_data.ground_truth_dir / key / name, folder / f"{key}_ground_truth_file_{tier}.csv")
+    return key
+
+
+def test_ensemble_scores_against_ground_truth_in_the_official_layout(finished_run, tiny_data, tmp_path, capsys):
+    default = build_ensemble(finished_run, out=tmp_path / "default", max_members=3, device="cpu", progress=False)
+    key = _official_layout(tiny_data, tmp_path / "official")
+    assert main(["ensemble", str(finished_run), "--out", str(tmp_path / "e"), "--max-members", "3", "--device", "cpu",
+                 "--ground-truth", str(tmp_path / "official"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "e" / "ensemble.json").read_text())
+    assert summary["scores"] == default["scores"] and summary["ground_truth"] == str(tmp_path / "official")
+    assert summary["ground_truth_files"] == {
+        key: {tier: str(tmp_path / "official" / f"{key}_ground_truth_file_{tier}.csv") for tier in ("test", "final_test")}}
+    assert "trial_ensemble" in capsys.readouterr().out
+
+
+def test_ensemble_says_when_its_ground_truth_matches_nothing(finished_run, tiny_data, tmp_path, capsys, monkeypatch):
+    other = next(k for k in tiny_data.keys if k not in tiny_data.competition_keys)  # a pre-training scan's
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    shutil.copy(tiny_data.ground_truth_dir / other / GROUND_TRUTH_FILES["test"], wrong / "ground_truth_file_test.csv")
+    # given: one line, exit 2, naming the files tried, before any prediction
+    assert main(["ensemble", str(finished_run), "--out", str(tmp_path / "e"), "--ground-truth", str(wrong),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --ground-truth {wrong}: no ground-truth CSV there holds") and err.count("\n") == 1
+    assert f"tried {wrong / 'ground_truth_file_test.csv'} (" in err and not (tmp_path / "e" / "ensemble.json").exists()
+    assert main(["ensemble", str(finished_run), "--ground-truth", str(tmp_path / "none")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    # found next to the data: a warning line, and the submissions are written unscored
+    monkeypatch.setattr("search.retrain.find_ground_truth", lambda cfg: wrong)
+    summary = build_ensemble(finished_run, out=tmp_path / "found", max_members=1, device="cpu", progress=False)
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: ground truth found next to the data, {wrong}: no ground-truth CSV") \
+        and err.count("\n") == 1 and str(wrong / "ground_truth_file_test.csv") in err
+    assert summary["ground_truth"] is None and "scores" not in summary
+    assert (tmp_path / "found" / tiny_data.competition_keys[0] / "submission_file_live_test.csv").is_file()
 
 
 @pytest.mark.parametrize(("options", "message"), [

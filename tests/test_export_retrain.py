@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +16,13 @@ import yaml
 from search.export import export_best, read_best_config
 from search.report import boundary_check, write_report
 from search.results import best_trial, load_trials
-from search.retrain import retrain
+from search.retrain import retrain, seed_task
 from search.space import parse_search
 from sensorium.cli import main
-from sensorium.config import config_hash, load_config
+from sensorium.config import config_hash, load_config, set_value
+from sensorium.data import load_data
 from sensorium.errors import UserError
-from sensorium.submission import read_submission
+from sensorium.submission import GROUND_TRUTH_FILES, read_submission
 from sensorium.training.fit import fit
 
 
@@ -59,6 +62,7 @@ def test_retrain_ensembles_seeds_and_scores_every_competition_submission(finishe
     again = fit(seed_cfg, tmp_path / "in_process", progress=False)
     assert again.best_epoch == summary["members"][0]["best_epoch"]
     assert again.best_val_corr == pytest.approx(summary["members"][0]["best_val_corr"], abs=1e-6)
+    scan = load_data(seed_cfg.data, progress=False)[key]
     assert set(summary["ensemble_files"]) == {f"{key}/submission_file_live_test.csv",
                                               f"{key}/submission_file_final_test.csv"}
     for name in ("submission_file_live_test.csv", "submission_file_final_test.csv"):
@@ -66,8 +70,22 @@ def test_retrain_ensembles_seeds_and_scores_every_competition_submission(finishe
         members = [read_submission(out / f"seed_{s}" / "submission" / key / name) for s in summary["seeds"]]
         for m_trials, _, m_neurons, _ in members:
             assert list(m_trials) == list(trials) and list(m_neurons) == list(neurons)
-        np.testing.assert_allclose(ensemble, np.mean([m[3] for m in members], axis=0), rtol=1e-5, atol=1e-6)
+        # the float32 predictions summed in float64 in seed order, divided by the seeds: bit for bit the same file
+        # as when the tasks returned their predictions to the driver (they come from the seeds' .npy files now)
+        seeds = [m[3].astype(np.float32) for m in members]  # a CSV holds float32 values in their shortest text
+        expected = (sum(v.astype(np.float64) for v in seeds) / len(seeds)).astype(np.float32)
+        np.testing.assert_array_equal(ensemble.astype(np.float32), expected)
+        tier = {"submission_file_live_test.csv": "test", "submission_file_final_test.csv": "final_test"}[name]
+        row_of = {t: i for i, t in enumerate(trials)}
+        for s, (_, _, _, member) in zip(summary["seeds"], members):  # each seed's saved predictions are its CSV's
+            saved = out / f"seed_{s}" / "predictions" / f"{key}.{tier}"
+            values, rows = np.load(f"{saved}.npy"), np.load(f"{saved}.rows.npy")
+            assert values.dtype == np.float32 and np.array_equal(rows, scan.tier_indices(tier))
+            in_file = [row_of[str(t)] for t in np.asarray(scan.trial_ids)[rows]]
+            np.testing.assert_array_equal(values, member[in_file].astype(np.float32))
     assert summary["ground_truth"] == str(tiny_data.ground_truth_dir)  # found next to the data
+    assert summary["ground_truth_files"] == {
+        key: {tier: str(tiny_data.ground_truth_dir / key / name) for tier, name in GROUND_TRUTH_FILES.items()}}
     scores = summary["scores"]
     assert set(scores) == {"ensemble", *(f"seed_{s}" for s in summary["seeds"])}
     assert set(scores["ensemble"][key]) == {"test", "final_test"}
@@ -76,6 +94,46 @@ def test_retrain_ensembles_seeds_and_scores_every_competition_submission(finishe
     assert json.loads((out / "retrain.json").read_text())["seeds"] == summary["seeds"]
     with pytest.raises(UserError, match="already holds a retrain"):
         retrain(finished_run, seeds=1, progress=False)
+
+
+def _arrays(value):
+    """The numpy arrays anywhere in a nested dict / list / tuple."""
+    if isinstance(value, np.ndarray):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else []
+    return [a for item in items for a in _arrays(item)]
+
+
+def test_a_seed_task_returns_a_small_summary_and_leaves_its_predictions_on_disk(finished_run, tiny_data, tmp_path):
+    import ray
+
+    cfg = set_value(read_best_config(export_best(finished_run))[0], "train.max_epochs", 1)
+    seed_dir = tmp_path / "seed_0"
+    task = ray.remote(num_cpus=1, max_retries=0)(seed_task)
+    done = ray.get(task.remote(cfg.to_dict(), str(seed_dir), 1.0, 0.0))  # what passes through the object store
+    assert len(pickle.dumps(done)) < 1_000_000 and not _arrays(done)  # paths and scores: no data, whatever its size
+    assert set(done) == {"member", "predictions", "started", "device", "host"}
+    key = tiny_data.competition_keys[0]
+    assert set(done["predictions"]) == set(done["member"]["files"]) == {
+        f"{key}/submission_file_live_test.csv", f"{key}/submission_file_final_test.csv"}
+    for rel, paths in done["predictions"].items():
+        assert Path(paths["values"]).parent == seed_dir / "predictions"
+        values = np.load(paths["values"], mmap_mode="r")
+        csv_values = read_submission(done["member"]["files"][rel])[3]
+        assert values.shape == csv_values.shape and len(np.load(paths["rows"])) == len(values)
+
+
+def test_retrain_refuses_ground_truth_that_matches_nothing_before_training(finished_run, tiny_data, tmp_path, capsys):
+    wrong = tmp_path / "gt"
+    wrong.mkdir()
+    other = next(k for k in tiny_data.keys if k not in tiny_data.competition_keys)  # a pre-training scan's trials
+    shutil.copy(tiny_data.ground_truth_dir / other / GROUND_TRUTH_FILES["test"], wrong / "ground_truth_file_test.csv")
+    assert main(["retrain", str(finished_run), "--seeds", "1", "--out", str(tmp_path / "r"), "--quiet",
+                 "--ground-truth", str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --ground-truth {wrong}: no ground-truth CSV there holds the test or final_test "
+                          f"trials of scan {tiny_data.competition_keys[0]}; tried {wrong / 'ground_truth_file_test.csv'}")
+    assert err.count("\n") == 1 and not (tmp_path / "r" / "seed_0").exists()
 
 
 def test_retrain_on_train_plus_validation_and_device_are_recorded_choices(finished_run, tmp_path, capsys):
