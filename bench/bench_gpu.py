@@ -1,21 +1,30 @@
-"""GPU benchmark: one SENSORIUM+ trial alone on a GPU, and 1-8 trials packed onto it through Ray.
+"""GPU benchmark: how many trials per card, and at what throughput each, for the default space at real size.
 
-All through the real training path (``fit``: the scan cache, the scan held on the device, validation every
-epoch, checkpoints) on one synthetic scan of official size (144x256 images, 7500 neurons, 2500 trials).
+The real ``fit`` on 7 synthetic scans of the real SENSORIUM+ size (8,000 neurons, 6,000 trials: 4,500-ish
+train, 500 validation, 1,000 live test, and 1,000 final test in the 2 competition scans; history effects on),
+a few batches per scan and epoch, 2 epochs (the first warms cuDNN's autotuner up; the second is timed):
 
-1. One trial alone, for the baseline (configs/sensorium_plus.yaml) and the largest point of
-   configs/search_default.yaml, at each batch size: train images/s, fit's host batch-assembly share, GPU
-   utilisation while training (nvidia-smi, 200 ms) and peak GPU memory; then timed steps on the fitted model
-   split into batch assembly, host-to-device copy and compute, with fit's device-resident batches and with
-   batches assembled on the host and copied.
-2. Packing: 1, 2, 4, 8 baseline trials at once, 1/N GPU and CPUs/N each, through ``search.driver.run_search``
-   (a search file written at run time): total and per-trial train images/s, summed peak GPU memory and each
-   trial's recorded device. Each trial trains for the epochs one trial alone needs for --packing-seconds.
+1. One trial alone per row: the baseline (configs/sensorium_plus.yaml) at fp32, TF32 and bf16; the baseline
+   with its responses held on the device (``data.responses_on_device``) instead of staged from host memory;
+   the baseline with K=8 readout samples; the history modulator (8 trials back, a 4-d state); the largest
+   depth-separable point of configs/search_default.yaml; its dense corner (every size at its top: 6 layers of
+   128 channels, 15x15 and 11x11 kernels, K=8, batch 128) at TF32 and bf16. Per row: train images/s, the
+   projected time of one real epoch (every train trial of the 7 scans, plus validation), the peak memory of
+   training (incl. the per-epoch validation) and of the final scoring, each next to the memory model's
+   prediction (``sensorium.memory``), and the validation correlation after the 2 short epochs.
+2. Packing: k = 1, 4, 8, 16 baseline trials at once on one card, each its own process capped at 1/k of the
+   card (``runtime.cap_gpu_memory``, as a Ray trial with gpus_per_trial 1/k caps itself), CPUs split evenly:
+   per-trial and total images/s and any out-of-memory failure. (Ray itself is not used: the device machine
+   has no Ray; a Ray trial is this same process with CUDA_VISIBLE_DEVICES and the same cap.)
+3. The trials per card this implies for 40, 80 and 141 GB cards, from the measured peaks plus the CUDA context.
 
-Writes results/bench_gpu.md (``--quick``: runs/bench_gpu/bench_gpu.md) after every measurement and prints it
-at the end (also after an error or SIGTERM). On the GPU machine (about 4-5 minutes on one H200):
-    .venv/bin/python bench/bench_gpu.py
-CPU smoke test of the same code path (1.5-3 minutes on 2 cores):
+Stored images are written at the model's 36x64 (the cache then has exactly the shapes 144x256 scans give it,
+and the device's minutes go to the measurements rather than to rescaling). Rows run in priority order against a
+deadline (``--budget-s``); the table is rewritten after every row, so a run cut short still reports.
+
+On the GPU machine (about 7 minutes on one H200, data generation included):
+    python bench/bench_gpu.py --out results/bench_gpu.md
+CPU smoke test of the same code path (tests/test_bench_gpu.py; about 1.5 minutes on 2 cores):
     .venv/bin/python bench/bench_gpu.py --device cpu --quick
 """
 
@@ -23,376 +32,320 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
+import gc
 import json
 import math
 import os
 import platform
-import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Mapping
+import traceback
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-import yaml
-
-from search.driver import ensure_ray, release_ray, run_search
-from search.space import load_search
-from sensorium.config import ExperimentConfig, get_value, load_config, set_value
-from sensorium.data import ScanData, load_data
-from sensorium.data.synth import SynthConfig, generate
-from sensorium.models import SensoriumModel
-from sensorium.training.fit import batch_objective, fit
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "runs" / "bench_gpu"
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout, installed or not (the device machine)
+
+from sensorium.config import ExperimentConfig, DataConfig, load_config, set_value  # noqa: E402
+from sensorium.data import load_data  # noqa: E402
+from sensorium.data.cache import load_scan  # noqa: E402
+from sensorium.data.reader import resolve_scan_paths  # noqa: E402
+from sensorium.data.synth import SynthConfig, generate  # noqa: E402
+from sensorium.memory import CUDA_CONTEXT_BYTES, ScanShape, estimate  # noqa: E402
+from sensorium.runtime import cap_gpu_memory  # noqa: E402
+from sensorium.training.fit import fit  # noqa: E402
+
 BASELINE = ROOT / "configs" / "sensorium_plus.yaml"
-SEARCH = ROOT / "configs" / "search_default.yaml"
-SIZE_KEYS = ("model.core.layers", "model.core.hidden_channels", "model.core.input_kern",
-             "model.core.hidden_kern", "model.readout.samples")
-CPUS = len(os.sched_getaffinity(0))
-WARMUP_STEPS = 3  # untimed steps before the timed ones (cuDNN autotuning, Adam state, page cache)
+CARDS_GB = (40, 80, 141)
+GIB = 2**30
+# the default space's corners (configs/search_default.yaml): every size parameter at its top
+LARGEST = {"model.core.layers": 6, "model.core.hidden_channels": 128, "model.core.input_kern": 15,
+           "model.core.hidden_kern": 11, "model.readout.samples": 8, "data.batch_size": 128}
+DENSE = {**LARGEST, "model.core.depth_separable": False}
+HISTORY = {"model.modulator.kind": "history", "model.modulator.history_length": 8, "model.modulator.state_dim": 4}
+ROWS: list[tuple[str, dict[str, Any]]] = [  # priority order: the first rows answer the most
+    ("baseline fp32", {}),
+    ("baseline tf32", {"train.precision": "tf32"}),
+    ("baseline bf16", {"train.precision": "bf16"}),
+    ("dense corner tf32", {**DENSE, "train.precision": "tf32"}),
+    ("largest depth-separable", LARGEST),
+    ("history modulator", HISTORY),
+    ("baseline K=8", {"model.readout.samples": 8}),
+    ("baseline, responses on device", {"data.responses_on_device": True}),
+    ("dense corner bf16", {**DENSE, "train.precision": "bf16"}),
+]
+QUICK_ROWS = ("baseline fp32", "history modulator")
 
 
 def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-class GpuSampler:
-    """``nvidia-smi`` utilisation (%) and memory used (MB) every 200 ms, in a subprocess for the whole run;
-    no samples where nvidia-smi is missing (CPU machines)."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, float, float]] = []  # (time.time(), utilisation, memory.used)
-        exe = shutil.which("nvidia-smi")
-        self.proc = None if exe is None else subprocess.Popen(
-            [exe, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "200"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        if self.proc is not None:
-            threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            try:
-                util, memory = (float(x) for x in line.split(","))
-            except ValueError:  # "[N/A]", a partial line
-                continue
-            self.samples.append((time.time(), util, memory))
-
-    def window(self, start: float, stop: float) -> tuple[list[float], list[float]]:
-        inside = [(u, m) for t, u, m in self.samples if start <= t <= stop]
-        return [u for u, _ in inside], [m for _, m in inside]
-
-    def close(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait()
-
-
-def synthetic_scan(neurons: int, trials: int) -> Path:
-    """One pre-training scan at official image size under runs/bench_gpu/, reused when its config is unchanged."""
-    cfg = SynthConfig(seed=0, n_scans=1, n_competition=0, n_neurons=neurons, n_trials=trials,
-                      n_test_images=max(2, trials // 50))  # 10 repeats each: 20% test, 72% train
-    out = WORK / f"synth-{neurons}x{trials}"
+def make_data(work: Path, quick: bool, workers: int) -> Path:
+    """The synthetic scans (reused when their config is unchanged): real size, or tiny with ``quick``."""
+    if quick:
+        cfg = SynthConfig(n_scans=2, n_neurons=200, n_trials=600, n_test_images=10, image_height=36,
+                          image_width=64, adaptation=0.5, drift=0.4, arousal=0.4)
+    else:
+        cfg = SynthConfig(image_height=36, image_width=64, adaptation=0.5, drift=0.4, arousal=0.4)
+    out = work / ("synth-quick" if quick else "synth-real-size")
     oracle = out / "ground_truth" / "oracle.json"
     if not (oracle.exists() and json.loads(oracle.read_text())["config"] == dataclasses.asdict(cfg)):
-        log(f"generating {trials} trials x {neurons} neurons (144x256 images) into {out}")
+        log(f"generating {cfg.n_scans} scans x {cfg.n_neurons} neurons x {cfg.n_trials} trials into {out}")
         start = time.perf_counter()
-        generate(out, cfg, progress=False, overwrite=True)
-        log(f"generated in {time.perf_counter() - start:.1f} s")
-    return next((out / "data").iterdir())
+        generate(out, cfg, progress=False, overwrite=True, workers=workers)
+        log(f"generated in {time.perf_counter() - start:.0f} s")
+    return out / "data"
 
 
-def largest_point() -> ExperimentConfig:
-    """configs/search_default.yaml with every SIZE_KEYS parameter at its maximum, the rest at the base values."""
-    spec = load_search(SEARCH)
-    values = {p.key: max(p.choices) if p.type == "categorical" else int(p.high)  # type: ignore[arg-type]
-              for p in spec.params if p.key in SIZE_KEYS}
-    return spec.resolve(values)
+def build_caches(data_dir: Path, cache_dir: Path, workers: int) -> float:
+    """Preprocess every scan into the cache, several at once; returns the seconds it took."""
+    start = time.perf_counter()
+    paths = resolve_scan_paths([str(data_dir)])
+    cfg = DataConfig(scans=(str(data_dir),), cache_dir=str(cache_dir))
+    with ProcessPoolExecutor(min(workers, len(paths))) as pool:
+        list(pool.map(load_scan, paths, [cfg] * len(paths), [False] * len(paths)))
+    return time.perf_counter() - start
 
 
-def bench_config(cfg: ExperimentConfig, folder: Path, batch: int, epochs: int, device: str) -> ExperimentConfig:
-    settings = {"data.scans": [str(folder)], "data.cache_dir": str(WORK / "cache"), "data.batch_size": batch,
-                "train.max_epochs": epochs, "train.device": device, "train.threads": CPUS}
+def row_config(overrides: dict[str, Any], args: argparse.Namespace, threads: int) -> ExperimentConfig:
+    cfg = load_config(BASELINE)
+    settings = {"data.scans": [str(args.data_dir)], "data.cache_dir": str(args.cache_dir),
+                "train.max_epochs": 2, "train.max_batches_per_epoch": args.batches, "train.device": args.device,
+                "train.threads": threads, "train.checkpoint_every_s": 1e9, **overrides}
     for key, value in settings.items():
         cfg = set_value(cfg, key, value)
     return cfg
 
 
-@dataclasses.dataclass
-class Alone:
-    """One trial alone: fit's epochs, then the timed steps of both batch paths."""
-
-    model: str
-    batch: int
-    parameters: int
-    images_per_s: float
-    epoch_s: float
-    data_share: float  # fit's data_seconds / train_seconds
-    util: list[float]  # nvidia-smi samples inside the training parts of the counted epochs
-    peak_mb: float | None
-    val_corr: float
-    steps: dict[str, np.ndarray]  # path -> ms per batch: (assembly, host-to-device, compute)
-
-
-def one_trial(name: str, cfg: ExperimentConfig, data: Mapping[str, ScanData], n_train: int, n_steps: int,
-              gpu: GpuSampler) -> Alone:
+def measure(cfg: ExperimentConfig, run_dir: Path, data: Any = None) -> dict[str, Any]:
+    """One fit of ``cfg``: epoch 2's train images/s, the peaks of training and final scoring, val corr."""
     device = torch.device(cfg.train.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)  # the fits run one after another in this process
     epochs: list[dict[str, float]] = []
-    windows: list[tuple[float, float]] = []  # time.time() span of each epoch's training part
+    peaks: list[tuple[float, float]] = []
 
     def report(epoch: int, metrics: dict[str, float], _checkpoints: Path | None) -> None:
-        start = time.time() - metrics["epoch_seconds"]  # a checkpoint write in between shifts it a little
-        windows.append((start, start + metrics["train_seconds"]))
         epochs.append(metrics)
-        log(f"{name} b={cfg.data.batch_size} epoch {epoch}: {n_train / metrics['train_seconds']:.0f} images/s, "
-            f"train {metrics['train_seconds']:.2f} s (assembling batches {metrics['data_seconds']:.2f} s), "
-            f"epoch {metrics['epoch_seconds']:.2f} s, val_corr {metrics['val_corr']:.4f}")
+        if device.type == "cuda":  # the peak since the last reset: this epoch's training and validation
+            peaks.append((torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)))
+            torch.cuda.reset_peak_memory_stats(device)
 
-    result = fit(cfg, WORK / "fits" / f"{name}-b{cfg.data.batch_size}", data=data, report=report, progress=False)
-    counted = epochs[1:] or epochs
-    util = [u for start, stop in (windows[1:] or windows) for u in gpu.window(start, stop)[0]]
-    steps = {path: timed_steps(result.model, cfg, data, device, path == "host", n_steps) for path in ("device", "host")}
-    log(f"{name} b={cfg.data.batch_size} {n_steps} timed steps, ms per batch (assembly, host-to-device, compute): "
-        + ", ".join(f"{path} batches {' '.join(f'{x:.2f}' for x in ms)}" for path, ms in steps.items()))
-    return Alone(
-        name, cfg.data.batch_size, sum(p.numel() for p in result.model.parameters()),
-        float(np.median([n_train / e["train_seconds"] for e in counted])),
-        float(np.median([e["epoch_seconds"] for e in counted])),
-        sum(e["data_seconds"] for e in counted) / sum(e["train_seconds"] for e in counted),
-        util, epochs[-1].get("peak_gpu_memory_mb"), epochs[-1]["val_corr"], steps,
-    )
-
-
-def synced(device: torch.device) -> float:
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    result = fit(cfg, run_dir, data=data, report=report, progress=False)
+    seconds = time.perf_counter() - start
+    final = json.loads((run_dir / "metrics.json").read_text())
+    n_scans = len(result.model.data_keys)  # data.scans may name a folder holding several scans
+    last = epochs[-1]
+    out = {
+        "images_per_s": cfg.train.max_batches_per_epoch * n_scans * cfg.data.batch_size / last["train_seconds"],
+        "validation_s": last["epoch_seconds"] - last["train_seconds"],
+        "val_corr": last["val_corr"], "fit_s": seconds, "eval_chunk": final.get("eval_chunk"),
+        "scoring_error": final.get("scoring_error"), "n_parameters": last["n_parameters"],
+    }
+    if device.type == "cuda":
+        out["train_peak"] = max(p[1] for p in peaks)  # reserved: what the card gives up (and the cap counts)
+        out["train_allocated"] = max(p[0] for p in peaks)
+        out["score_peak"] = torch.cuda.max_memory_reserved(device)
+        out["score_allocated"] = torch.cuda.max_memory_allocated(device)
+    del result
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
 
 
-def timed_steps(model: SensoriumModel, cfg: ExperimentConfig, data: Mapping[str, ScanData], device: torch.device,
-                on_host: bool, n_steps: int) -> np.ndarray:
-    """Mean ms per training step of (batch assembly, host-to-device copy, forward + backward + Adam step).
-    ``on_host`` False: fit's path (gathered from the scan held on the device; the copy is a no-op); True:
-    assembled on the host from the memory-mapped cache, then copied with a blocking ``.to(device)``."""
-    scan, size, rng = next(iter(data.values())), cfg.data.batch_size, np.random.default_rng(0)
-    passes = (scan.batches("train", size, rng, torch.device("cpu") if on_host else device) for _ in itertools.count())
-    batches = (b for one_pass in passes for b in one_pass if len(b) == size)  # shuffled full batches, endlessly
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    model.train()
-    total = np.zeros(3)
-    for step in range(WARMUP_STEPS + n_steps):
-        marks = [synced(device)]
-        batch = next(batches)
-        marks.append(synced(device))
-        batch = dataclasses.replace(
-            batch, images=batch.images.to(device), responses=batch.responses.to(device),  # type: ignore[union-attr]
-            behavior=batch.behavior.to(device), pupil_center=batch.pupil_center.to(device),
-        )
-        marks.append(synced(device))
-        batch_objective(model, scan.key, batch, scan.scan.n_trials, cfg.train.loss_scale).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        marks.append(synced(device))
-        if step >= WARMUP_STEPS:
-            total += np.diff(marks)
-    return 1000 * total / n_steps
+def real_epoch_s(row: dict[str, Any], shapes: list[ScanShape], batch: int, train_share: float) -> float:
+    """Seconds of one full epoch at real size: every scan's train batches (LongCycler: the largest scan's count,
+    for every scan) at the row's images/s, plus its validation."""
+    batches = max(math.ceil(s.n_trials * train_share / batch) for s in shapes)
+    return batches * len(shapes) * batch / row["images_per_s"] + row["validation_s"]
 
 
-@dataclasses.dataclass
-class Packed:
-    """One packing level: ``n`` trials at once, each with ``gpus`` GPU and ``cpus`` CPUs, for ``epochs``."""
-
-    n: int
-    gpus: float
-    cpus: int
-    epochs: int
-    wall_s: float
-    per_trial: list[float]  # train images/s of each trial, median over its epochs after the first
-    peaks_mb: list[float]  # each trial's peak_gpu_memory_mb (0 on the CPU)
-    devices: list[str]  # each trial's provenance.json device: GPU name, or cpu
-    errors: list[str]
-    overlap_s: float  # seconds all trials were in their epoch loops at once (Tune's whole-second timestamps)
-    span_s: float  # median seconds one trial spent in its epoch loop
-    util: list[float]  # nvidia-smi utilisation samples inside the overlap
-    memory: list[float]  # nvidia-smi memory.used samples over the whole level
+def worker(spec_path: Path) -> None:
+    """One packed trial (a subprocess): cap itself at its share of the card, fit, write its row as JSON."""
+    spec = json.loads(spec_path.read_text())
+    cfg = ExperimentConfig.from_dict(spec["config"])
+    if torch.cuda.is_available():
+        cap_gpu_memory(spec["share"], torch.device("cuda", torch.cuda.current_device()))
+    try:
+        row = measure(cfg, Path(spec["run_dir"]))
+    except torch.OutOfMemoryError as err:
+        row = {"error": f"out of memory: {str(err).splitlines()[0][:160]}"}
+    except RuntimeError as err:  # a failed cuDNN call under the cap is an allocation failure too
+        row = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
+    Path(spec["out"]).write_text(json.dumps(row))
 
 
-def packing_level(n: int, epochs: int, folder: Path, args: argparse.Namespace, n_train: int, gpu: GpuSampler) -> Packed:
-    gpus, cpus = (1 / n, max(1, CPUS // n)) if args.device != "cpu" else (0.0, 1)
-    run_dir = WORK / "packing" / f"n{n}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    search_file = WORK / f"search-packing-n{n}.yaml"
-    search_file.write_text(yaml.safe_dump({
-        "base": str(BASELINE),
-        # patience beyond the last epoch: no lr decay or early stop, every trial trains all its epochs
-        "overrides": {"data.scans": [str(folder)], "data.cache_dir": str(WORK / "cache"), "train.max_epochs": epochs,
-                      "train.patience": epochs + 1, "train.device": args.device},
-        # a search needs a searched parameter: the batch size, with one choice
-        "parameters": {"data.batch_size": {"type": "categorical", "choices": [args.packing_batch], "role": "nuisance"}},
-        "search": {"num_trials": n, "max_concurrent": n, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
-                   "asha": {"grace_period": epochs, "max_t": epochs}},  # nothing stops early
-    }))
-    log(f"packing: {n} trial(s) at once, {gpus:g} GPU + {cpus} CPU(s) each, batch {args.packing_batch}, "
-        f"{epochs} epochs")
-    start = time.time()
-    records = run_search(load_search(search_file), run_dir, progress=False, live_every_s=3600)
-    wall_s = time.time() - start
-    per_trial, peaks, devices, errors, spans = [], [], [], [], []
-    for r in records:
-        if r.status == "error" or not r.curve:
-            errors.append(f"{r.trial_id}: {r.error or r.status}")
+def pack(k: int, args: argparse.Namespace, cpus: int) -> dict[str, Any]:
+    """k baseline trials at once on one card, each capped at 1/k, each a process; their rows and the total."""
+    folder = args.work / f"pack-{k}"
+    folder.mkdir(parents=True, exist_ok=True)
+    threads = max(1, cpus // k)
+    procs = []
+    for i in range(k):
+        cfg = row_config({"seed": 42 + i}, args, threads)
+        spec = {"config": cfg.to_dict(), "share": 1.0 / k if k > 1 else 0.0, "run_dir": str(folder / f"trial{i}"),
+                "out": str(folder / f"trial{i}.json")}
+        (folder / f"spec{i}.json").write_text(json.dumps(spec))
+        (folder / f"trial{i}.json").unlink(missing_ok=True)
+        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", str(folder / f"spec{i}.json")],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    rows = []
+    for i, proc in enumerate(procs):
+        _, err = proc.communicate()
+        path = folder / f"trial{i}.json"
+        rows.append(json.loads(path.read_text()) if path.exists() else
+                    {"error": f"exit {proc.returncode}: {(err or '').strip().splitlines()[-1:]}"})
+    ok = [r for r in rows if "error" not in r]
+    return {"k": k, "threads": threads, "rows": rows, "ok": len(ok),
+            "per_trial": sum(r["images_per_s"] for r in ok) / len(ok) if ok else float("nan"),
+            "total": sum(r["images_per_s"] for r in ok),
+            "errors": sorted({r["error"] for r in rows if "error" in r})}
+
+
+def gb(x: float | None) -> str:
+    return "-" if x is None else f"{x / GIB:.2f}"
+
+
+def render(head: list[str], rows: list[dict[str, Any]], packs: list[dict[str, Any]], context: int,
+           shapes: list[ScanShape], cuda: bool) -> str:
+    lines = list(head)
+    lines += ["", "## One trial alone", "",
+              "Peaks in GiB: measured is torch's reserved memory (what the card gives up; the context is apart), "
+              "predicted is the memory model's (`sensorium.memory`, without the context). Training: the peak of "
+              "the timed epoch with its validation; final scoring: the peak after it, in chunks of `chunk` trials.",
+              "",
+              "| row | parameters | train images/s | real epoch (min) | train peak (allocated) | predicted "
+              "| final scoring peak (allocated) | predicted | chunk | val corr after 2 short epochs |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | - | {r['error']} | | | | | | | |")
             continue
-        speeds = [n_train / row["train_seconds"] for row in r.curve]
-        per_trial.append(float(np.median(speeds[1:] or speeds)))
-        peaks.append(max(row.get("peak_gpu_memory_mb", 0.0) for row in r.curve))
-        device = json.loads((r.path / "provenance.json").read_text())["device"]
-        devices.append(device.get("name", device["type"]))
-        rows = [json.loads(line) for line in (r.path / "result.json").read_text().splitlines() if line.strip()]
-        spans.append((rows[0]["timestamp"] - rows[0]["epoch_seconds"], rows[-1]["timestamp"]))
-    last_start, first_end = max((s for s, _ in spans), default=0.0), min((e for _, e in spans), default=0.0)
-    level = Packed(n, gpus, cpus, epochs, wall_s, per_trial, peaks, devices, errors, max(0.0, first_end - last_start),
-                   float(np.median([e - s for s, e in spans])) if spans else 0.0,
-                   gpu.window(last_start, first_end)[0], gpu.window(start, start + wall_s)[1])
-    log(f"packing {n}: {sum(per_trial):.0f} images/s in total ({' '.join(f'{x:.0f}' for x in per_trial)} per trial), "
-        f"all training at once {level.overlap_s:.0f} s, {wall_s:.0f} s wall, {len(errors)} failed")
-    return level
-
-
-def packing_epochs(args: argparse.Namespace, alone: list[Alone]) -> int:
-    """Epochs one baseline trial alone trains in ``--packing-seconds`` (from part 1), at least 3."""
-    rows = [a for a in alone if a.model == "baseline"]
-    ref = next((a for a in rows if a.batch == args.packing_batch), rows[0])
-    return max(3, math.ceil(args.packing_seconds / ref.epoch_s))
-
-
-def mean(values: list[float]) -> str:
-    return f"{np.mean(values):.0f} (n={len(values)})" if values else "-"
-
-
-def machine(device: torch.device) -> str:
-    rest = (f"{CPUS} CPUs ({platform.machine()}), torch {torch.__version__}, "
-            f"Python {platform.python_version()}")
-    if device.type != "cuda":
-        return f"no GPU (--device {device.type}), {rest}"
-    props = torch.cuda.get_device_properties(device)
-    return f"{props.name} ({props.total_memory / 2**20:.0f} MB), CUDA {torch.version.cuda}, {rest}"
-
-
-def render(head: list[str], alone: list[Alone], packed: list[Packed]) -> str:
-    lines = [*head, "", "## 1. One trial alone", "",
-             "| model (parameters) | batch | train images/s | s/epoch (incl. val) | host batch assembly (share of "
-             "train time) | GPU util % while training | peak GPU MB | val corr (last epoch) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for a in alone:
-        peak = "-" if a.peak_mb is None else f"{a.peak_mb:.0f}"
-        lines.append(f"| {a.model} ({a.parameters / 1e6:.2f} M) | {a.batch} | {a.images_per_s:.0f} | {a.epoch_s:.2f} "
-                     f"| {100 * a.data_share:.1f}% | {mean(a.util)} | {peak} | {a.val_corr:.4f} |")
-    lines += ["", "Per training step, ms per batch (timed steps after the fit, same model and data):", "",
-              "| model | batch | batches | assembly | host-to-device | compute | total | images/s |",
-              "|---|---:|---|---:|---:|---:|---:|---:|"]
-    paths = {"device": "on the device (fit's path)", "host": "on the host, then copied"}
-    for a in alone:
-        for path, ms in a.steps.items():
-            lines.append(f"| {a.model} | {a.batch} | {paths[path]} | {ms[0]:.2f} | {ms[1]:.2f} | {ms[2]:.2f} "
-                         f"| {ms.sum():.2f} | {1000 * a.batch / ms.sum():.0f} |")
-    if packed:
-        lines += ["", "## 2. Baseline trials packed on one device (Ray, the search path)", "",
-                  "| trials at once | GPU + CPUs per trial | epochs | total train images/s | per trial | vs 1 trial "
-                  "| summed peak GPU MB | max memory.used MB | GPU util % while all train | all training at once "
-                  "| devices | wall s |", "|---:|---|---:|---:|---|---:|---:|---:|---:|---|---|---:|"]
-        for p in packed:
-            total, first = sum(p.per_trial), sum(packed[0].per_trial)
-            devices = ", ".join(f"{p.devices.count(d)} x {d}" for d in sorted(set(p.devices))) or "-"
-            devices += f"; {len(p.errors)} failed: {'; '.join(p.errors)}" if p.errors else ""
-            speeds = " ".join(f"{x:.0f}" for x in p.per_trial)
-            lines.append(
-                f"| {p.n} | {p.gpus:g} + {p.cpus} | {p.epochs} | {total:.0f} | {speeds} "
-                f"| {f'{total / first:.2f}x' if first else '-'} | {sum(p.peaks_mb):.0f} "
-                f"| {f'{max(p.memory):.0f}' if p.memory else '-'} | {mean(p.util)} "
-                f"| {p.overlap_s:.0f} s of {p.span_s:.0f} s | {devices} | {p.wall_s:.0f} |")
-    return "\n".join(lines) + "\n"
+        lines.append(
+            f"| {r['name']} | {r['n_parameters']:,} | {r['images_per_s']:.0f} | {r['real_epoch_s'] / 60:.2f} | "
+            f"{gb(r.get('train_peak'))} ({gb(r.get('train_allocated'))}) | {gb(r['predicted_train'])} | "
+            f"{gb(r.get('score_peak'))} ({gb(r.get('score_allocated'))}) | "
+            f"{gb(r['predicted_score'])} | {r['eval_chunk']} | {r['val_corr']:.4f} |")
+    if packs:
+        lines += ["", "## Trials packed on one card", "",
+                  "k trials at once, each its own process capped at 1/k of the card (the CUDA context apart), "
+                  "the CPUs split evenly; baseline at the default precision.", "",
+                  "| k | threads each | finished | images/s per trial | total images/s | failures |",
+                  "|---:|---:|---:|---:|---:|---|"]
+        for p in packs:
+            lines.append(f"| {p['k']} | {p['threads']} | {p['ok']}/{p['k']} | {p['per_trial']:.0f} | "
+                         f"{p['total']:.0f} | {'; '.join(p['errors']) or 'none'} |")
+    if cuda and rows:
+        lines += ["", "## Trials per card", "",
+                  f"floor(0.95 x card / (the row's larger measured peak + the CUDA context, {context / GIB:.2f} GiB "
+                  "measured here)); predicted: the same from the memory model's peaks.", "",
+                  "| row | " + " | ".join(f"{c} GB measured | predicted" for c in CARDS_GB) + " |",
+                  "|---|" + "---:|---:|" * len(CARDS_GB)]
+        for r in rows:
+            if "error" in r or "train_peak" not in r:
+                continue
+            need = max(r["train_peak"], r["score_peak"]) + context
+            model = max(r["predicted_train"], r["predicted_score"]) + CUDA_CONTEXT_BYTES
+            cells = [f"{int(0.95 * c * 1e9 // need)} | {int(0.95 * c * 1e9 // model)}" for c in CARDS_GB]
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of each single-trial fit")
-    parser.add_argument("--neurons", type=int, default=7500)
-    parser.add_argument("--trials", type=int, default=2500, help="trials of the synthetic scan (72%% train)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--steps", type=int, default=50, help="timed training steps per batch path")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="trials at once")
-    parser.add_argument("--packing-batch", type=int, default=load_config(BASELINE).data.batch_size)
-    parser.add_argument("--packing-seconds", type=float, default=10.0,
-                        help="packed trials train for the epochs one trial alone needs for this long (>= 3 epochs)")
-    parser.add_argument("--skip-packing", action="store_true")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 300 neurons, 150 trials, 2 epochs, batch 32, 3 steps, 1-2 trials x 3 epochs")
-    parser.add_argument("--out", type=Path, help="table path (default results/bench_gpu.md)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny data, 2 rows, k = 2: a smoke run")
+    parser.add_argument("--out", type=Path, help="table (default: results/bench_gpu.md; --quick: WORK/bench_gpu.md)")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_gpu", help="data, caches and runs")
+    parser.add_argument("--batches", type=int, help="batches per scan and epoch (default 12; --quick 2)")
+    parser.add_argument("--pack", default=None, help="k values, comma-separated (default 1,4,8,16; --quick 2)")
+    parser.add_argument("--budget-s", type=float, default=480, help="start no new row after this (default 480)")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.quick:
-        args.neurons, args.trials, args.epochs, args.batch_sizes, args.steps = 300, 150, 2, [32], 3
-        args.concurrency, args.packing_seconds = [1, 2], 0.0
-    out = args.out or (WORK if args.quick else ROOT / "results") / "bench_gpu.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still prints the partial table
+    if args.worker:
+        return worker(args.worker)
+    started = time.monotonic()
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but torch sees no CUDA device (use --device cpu for the smoke run)")
+    args.batches = args.batches or (2 if args.quick else 12)
+    packing = [int(k) for k in (args.pack or ("2" if args.quick else "1,4,8,16")).split(",")]
+    out = args.out or (args.work / "bench_gpu.md" if args.quick else ROOT / "results" / "bench_gpu.md")
+    cpus = len(os.sched_getaffinity(0))
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.cache_dir = args.work / "cache"
 
-    folder = synthetic_scan(args.neurons, args.trials)
-    models = {"baseline": load_config(BASELINE), "largest": largest_point()}
-    data = load_data(bench_config(models["baseline"], folder, 1, 1, args.device).data, progress=False)
-    scan = next(iter(data.values()))
-    n_train, n_val = len(scan.tier_indices("train")), len(scan.tier_indices("validation"))
-    log(f"scan {scan.key} cached and loaded: {n_train} train, {n_val} validation trials")
-    largest = ", ".join(f"{key.split('.')[-1]} {get_value(models['largest'], key)}" for key in SIZE_KEYS)
-    head = [
-        "# GPU benchmark: one trial alone, and trials packed on one GPU", "", f"Machine: {machine(device)}.", "",
-        f"Command: `{' '.join(['.venv/bin/python', 'bench/bench_gpu.py', *sys.argv[1:]])}`", "",
-        f"Data: one synthetic scan, {args.neurons} neurons, {args.trials} trials ({n_train} train, {n_val} "
-        f"validation), stored 144x256, model input 4x36x64. Baseline: configs/sensorium_plus.yaml; largest: "
-        f"configs/search_default.yaml at {largest} (all else, depth_separable too, at the base value).", "",
-        f"Part 1: `fit`, {args.epochs} epochs; images/s = train images / fit's `train_seconds`, median over the "
-        "epochs after the first (cuDNN autotuning); host batch assembly = fit's `data_seconds` (host time queueing "
-        "the gathers); GPU util = mean nvidia-smi sample inside those epochs' training; peak = "
-        f"`max_memory_allocated` (no CUDA context). Steps: {args.steps} after {WARMUP_STEPS} warm-up, each phase "
-        "between `torch.cuda.synchronize` calls; host batches copied with a blocking `.to(device)`.", "",
-        f"Part 2: baseline trials at batch {args.packing_batch} via `search.driver.run_search` (nothing stops "
-        "early); images/s per trial as in part 1, total = their sum, valid while the trials overlap ('all "
-        "training at once'); memory.used includes every CUDA context, this script's too.",
-    ]
-    alone: list[Alone] = []
-    packed: list[Packed] = []
-    gpu = GpuSampler()
-    try:
-        for name, base in models.items():
-            for batch in args.batch_sizes:
-                cfg = bench_config(base, folder, batch, args.epochs, args.device)
-                alone.append(one_trial(name, cfg, data, n_train, args.steps, gpu))
-                out.write_text(render(head, alone, packed))
-        del data, scan
-        torch.cuda.empty_cache()  # a no-op without CUDA
-        if not args.skip_packing:
-            epochs = packing_epochs(args, alone)
-            started = ensure_ray(None, num_cpus=CPUS)
-            try:
-                for n in args.concurrency:
-                    packed.append(packing_level(n, epochs, folder, args, n_train, gpu))
-                    out.write_text(render(head, alone, packed))
-            finally:
-                release_ray(started)
-    finally:
-        gpu.close()
-        print(render(head, alone, packed), end="", flush=True)
-        log(f"wrote {out}")
+    args.data_dir = make_data(args.work, args.quick, cpus)
+    cache_s = build_caches(args.data_dir, args.cache_dir, cpus)
+    log(f"caches ready in {cache_s:.0f} s")
+    data = load_data(row_config({}, args, cpus).data, progress=False)
+    shapes = ScanShape.of(data)
+    train_share = sum(int((d.tiers == "train").sum()) for d in data.values()) / sum(s.n_trials for s in shapes)
+    context = 0
+    if cuda:
+        torch.cuda.init()
+        free, total = torch.cuda.mem_get_info()
+        context = total - free - torch.cuda.memory_reserved()  # this process's context (the card is ours alone)
+    name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
+    head = [f"# GPU benchmark: trials of the default space at real size ({'quick smoke run, ' if args.quick else ''}"
+            f"{time.strftime('%Y-%m-%d')})", "",
+            f"Device: {name}; {cpus} CPUs; torch {torch.__version__}. Data: {len(shapes)} synthetic scans of "
+            f"{', '.join(str(s.n_neurons) for s in shapes[:1])} neurons x {shapes[0].n_trials} trials "
+            f"({train_share:.0%} train), history effects on; caches built in {cache_s:.0f} s. Each row: the real "
+            f"`fit`, 2 epochs of {args.batches} batches per scan (epoch 2 timed). `python bench/bench_gpu.py` "
+            "(module docstring: what each row is)."]
+    rows: list[dict[str, Any]] = []
+    packs: list[dict[str, Any]] = []
+
+    def write() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render(head, rows, packs, context, shapes, cuda))
+
+    plan = [(n, o) for n, o in ROWS if not args.quick or n in QUICK_ROWS]
+    for i, (row_name, overrides) in enumerate(plan):
+        if time.monotonic() - started > args.budget_s:
+            log(f"deadline: skipping {row_name!r} and the rows after it")
+            break
+        if i == 3 or (args.quick and i == 1):  # after the baseline's three precisions: packing
+            for k in packing:
+                if time.monotonic() - started > args.budget_s:
+                    break
+                log(f"packing {k} trials")
+                packs.append(pack(k, args, cpus))
+                log(f"  {packs[-1]['ok']}/{k} finished, {packs[-1]['total']:.0f} images/s in all")
+                write()
+        cfg = row_config(overrides, args, cpus)
+        log(f"row {row_name}")
+        # a row with the responses on the device gets its own ScanData (the others' stay staged)
+        row_data = load_data(cfg.data, progress=False) if cfg.data.responses_on_device else data
+        est = estimate(cfg, shapes, "cuda" if cuda else "cpu")
+        try:
+            row = measure(cfg, args.work / "rows" / row_name.replace(" ", "_").replace(",", ""), row_data)
+            row["real_epoch_s"] = real_epoch_s(row, shapes, cfg.data.batch_size, train_share)
+        except torch.OutOfMemoryError as err:
+            row = {"error": f"out of memory: {str(err).splitlines()[0][:120]}"}
+        except Exception as err:  # noqa: BLE001  (one broken row must not cost the others their device time)
+            traceback.print_exc()
+            row = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"}
+        row.update(name=row_name, predicted_train=est.train_peak - est.context,
+                   predicted_score=est.score_peak - est.context)
+        rows.append(row)
+        log(f"  {row.get('images_per_s', float('nan')):.0f} images/s, train peak {gb(row.get('train_peak'))} GiB "
+            f"(predicted {gb(row['predicted_train'])}), scoring {gb(row.get('score_peak'))} GiB "
+            f"(predicted {gb(row['predicted_score'])})")
+        del row_data
+        write()
+    write()
+    print(out.read_text())
+    log(f"done in {time.monotonic() - started:.0f} s -> {out}")
 
 
 if __name__ == "__main__":

@@ -38,10 +38,15 @@ CUDA_CONTEXT_BYTES = 600 * 2**20  # one process's CUDA context on the card, outs
 FLOAT = 4  # bytes of a float32
 MAX_EVAL_CHUNK = 1024  # larger chunks only add memory on a GPU (runtime.eval_batch_size)
 MIN_EVAL_CHUNK = 16
-# cuDNN's convolution workspace and the allocator's rounding on a GPU: measured on an H200 (bench_gpu.md) at
-# 5-15% of the activations; 20% plus a fixed 64 MiB covers them
-GPU_SLACK = 0.2
-GPU_SLACK_BYTES = 64 * 2**20
+# On a GPU a trial holds more than its tensors: cuDNN's autotuner (cudnn.benchmark, on unless
+# train.deterministic) tries every convolution algorithm for each new input shape, the caching allocator keeps
+# the largest workspaces it tried, and every evaluation chunk size is a new shape. Measured on an H200 with
+# torch 2.11 (results/bench_gpu.md: the baseline and the dense corner of the default space, training and final
+# scoring, a free card): the reserved peak less data and weights was at most 5.8x the tensors this module counts
+# at fp32 and TF32, 1.8x at bf16 (autocast halves the activations, and its kernels ask for less workspace).
+# The model multiplies the tensors by these factors on a GPU: a calibration, so it reproduces those rows; the
+# rows not used for it (history, K=8, the depth-separable largest point) are its check.
+GPU_FACTOR = {"fp32": 5.8, "tf32": 5.8, "bf16": 1.8}
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,7 @@ def profile_model(model: torch.nn.Module, shapes: Sequence[ScanShape]) -> ModelP
     neurons (the per-image slope of what autograd saves), and one eval batch's module outputs. A copy is
     measured (about a second at real size), so the model's batch-norm statistics and device are left alone."""
     model = copy.deepcopy(model).cpu().float()
+    model.set_generator(None)  # type: ignore[operator]  # a GPU run's generator cannot draw on the CPU
     model.autocast = None  # type: ignore[assignment]  # bytes of fp32; bf16 autocast holds less
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     largest = max(shapes, key=lambda s: s.n_neurons)
@@ -175,8 +181,8 @@ def estimate(cfg: ExperimentConfig, shapes: Sequence[ScanShape], device_type: st
     chunk = eval_chunk(profile, activations, cfg.data.eval_batch_size, device_type)
     scoring = chunk * per_image_scoring(profile)
     if cuda:
-        activations = int(activations * (1 + GPU_SLACK) + GPU_SLACK_BYTES)
-        scoring = int(scoring * (1 + GPU_SLACK) + GPU_SLACK_BYTES)
+        activations *= GPU_FACTOR[cfg.train.precision]
+        scoring *= GPU_FACTOR[cfg.train.precision]
     return MemoryEstimate(
         context=CUDA_CONTEXT_BYTES if cuda else 0,
         data=data_bytes(shapes, cfg.data.responses_on_device) if cuda else 0,

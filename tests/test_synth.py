@@ -231,3 +231,25 @@ def test_shift_moves_what_receptive_fields_see():
     image[0, 4, 8] = 255
     moved = shifted_images(image, np.array([[2 / 10, 1 / 10]])).reshape(10, 20)  # RFs move 2 px right, 1 down
     assert np.unravel_index(moved.argmax(), moved.shape) == (3, 6)  # an RF at (3, 6) now sees pixel (4, 8)
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(str(path.relative_to(folder)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_scans_simulated_in_worker_processes_are_the_same_bytes(tmp_path):
+    cfg = SynthConfig(n_scans=2, n_competition=1, n_neurons=12, n_trials=120, image_height=18, image_width=32,
+                      n_test_images=4, adaptation=0.5)
+    generate(tmp_path / "one", cfg, progress=False)
+    generate(tmp_path / "two", cfg, progress=False, workers=2)
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+
+
+def test_synth_refuses_workers_below_one(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "out"), "--tiny", "--workers", "0"]) == 2
+    assert "workers=0" in capsys.readouterr().err

@@ -17,6 +17,10 @@ _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Write synthetic scans in the official file tree with their ground truth. Without a preset: the real "
+        "SENSORIUM+ size (7 scans: 5 pre-training, 2 competition; 8000 neurons, 6000 trials each, 144x256 "
+        "images; about 11 GB and 9 minutes on one core, --workers N scans at once)")
     parser.add_argument("out", type=Path, metavar="OUT", help="output folder (OUT/data, OUT/ground_truth)")
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--tiny", action="store_true", help="preset: 2 scans, 40 neurons, 300 trials, 36x64")
@@ -56,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="write into a non-empty OUT, replacing its data/ and ground_truth/"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="scans simulated at once in worker processes (same bytes; about 2 GB of memory each "
+                             "at the real size; default 1)")
 
 
 _OPTIONS = (
@@ -134,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     start = time.perf_counter()
-    result = generate(out, cfg, progress=not args.quiet, overwrite=args.force)
+    result = generate(out, cfg, progress=not args.quiet, overwrite=args.force, workers=args.workers)
     print("\nOracle (noise-free expected vs noisy responses; the ceiling of any model):")
     print(format_table(result.oracle))
     if result.history is not None:

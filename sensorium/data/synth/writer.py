@@ -20,6 +20,8 @@ import dataclasses
 import json
 import shutil
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,25 +90,39 @@ def _clear(out: Path, overwrite: bool) -> tuple[Path, Path]:
     return data_dir, truth_dir
 
 
-def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite: bool = False) -> SynthResult:
+def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite: bool = False,
+             workers: int = 1) -> SynthResult:
     """Write ``cfg.n_scans`` scans to ``out/data`` and their ground truth to ``out/ground_truth``.
 
     With ``overwrite`` an existing ``out/data`` and ``out/ground_truth`` are deleted first (nothing else in
-    ``out`` is touched); without it, non-empty ones are refused (UserError).
+    ``out`` is touched); without it, non-empty ones are refused (UserError). ``workers`` > 1 simulates that
+    many scans at once in worker processes (each scan's memory, see the module docstring, once per worker);
+    every scan draws from its own streams, so the bytes are the same whatever ``workers`` is.
     """
+    if workers < 1:
+        raise UserError(f"workers={workers}: expected a whole number >= 1")
     data_dir, truth_dir = _clear(Path(out), overwrite)
     keys = scan_keys(cfg)
     ids = draw_image_ids(cfg)
     shared_ids = np.concatenate([ids.test, ids.final_test]) if cfg.n_competition else ids.test
     shared = make_images(cfg.seed, shared_ids, cfg.image_height, cfg.image_width, cfg.noise_mix)
     bar = tqdm(total=cfg.n_scans * len(STEPS), disable=not progress, file=sys.stderr, unit="step")
+    jobs = [(cfg, scan, key, ids, shared, data_dir, truth_dir) for scan, key in enumerate(keys)]
+    if workers == 1:
+        results = [_generate_scan(*job, bar) for job in jobs]
+    else:
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_generate_scan, *job) for job in jobs]
+            for future in as_completed(futures):
+                future.result()  # a failed scan fails the whole call at once
+                bar.update(len(STEPS))
+            results = [future.result() for future in futures]
+    bar.close()
     paths, oracles, histories = [], {}, {}
-    for scan, key in enumerate(keys):
-        path, oracles[key], report = _generate_scan(cfg, scan, key, ids, shared, data_dir, truth_dir, bar)
+    for key, (path, oracles[key], report) in zip(keys, results):
         paths.append(path)
         if report is not None:
             histories[key] = report
-    bar.close()
     summary = {"scans": oracles, "mean": summarise(oracles), "config": dataclasses.asdict(cfg)}
     if histories:
         summary["history"] = summarise_history(histories)
@@ -138,10 +154,11 @@ def _generate_scan(
     shared: dict[int, np.ndarray],
     data_dir: Path,
     truth_dir: Path,
-    bar: tqdm,
+    bar: tqdm | None = None,
 ) -> tuple[Path, dict[str, dict[str, float]], dict[str, Any] | None]:
     """Simulate one scan, write its folder and ground truth; return the folder, the scan's oracle and its
     history report (None without history effects)."""
+    bar = bar if bar is not None else tqdm(disable=True)  # in a worker process: the parent counts scans
     competition = scan < cfg.n_competition
     streams = np.random.SeedSequence([cfg.seed, _SCAN_STREAM, scan]).spawn(6)
     design_rng, behaviour_rng, population_rng, shift_rng, noise_rng, ids_rng = map(np.random.default_rng, streams)
