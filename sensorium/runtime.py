@@ -85,12 +85,27 @@ def assigned_device(requested: str, gpu_ids: Sequence[int | str], setting: str) 
 
 
 def cap_gpu_memory(share: float, device: str | torch.device) -> None:
-    """Cap this process's GPU memory at ``share`` (0 < share < 1, a fraction of one card) of ``device``'s
-    memory, so trials sharing a card cannot take each other's memory; a no-op on the CPU and for whole
-    cards (share 0 or >= 1). Beyond the cap torch raises its out-of-memory error in this process only."""
+    """Cap this process's GPU memory at ``share`` (0 < share < 1, a fraction of one card) of ``device``'s memory,
+    its CUDA context included, so that trials sharing a card cannot take each other's memory; a no-op on the CPU
+    and for whole cards (share 0 or >= 1). Beyond the cap torch raises its out-of-memory error in this process.
+
+    The cap is torch's allocator fraction (``set_per_process_memory_fraction``, of the card's total memory), and
+    the process's CUDA context (``sensorium.memory.CUDA_CONTEXT_BYTES``, about 0.6 GB) sits outside it: the
+    fraction is (share x total - context) / total, so k processes at 1/k hold at most the card. A share too small
+    to hold the context is a ConfigError.
+    """
+    from sensorium.memory import CUDA_CONTEXT_BYTES
+
     device = torch.device(device)
-    if device.type == "cuda" and 0 < share < 1:
-        torch.cuda.set_per_process_memory_fraction(share, device)
+    if device.type != "cuda" or not 0 < share < 1:
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    allowed = share * total - CUDA_CONTEXT_BYTES
+    if allowed <= 0:
+        raise ConfigError(f"a GPU share of {share:g} is {share * total / 1e9:.2f} GB of {device} ({total / 1e9:.1f} "
+                          f"GB), not even the {CUDA_CONTEXT_BYTES / 1e9:.2f} GB of one process's CUDA context; "
+                          "expected a larger share")
+    torch.cuda.set_per_process_memory_fraction(allowed / total, device)
 
 
 def _parse_device(name: str) -> torch.device:
@@ -146,10 +161,14 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 
 def gpu_memory(device: torch.device) -> dict[str, float]:
-    """``{"peak_gpu_memory_mb": ...}``: the most memory torch's allocator held on ``device`` so far (GPU only)."""
+    """The most memory torch's allocator held on ``device`` so far, in MiB (GPU only; empty on the CPU):
+    ``peak_gpu_memory_mb``, in tensors (``max_memory_allocated``), and ``peak_gpu_reserved_mb``, in the blocks it
+    reserved from the card (``max_memory_reserved``: what :func:`cap_gpu_memory` limits). Neither counts the
+    process's CUDA context."""
     if device.type != "cuda":
         return {}
-    return {"peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+    return {"peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+            "peak_gpu_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20}
 
 
 def set_threads(threads: int) -> None:

@@ -2,13 +2,15 @@
 
 Outside Ray ``cuda:N`` must name a visible card; inside Ray a worker sees only the cards Ray assigned it
 (as cuda:0, ...), a CUDA request without an assigned GPU is refused (in the search file and in the trial),
-an assigned GPU that torch cannot use fails the trial, and a fractional GPU share caps the trial's memory.
+an assigned GPU that torch cannot use fails the trial, and a fractional GPU share caps the trial's memory
+(its allocator at the share less one CUDA context, which sits outside the cap).
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,19 +22,29 @@ from search.space import parse_search, with_settings
 from search.trainable import train_trial
 from sensorium.config import load_config, set_value
 from sensorium.errors import ConfigError
-from sensorium.runtime import assigned_device, cap_gpu_memory, resolve_device
+from sensorium.memory import CUDA_CONTEXT_BYTES
+from sensorium.runtime import assigned_device, cap_gpu_memory, gpu_memory, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+CARD = 80 * 2**30  # total memory of each fake card (bytes)
+
+
 @pytest.fixture
 def fake_cuda(monkeypatch) -> list[tuple[float, Any]]:
-    """torch.cuda as on a node with 2 usable cards; returns the calls of set_per_process_memory_fraction."""
+    """torch.cuda as on a node with 2 usable cards of 80 GiB; returns the calls of set_per_process_memory_fraction."""
     calls: list[tuple[float, Any]] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d=None: SimpleNamespace(total_memory=CARD))
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append((f, d)))
     return calls
+
+
+def _fraction(share: float) -> float:
+    """The allocator fraction of a share of a fake card: the share less one CUDA context, of the card."""
+    return (share * CARD - CUDA_CONTEXT_BYTES) / CARD
 
 
 def test_outside_ray_cuda_n_must_name_a_visible_device(fake_cuda, monkeypatch):
@@ -71,10 +83,35 @@ def test_an_assigned_gpu_that_torch_cannot_use_fails(monkeypatch):
 
 def test_gpu_memory_is_capped_only_for_a_fractional_share(fake_cuda):
     cap_gpu_memory(0.25, "cuda:0")
-    assert fake_cuda == [(0.25, torch.device("cuda:0"))]
+    assert fake_cuda == [(pytest.approx(_fraction(0.25)), torch.device("cuda:0"))]
     for share, device in ((0.0, "cuda:0"), (1.0, "cuda:0"), (2.0, "cuda:0"), (0.5, "cpu")):
         cap_gpu_memory(share, device)
     assert len(fake_cuda) == 1
+
+
+def test_the_cap_leaves_room_for_each_process_s_cuda_context(fake_cuda):
+    """k processes at 1/k of a card: k allocator caps plus k contexts add up to the card, not k contexts more."""
+    for k in (2, 4, 8, 16):
+        fake_cuda.clear()
+        cap_gpu_memory(1 / k, "cuda:1")
+        (fraction, device), = fake_cuda
+        assert device == torch.device("cuda:1")
+        assert k * (fraction * CARD + CUDA_CONTEXT_BYTES) == pytest.approx(CARD)
+    assert fake_cuda[0][0] == pytest.approx(1 / 16 - 600 / (80 * 1024))  # 5 GiB less 600 MiB, of 80 GiB
+
+
+def test_a_share_smaller_than_a_cuda_context_is_refused(fake_cuda):
+    with pytest.raises(ConfigError, match=r"a GPU share of 0.005 is 0.43 GB of cuda:0 \(85.9 GB\), not even the "
+                                          r"0.63 GB of one process's CUDA context"):
+        cap_gpu_memory(0.005, "cuda:0")
+    assert fake_cuda == []
+
+
+def test_gpu_memory_reports_the_allocated_and_the_reserved_peak(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d=None: 4 * 2**30)
+    assert gpu_memory(torch.device("cuda:0")) == {"peak_gpu_memory_mb": 3072.0, "peak_gpu_reserved_mb": 4096.0}
+    assert gpu_memory(torch.device("cpu")) == {}
 
 
 class _Stop(BaseException):
@@ -105,7 +142,7 @@ def _run_trial(monkeypatch, device: str, gpu_ids: list[int], gpus: float) -> Any
 def test_trial_maps_cuda_n_to_its_card_and_caps_a_shared_card(fake_cuda, monkeypatch, gpus, capped):
     cfg = _run_trial(monkeypatch, "cuda:1", [1], gpus)
     assert cfg.train.device == "cuda:0"
-    assert fake_cuda == ([(0.5, torch.device("cuda:0"))] if capped else [])
+    assert fake_cuda == ([(pytest.approx(_fraction(0.5)), torch.device("cuda:0"))] if capped else [])
 
 
 def test_trial_refuses_cuda_without_a_gpu_and_fails_on_unusable_cuda(monkeypatch):

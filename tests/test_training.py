@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import math
 from pathlib import Path
 
@@ -290,3 +291,27 @@ def test_train_command_runs_with_data_override(tiny_data, tiny_cfg, tmp_path):
     assert (out / "checkpoints" / "best.pt").is_file()
     # a second train into the same run dir needs --resume
     assert cli.main(["train", str(TINY), "--data", *map(str, tiny_data.scan_paths), "--out", str(out), "--quiet"]) == 2
+
+
+def test_a_final_scoring_failure_is_recorded_and_the_trained_run_kept(tiny_cfg, tiny_scans, tmp_path, monkeypatch):
+    fit_module = sys.modules[fit.__module__]  # the module (the package exports the function under its name)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.19 GiB")
+
+    monkeypatch.setattr(fit_module, "final_scores", out_of_memory)
+    with pytest.warns(UserWarning, match="final scoring failed"):
+        result = fit(tiny_cfg, tmp_path / "late", data=tiny_scans, progress=False)
+    metrics = json.loads((tmp_path / "late" / "metrics.json").read_text())
+    assert metrics["scoring_error"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert metrics["scans"] == {} and metrics["best_epoch"] == result.best_epoch >= 1
+    assert (tmp_path / "late" / "checkpoints" / "best.pt").is_file()
+
+
+def test_a_loaded_model_runs_at_the_precision_it_was_trained_with(tiny_run, monkeypatch):
+    import sensorium.training.checkpoint as checkpoint_module
+
+    calls = []
+    monkeypatch.setattr(checkpoint_module, "configure_backends", lambda *args: calls.append(args))
+    model, cfg = checkpoint_module.load_model(tiny_run[0].run_dir, torch.device("cpu"))
+    assert calls == [(torch.device("cpu"), cfg.train.deterministic, cfg.train.precision)]
