@@ -241,6 +241,11 @@ def _impossible_resources(folder: Path, good: Good) -> Invocation:
     return Invocation(argv, "--cpus-per-trial", {good.scan: "<scan>"}, ("search/trial_*",))
 
 
+def _whole_gpus_per_trial(folder: Path, good: Good) -> Invocation:
+    argv = _run(folder, ROOT / "configs" / "search_tiny.yaml", good.scan, "--gpus-per-trial", "2")
+    return Invocation(argv, "search.gpus_per_trial=2", {good.scan: "<scan>"}, ("search",))
+
+
 def _unknown_config_key(folder: Path, good: Good) -> Invocation:
     return Invocation(_train(folder, good.scan, "model.core.layerz=3"), "model.core.layerz", {good.scan: "<scan>"},
                       ("run",))
@@ -260,6 +265,7 @@ CASES: tuple[Case, ...] = (
     Case("renamed scan without its data-key meta", _renamed_without_key_meta),
     Case("search file with an unknown key", _unknown_search_key),
     Case("search file with an inverted range", _inverted_range),
+    Case("two GPUs per trial (a trial trains on one card)", _whole_gpus_per_trial),
     Case("search file with a family's parameter outside its option", _family_parameter_outside_its_option),
     Case("warm start from a search over other keys", _warm_start_from_other_keys),
     Case("ensemble of a folder that is not a search", _ensemble_of_no_search),

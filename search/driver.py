@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from search.prepare import absolute_data_paths, prepare_caches
 from search.results import ENDED, TrialRecord, load_trials, status_counts
-from search.space import SearchSpec
+from search.settings import AUTO
+from search.space import SearchSpec, with_settings
 from sensorium.atomic import exclusive_lock
 from sensorium.config import ExperimentConfig
 from sensorium.errors import SearchInterrupted, UserError
@@ -73,7 +74,7 @@ def run_search(spec: SearchSpec, run_dir: Path, *, address: str | None = None, p
     with exclusive_lock(run_dir / SEARCH_LOCK, "search"):
         started = ensure_ray(address, num_cpus=None)
         try:
-            _prepare_and_check(spec, base, run_dir, progress)
+            spec = _prepare_and_check(spec, base, run_dir, progress)
             tuner = new_tuner(spec, run_dir, live_every_s=live_every_s, warm_start=warm_start)
             if warm_start is not None:
                 print(warm_start.line(), flush=True)
@@ -92,18 +93,40 @@ def resume_search(run_dir: Path, *, address: str | None = None, progress: bool =
     with exclusive_lock(run_dir / SEARCH_LOCK, "search"):
         started = ensure_ray(address, num_cpus=None)
         try:
-            _prepare_and_check(spec, spec.base, run_dir, progress)
+            spec = _prepare_and_check(spec, spec.base, run_dir, progress)
             return _fit(restored_tuner(run_dir, spec), run_dir, spec, "resumed search", address)
         finally:
             release_ray(started)
 
 
-def _prepare_and_check(spec: SearchSpec, base: ExperimentConfig, run_dir: Path, progress: bool) -> None:
-    from search.preflight import preflight
+def _prepare_and_check(spec: SearchSpec, base: ExperimentConfig, run_dir: Path, progress: bool) -> SearchSpec:
+    """Build the caches, settle ``gpus_per_trial`` (``auto``: ``search.gpu_share``) and run the pre-flight
+    checks; returns ``spec`` with its GPUs per trial as the trials will get them."""
+    from search.gpu_share import card_memory, choose_gpus_per_trial, memory_plan
+    from search.preflight import alive_nodes, check_memory, preflight
+    from sensorium.data import load_data
+    from sensorium.memory import ScanShape
 
     scans = prepare_caches(base, progress=progress)
     s = spec.settings
-    preflight(s.cpus_per_trial, s.gpus_per_trial, str(run_dir), scans)
+    nodes = alive_nodes()
+    cluster_gpus = sum(n.gpus for n in nodes)
+    card = plan = None
+    if cluster_gpus and s.gpus_per_trial != 0:  # the memory of trials on GPUs, at the data's real shapes
+        card = card_memory(s.gpu_memory_gb)
+        plan = memory_plan(spec, ScanShape.of(load_data(base.data, progress=False)))
+    if s.gpus_per_trial == AUTO:
+        gpus, line = choose_gpus_per_trial(s, nodes, card, plan)
+        print(line, flush=True)
+        spec = with_settings(spec, gpus_per_trial=gpus)
+    elif s.gpus_per_trial == 0 and cluster_gpus:
+        print(f"warning: gpus_per_trial 0 on a Ray cluster with {cluster_gpus:g} GPUs: trials will train on the CPU "
+              "(gpus_per_trial auto shares the cards)", file=sys.stderr, flush=True)
+    gpus = spec.settings.gpus_per_trial
+    preflight(s.cpus_per_trial, gpus, str(run_dir), scans)
+    if plan is not None and card is not None and gpus > 0:
+        check_memory(plan, gpus, card)
+    return spec
 
 
 def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str, address: str | None) -> list[TrialRecord]:

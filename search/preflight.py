@@ -1,6 +1,7 @@
 """Pre-flight checks of a search on a Ray cluster, run by the driver after it connects and before any trial.
 
-Three questions, each answered on the nodes that will really run trials, with a one-line UserError:
+Three questions, each answered on the nodes that will really run trials, with a one-line UserError (and a
+fourth, on memory, for trials on GPUs: :func:`check_memory`):
 
 1. Do the per-trial resources (CPUs, GPUs) fit on at least one alive node?
 2. Is the run folder visible from every node that can run a trial? The driver writes a marker file into
@@ -16,12 +17,16 @@ costs no extra Ray work. The decision logic (``fitting_nodes``, ``verdict``) is 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sensorium.errors import UserError
+from sensorium.errors import ConfigError, UserError
+
+if TYPE_CHECKING:  # imported where used: the probe task runs this module on every node, without torch
+    from search.gpu_share import Card, MemoryPlan
 
 # URI schemes Ray Tune can store a run under (through pyarrow.fs); the run folder is then not a local path.
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
@@ -52,8 +57,7 @@ def preflight(trial_cpus: float, trial_gpus: float, storage_path: str, data_path
     """
     import ray
 
-    nodes = [node_info(raw) for raw in ray.nodes() if raw.get("Alive")]
-    targets = fitting_nodes(nodes, trial_cpus, trial_gpus)
+    targets = fitting_nodes(alive_nodes(), trial_cpus, trial_gpus)
     run_dir = local_dir(storage_path)
     data = [str(Path(p).expanduser().resolve()) for p in data_paths]
     driver_id = ray.get_runtime_context().get_node_id()
@@ -73,6 +77,13 @@ def preflight(trial_cpus: float, trial_gpus: float, storage_path: str, data_path
         if marker is not None:
             marker.unlink(missing_ok=True)
     verdict(answers, storage_path, data)
+
+
+def alive_nodes() -> list[NodeInfo]:
+    """The alive nodes of the Ray cluster this process is connected to."""
+    import ray
+
+    return [node_info(raw) for raw in ray.nodes() if raw.get("Alive")]
 
 
 def node_info(raw: dict[str, Any]) -> NodeInfo:
@@ -102,6 +113,40 @@ def fitting_nodes(nodes: list[NodeInfo], trial_cpus: float, trial_gpus: float) -
             f"({listing}); lower --cpus-per-trial/--gpus-per-trial or add larger nodes"
         )
     return fit
+
+
+def check_memory(plan: MemoryPlan, share: float, card: Card) -> None:
+    """Print the memory model's line (``MemoryEstimate.describe``) for the base config and for the largest point
+    of the space, then check them against one trial's part of a card: ``share`` x the card's memory (the
+    allocator is capped at that less the CUDA context, which sits outside the cap: ``runtime.cap_gpu_memory``;
+    a whole card, share 1, is not capped).
+
+    Refuses (ConfigError) when the base config does not fit, or the share cannot even hold a CUDA context: then
+    most of the space fails too and the search would learn nothing. Only warns (stderr, with the numbers) when
+    just the largest point does not fit: the trials near it fail with CUDA out of memory, each recorded as a
+    failed trial that TPE learns to avoid, while the rest of the space runs.
+    """
+    from search.gpu_share import GB, SIZE_KEYS
+    from search.settings import gpus_text
+    from sensorium.memory import CUDA_CONTEXT_BYTES
+
+    sizes = " ".join(f"{key}={value}" for key, value in plan.point.items()
+                     if key in SIZE_KEYS or key.endswith(".kind"))
+    print(f"memory per trial, base config: {plan.base.describe()}", flush=True)
+    print(f"memory per trial, largest point of the space ({sizes or 'the base sizes'}; largest of "
+          f"{plan.compared} compared): {plan.largest.describe()}", flush=True)
+    part = min(share, 1.0) * card.total
+    where = f"gpus_per_trial={gpus_text(share)} gives each trial {part / GB:.1f} GB of a {card.gb:.1f} GB card"
+    if part <= CUDA_CONTEXT_BYTES:
+        raise ConfigError(f"{where}, not even the {CUDA_CONTEXT_BYTES / GB:.2f} GB of its CUDA context; expected "
+                          "a larger share (gpus_per_trial auto picks one)")
+    if plan.base.peak > part:
+        raise ConfigError(f"{where}, but the base config needs {plan.base.peak / GB:.1f} GB at its peak; expected a "
+                          "larger share (gpus_per_trial auto picks one that fits the largest point of the space)")
+    if plan.largest.peak > part:
+        print(f"warning: {where}, but the largest point of the space needs {plan.largest.peak / GB:.1f} GB at its "
+              "peak: trials near it will fail with CUDA out of memory (failed trials, which TPE learns to avoid); "
+              "gpus_per_trial auto picks a share that fits it", file=sys.stderr, flush=True)
 
 
 def local_dir(storage_path: str) -> Path | None:

@@ -6,13 +6,24 @@ import argparse
 from pathlib import Path
 
 
+def _gpus(text: str) -> float | str:
+    """``--gpus-per-trial``: ``auto`` or a number (checked with the search settings)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number, got {text!r}") from None
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("search_file", type=Path, help="search YAML (base config, overrides, parameters)")
     parser.add_argument("--trials", type=int, help="number of trials (search.num_trials)")
     parser.add_argument("--concurrent", type=int, help="trials running at once (search.max_concurrent)")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial; also its torch thread count")
-    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; a fraction shares one GPU")
+    parser.add_argument("--gpus-per-trial", type=_gpus, metavar="auto|G",
+                        help="GPUs per trial: 0 (CPU), a fraction of a card (0.25: 4 trials share it) or 1; auto "
+                             "(the default search files'): as many trials per card as the largest model fits")
     parser.add_argument("--time-budget", type=float, metavar="S", help="stop the search after S seconds")
     parser.add_argument("--compute-budget", type=float, metavar="S",
                         help="stop once the trials' summed training time reaches S seconds (search.compute_budget_s)")

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from sensorium import typed
 from sensorium.errors import ConfigError
 
+AUTO = "auto"  # gpus_per_trial chosen by the driver (search.gpu_share)
+
 
 @dataclass(frozen=True)
 class AshaSettings:
@@ -41,7 +43,14 @@ class SearchSettings:
     num_trials: int = 12
     max_concurrent: int = 2
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0  # a fraction lets several trials share one GPU
+    # GPUs per trial: 0 (CPU trials), a fraction of one card (1/k: k trials share it, each capped at its share of
+    # the card's memory), 1, or auto: chosen by the driver before trials start from the cluster's GPUs and the
+    # predicted memory of the largest point of the space (search.gpu_share). A trial trains on one card.
+    gpus_per_trial: float | Literal["auto"] = "auto"
+    # The memory of the smallest card trials run on, in GB (10**9 bytes, as cards are labelled: 40, 80, 141), for
+    # gpus_per_trial auto and the pre-flight memory check; null: the driver's own card, or 40 GB (the smallest
+    # common one) when the driver has none
+    gpu_memory_gb: float | None = None
     time_budget_s: float | None = None  # stop starting/continuing trials after this many seconds
     # Stop the search once the trials' summed training time (train_seconds of every epoch of every trial)
     # reaches this: a budget in compute, not wall time, so it means the same at any concurrency and is fair
@@ -88,12 +97,17 @@ def build_settings(raw: Any) -> SearchSettings:
     errors name the key (``search.asha.max_t``)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"search: expected a mapping, got {raw!r}")
+    gpus = raw.get("gpus_per_trial", AUTO)
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) and gpus != AUTO:
+        raise ConfigError(f"search.gpus_per_trial={gpus!r}: expected auto or a number of GPUs (0, a fraction of "
+                          "a card, or 1)")
     s = typed.build(SearchSettings, raw, "search.")
     checks = [
         (s.num_trials >= 1, "num_trials", s.num_trials, ">= 1"),
         (s.max_concurrent >= 1, "max_concurrent", s.max_concurrent, ">= 1"),
         (s.cpus_per_trial > 0, "cpus_per_trial", s.cpus_per_trial, "> 0"),
-        (s.gpus_per_trial >= 0, "gpus_per_trial", s.gpus_per_trial, ">= 0"),
+        (s.gpus_per_trial == AUTO or s.gpus_per_trial >= 0, "gpus_per_trial", s.gpus_per_trial, "auto or >= 0"),
+        (s.gpu_memory_gb is None or s.gpu_memory_gb > 0, "gpu_memory_gb", s.gpu_memory_gb, "> 0 or null"),
         (s.time_budget_s is None or s.time_budget_s > 0, "time_budget_s", s.time_budget_s, "> 0 or null"),
         (s.compute_budget_s is None or s.compute_budget_s > 0, "compute_budget_s", s.compute_budget_s, "> 0 or null"),
         (s.asha.grace_period >= 1, "asha.grace_period", s.asha.grace_period, ">= 1"),
@@ -105,9 +119,15 @@ def build_settings(raw: Any) -> SearchSettings:
     for ok, name, value, expected in checks:
         if not ok:
             raise ConfigError(f"search.{name}={value}: expected {expected}")
-    if s.gpus_per_trial > 1 and s.gpus_per_trial != int(s.gpus_per_trial):
-        raise ConfigError(f"search.gpus_per_trial={s.gpus_per_trial}: above 1 it must be a whole number")
+    if s.gpus_per_trial != AUTO and s.gpus_per_trial > 1:
+        raise ConfigError(f"search.gpus_per_trial={s.gpus_per_trial:g}: a trial trains on one card, so more than 1 "
+                          "GPU would sit idle; expected auto, 0, a fraction of a card (0.25: 4 trials share it) or 1")
     return s
+
+
+def gpus_text(gpus: float | str) -> str:
+    """``gpus_per_trial`` for messages: ``auto`` or the number (``0.25``, ``1``)."""
+    return gpus if isinstance(gpus, str) else f"{gpus:g}"
 
 
 def plain_settings(s: SearchSettings) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from search.callbacks import LiveTable, TensorBoardHParams
+from search.settings import AUTO
 from search.space import SEARCH_FILE, Param, SearchSpec, active_params
 from search.results import COSTS, TrialRecord, read_results, trial_cost
 from search.trainable import FIT_DONE, TRIAL_ERROR, train_trial
@@ -294,6 +295,8 @@ def make_trainable(spec: SearchSpec, checkpoint_epochs: Iterable[int] | None = N
     ``checkpoint_epochs``, by default every ASHA rung, so a trial the scheduler stops keeps the weights of
     its last reported epoch (a scheduler that pauses and resumes trials at any epoch needs every epoch)."""
     s = spec.settings
+    if s.gpus_per_trial == AUTO:
+        raise ValueError("gpus_per_trial auto is settled by the driver before trials start (search.driver)")
     epochs = asha_rungs(spec) if checkpoint_epochs is None else list(checkpoint_epochs)
     bound = tune.with_parameters(train_trial, base=spec.base.to_dict(), cpus=s.cpus_per_trial,
                                  checkpoint_epochs=epochs, gpus=s.gpus_per_trial)

@@ -30,6 +30,7 @@ from typing import Any
 import optuna
 
 from search.results import COSTS, read_results, trial_cost
+from search.settings import gpus_text
 from search.space import SEARCH_FILE, SearchSpec, load_run_spec, point_problem
 from search.tuner import (
     SOURCE_TRIAL, STUDY_FILE, TUNE_TRIAL_ID, WARM_START_FROM, distributions_for, load_study, trial_folder,
@@ -120,8 +121,8 @@ def plan_warm_start(source: Path, spec: SearchSpec) -> WarmStart:
     note = ""
     s, e = spec.settings, earlier.settings
     if kind == "train_seconds" and (s.cpus_per_trial, s.gpus_per_trial) != (e.cpus_per_trial, e.gpus_per_trial):
-        note = (f"its train_seconds were measured with {e.cpus_per_trial:g} CPU + {e.gpus_per_trial:g} GPU per "
-                f"trial, this search's with {s.cpus_per_trial:g} + {s.gpus_per_trial:g}")
+        note = (f"its train_seconds were measured with {e.cpus_per_trial:g} CPU + {gpus_text(e.gpus_per_trial)} GPU "
+                f"per trial, this search's with {s.cpus_per_trial:g} + {gpus_text(s.gpus_per_trial)}")
     return WarmStart(source, tuple(trials), len(finished), dict(left_out), example, note)
 
 

@@ -1,5 +1,6 @@
-"""Pre-flight decision logic with scripted nodes and per-node answers, the probe on real files, and the
-whole check against the session's one-node Ray. The real two-node checks are in test_cluster.py."""
+"""Pre-flight decision logic with scripted nodes and per-node answers, the probe on real files, the whole
+check against the session's one-node Ray, and the memory check with scripted memory plans and cards. The real
+two-node checks are in test_cluster.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from search.preflight import (
     RUN_FOLDER,
     NodeInfo,
+    check_memory,
     fitting_nodes,
     local_dir,
     node_info,
@@ -18,7 +20,7 @@ from search.preflight import (
     verdict,
     write_marker,
 )
-from sensorium.errors import UserError
+from sensorium.errors import ConfigError, UserError
 
 HEAD = NodeInfo("a" * 56, "10.0.0.1", cpus=8, gpus=0)
 GPU = NodeInfo("b" * 56, "10.0.0.2", cpus=4, gpus=2)
@@ -111,3 +113,52 @@ def test_preflight_on_one_node_checks_locally(ray_session, tmp_path):
         preflight(1, 0.5, str(tmp_path / "run"), [data])
     with pytest.raises(UserError, match=f"data {tmp_path / 'missing'} is not readable on node"):
         preflight(1, 0, str(tmp_path / "run"), [Path(tmp_path / "missing")])
+
+
+# ------------------------------------------------------------------------------ memory on a shared card
+def _plan(base_gb: float, largest_gb: float):
+    """A memory plan with these peaks (GB, the CUDA context included; the largest one's in final scoring)."""
+    from search.gpu_share import GB, MemoryPlan
+    from sensorium.memory import CUDA_CONTEXT_BYTES, MemoryEstimate
+
+    def est(gb: float, scoring: bool) -> MemoryEstimate:
+        rest = int(gb * GB) - CUDA_CONTEXT_BYTES
+        return MemoryEstimate(context=CUDA_CONTEXT_BYTES, data=0, state=0, activations=0 if scoring else rest,
+                              scoring=rest if scoring else 0, eval_chunk=64, batch_size=128)
+    return MemoryPlan(est(base_gb, False), est(largest_gb, True), {"model.core.layers": 6, "train.lr": 0.01}, 2)
+
+
+def _card(gb: float):
+    from search.gpu_share import GB, Card
+
+    return Card(int(gb * GB), "search.gpu_memory_gb")
+
+
+def test_check_memory_prints_both_estimates_and_passes_when_the_largest_point_fits(capsys):
+    check_memory(_plan(3.0, 17.0), 0.25, _card(80))  # 20 GB each
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 2 and not err
+    assert lines[0].startswith("memory per trial, base config: train 2.79 GiB")
+    assert lines[1].startswith("memory per trial, largest point of the space (model.core.layers=6; largest of 2 "
+                               "compared): train 0.59 GiB") and "final scoring 15.83 GiB" in lines[1]
+
+
+def test_check_memory_warns_when_only_the_largest_point_does_not_fit(capsys):
+    check_memory(_plan(3.0, 17.0), 0.2, _card(80))  # 16 GB each
+    err = capsys.readouterr().err
+    assert err.startswith("warning: gpus_per_trial=0.2 gives each trial 16.0 GB of a 80.0 GB card, but the largest "
+                          "point of the space needs 17.0 GB at its peak: trials near it will fail")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("share", "card_gb", "message"), [
+    (0.0625, 40, r"gpus_per_trial=0.0625 gives each trial 2.5 GB of a 40.0 GB card, but the base config needs "
+                 r"3.0 GB at its peak; expected a larger share"),
+    (0.01, 40, r"gpus_per_trial=0.01 gives each trial 0.4 GB of a 40.0 GB card, not even the 0.63 GB of its CUDA "
+               r"context"),
+    (1, 2.5, r"gpus_per_trial=1 gives each trial 2.5 GB of a 2.5 GB card, but the base config needs 3.0 GB"),
+])
+def test_check_memory_refuses_a_share_the_base_config_does_not_fit(share, card_gb, message):
+    with pytest.raises(ConfigError, match=message):
+        check_memory(_plan(3.0, 17.0), share, _card(card_gb))

@@ -160,12 +160,14 @@ def test_search_file_asking_for_cuda_without_gpus_per_trial_is_refused():
     raw = yaml.safe_load((ROOT / "configs" / "search_tiny.yaml").read_text())
     raw["base"] = str(ROOT / "configs" / raw["base"])
     raw["overrides"]["train.device"] = "cuda:1"
+    raw["search"]["gpus_per_trial"] = 0
     with pytest.raises(ConfigError, match=r"train.device='cuda:1' needs a GPU, but search.gpus_per_trial is 0"):
         parse_search(raw)
-    raw["search"]["gpus_per_trial"] = 0.5
-    spec = parse_search(raw)
-    with pytest.raises(ConfigError, match="gpus_per_trial is 0"):  # --gpus-per-trial 0
-        with_settings(spec, gpus_per_trial=0)
+    for gpus in (0.5, "auto"):
+        raw["search"]["gpus_per_trial"] = gpus
+        spec = parse_search(raw)
+        with pytest.raises(ConfigError, match="gpus_per_trial is 0"):  # --gpus-per-trial 0, or auto on CPUs only
+            with_settings(spec, gpus_per_trial=0)
     del raw["overrides"]["train.device"]
     raw["search"]["gpus_per_trial"] = 0
     raw["parameters"]["train.device"] = {"type": "categorical", "choices": ["cpu", "cuda"], "role": "nuisance"}
