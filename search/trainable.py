@@ -16,6 +16,7 @@ assigned them, or on the CPU when given none (``on_assigned_gpu``).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -32,16 +33,21 @@ from ray import tune
 
 from search.space import resolve
 from sensorium.config import ExperimentConfig, set_value
-from sensorium.runtime import assigned_device, cap_gpu_memory
+from sensorium.runtime import assigned_device, cap_gpu_memory, gpu_memory
 from sensorium.training.rundir import CURVE_FIELDS
 
-# What a trial reports per epoch: fit's metrics and the trial process's memory (memory_mb).
-TRIAL_METRICS = (*CURVE_FIELDS, "rss_mb", "private_mb")
+# What a trial reports per epoch: fit's metrics, the trial process's memory (memory_mb) and, on a GPU, the most
+# memory torch reserved on the card (the part the memory cap limits: runtime.gpu_memory).
+TRIAL_METRICS = (*CURVE_FIELDS, "rss_mb", "private_mb", "peak_gpu_reserved_mb")
 # A failure of the machine, not of the trial: disk or network file system trouble, a lost Ray connection.
 # Tune retries these from the trial's latest checkpoint; a killed worker or a lost node are retried too.
 INFRASTRUCTURE = (OSError, ray.exceptions.RayError)
 TRIAL_ERROR = "trial_error"  # result key of a trial's own failure: its reason (one line)
 FIT_DONE = "fit_done"  # result key of a trial whose fit ended by itself (early stopping or max_epochs): its epochs
+# Result keys of a trial whose training finished but something after it failed (the trial stands, with its
+# scores and checkpoint): fit's final scoring (recorded in metrics.json), and the trainable's own steps after fit.
+SCORING_ERROR = "scoring_error"
+AFTER_TRAINING_ERROR = "after_training_error"
 
 
 def train_trial(
@@ -56,7 +62,9 @@ def train_trial(
     rejects, GPU memory too small for the config, a bug) ends the trial with one last result carrying
     ``TRIAL_ERROR`` (its reason) and is not retried; an infrastructure failure is raised to Tune, which
     restarts the trial from its latest checkpoint (FailureConfig.max_failures), like a killed worker or a
-    lost node, which never reach this code.
+    lost node, which never reach this code. Once fit returned, training is over and nothing fails the trial:
+    the last result carries ``FIT_DONE`` and the reason of anything that failed after training
+    (``SCORING_ERROR``, ``AFTER_TRAINING_ERROR``), and the study is told the trial's best score.
     """
     from sensorium.training.fit import fit
 
@@ -77,6 +85,7 @@ def train_trial(
     def report(epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         out = {k: float(metrics[k]) for k in CURVE_FIELDS if k in metrics}
         out.update(memory_mb())
+        out.update(gpu_memory(torch.device(cfg.train.device)))
         last.update(out)
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
         tune.report(out, checkpoint=checkpoint)
@@ -88,14 +97,32 @@ def train_trial(
     except INFRASTRUCTURE:
         raise
     except Exception as err:  # the trial's own failure: recorded once, with its reason, not retried
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-        tune.report({**last, TRIAL_ERROR: reason})
+        tune.report({**last, TRIAL_ERROR: _reason(err)})
         return
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    # The outcome goes into the results, not into a file: Ray's last artifact sync of a finishing trial can
-    # run before files written after the last report exist. The row repeats the last epoch's metrics.
-    tune.report({**last, FIT_DONE: float(result.epochs_run)})
+    # Training is over: its epochs are reported and its checkpoint persisted. The outcome goes into the results,
+    # not into a file: Ray's last artifact sync of a finishing trial can run before files written after the
+    # last report exist. The row repeats the last epoch's metrics.
+    done: dict[str, Any] = {**last, FIT_DONE: float(result.epochs_run)}
+    try:
+        done.update(after_training(run_dir))
+    except Exception as err:  # an infrastructure failure too: retrying would not train anything again
+        done[AFTER_TRAINING_ERROR] = _reason(err)
+    tune.report(done)
+
+
+def after_training(run_dir: Path) -> dict[str, str]:
+    """What a trial adds to its last result once fit returned in ``run_dir``: the reason fit's final scoring
+    failed (``SCORING_ERROR``), if metrics.json records one; the trained model stands and its scores can be
+    computed again from best.pt (``submit``, ``ensemble``)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {SCORING_ERROR: str(metrics[SCORING_ERROR])} if SCORING_ERROR in metrics else {}
+
+
+def _reason(err: BaseException) -> str:
+    """One line (at most 500 characters) naming an exception and its message."""
+    return f"{type(err).__name__}: {err}".splitlines()[0][:500]
 
 
 def train_seed(cfg_dict: dict[str, Any], seed_dir: str, cpus: float, gpus: float) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 1. a trial's worker process SIGKILLed mid-epoch: the trial resumes from its checkpoint;
 2. the worker node of a loopback two-node cluster killed mid-search: its trial resumes on the head node;
 3. SIGTERM to the driver, then ``resume``: nothing restarts from epoch 0 that had a checkpoint;
-4. a trial that raises and one with a non-finite loss: each recorded once, with its reason, never retried.
+4. a trial that raises and one with a non-finite loss: each recorded once, with its reason, never retried;
+5. a step after training that raises: the trained trial stands (done, ranked, exported, COMPLETE in the study).
 
 Each asserts the outcome: exactly the requested trials, none duplicated or lost, the Optuna study told each
 trial once, and the retry counts. (Drills 5 and 6, full disks and truncated checkpoints, are in
@@ -195,3 +196,75 @@ def test_a_raising_trial_and_a_nan_trial_are_recorded_once_and_not_retried(ray_s
         assert len({row["pid"] for row in rows}) == 1 and sum("trial_error" in row for row in rows) == 1
     study = load_study(run_dir)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+
+
+# ----------------------------------------------------- 5. a failure after training: the trial stands
+# Run as a script: its own Ray, whose workers all run ``broken_after_training`` first (a worker setup hook,
+# pickled by value from this __main__), so that every trial's step after fit raises.
+_AFTER_TRAINING_SCRIPT = '''
+import sys
+from pathlib import Path
+
+import ray
+import yaml
+
+from search.driver import run_search
+from search.space import parse_search, with_data
+
+
+def broken_after_training():
+    import search.trainable
+
+    def broken(run_dir):
+        raise RuntimeError("injected: the step after training failed")
+
+    search.trainable.after_training = broken
+
+
+raw, data, run_dir = yaml.safe_load(Path(sys.argv[1]).read_text()), sys.argv[2], Path(sys.argv[3])
+ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 1024**2, log_to_driver=False,
+         runtime_env={"worker_process_setup_hook": broken_after_training})
+run_search(with_data(parse_search(raw), [data]), run_dir, progress=False, live_every_s=1e9)
+'''
+
+
+def test_a_failure_after_training_keeps_the_trial_done_exported_and_complete(tiny_data, tmp_path):
+    from ray.tune import ExperimentAnalysis
+
+    from search.export import export_best
+    from search.trainable import AFTER_TRAINING_ERROR, FIT_DONE
+
+    search_file, script = tmp_path / "search.yaml", tmp_path / "after_training.py"
+    raw = _search_raw(num_trials=2, max_concurrent=2)
+    # No epoch counts as an improvement and one round has no patience left: fit ends by itself after epoch 1,
+    # long before the epoch cap (where Tune would stop the trial before anything after training runs).
+    raw["overrides"].update({"train.tolerance": 1.0, "train.patience": 1})
+    search_file.write_text(yaml.safe_dump(raw))
+    script.write_text(_AFTER_TRAINING_SCRIPT)
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, str(script), str(search_file), str(tiny_data.data_dir), str(run_dir)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert [t.status for t in ExperimentAnalysis(str(run_dir)).trials] == ["TERMINATED"] * 2  # not ERROR
+    records = load_trials(run_dir)
+    assert [(r.status, r.ranked, r.retries) for r in records] == [("done", True, 0)] * 2
+    for r in records:
+        last = _results(r.path)[-1]  # after the epoch's row, the trial's last result: the reason is kept there
+        assert last[FIT_DONE] == 1
+        assert last[AFTER_TRAINING_ERROR] == "RuntimeError: injected: the step after training failed"
+    study = load_study(run_dir)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(r.best_val_corr for r in records))
+    best = yaml.safe_load(export_best(run_dir).read_text())["provenance"]
+    assert best["trial_id"] == records[0].trial_id and Path(best["checkpoint"]).is_file()
+
+
+def test_after_training_reports_a_final_scoring_failure_recorded_by_fit(tmp_path):
+    from search.trainable import SCORING_ERROR, after_training
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"best_val_corr": 0.3, "scans": {}, "scoring_error": "OutOfMemoryError: x"}')
+    assert after_training(tmp_path) == {SCORING_ERROR: "OutOfMemoryError: x"}
+    metrics.write_text('{"best_val_corr": 0.3, "scans": {"a": {}}}')
+    assert after_training(tmp_path) == {}
