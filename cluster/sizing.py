@@ -10,10 +10,19 @@ trials of the node, so Ray's per-trial request adds up to exactly what a node ha
 Without GPUs (``node_gpus`` 0) trials run on the CPU with ``cpus_per_trial`` CPUs each (default 2) and
 ``concurrent = nodes x floor(node_cpus / cpus_per_trial)``.
 
+``--trials-per-gpu auto`` takes k from memory, by the rule of the search's ``gpus_per_trial: auto``
+(``search/gpu_share.py``), given the card's memory and the peak of the largest point of the search space (what
+the ``gpus_per_trial auto`` line of a search prints: "the largest point of the space needs X GB", the CUDA
+context included)::
+
+    trials_per_gpu = min(floor(0.9 x card_gb / peak_gb), floor(node_cpus / node_gpus), 16)    (at least 1)
+
 The SLURM scripts evaluate the command line's output (shell assignments)::
 
     $ python cluster/sizing.py --node-cpus 32 --node-gpus 4 --trials-per-gpu 4 --nodes 2
     cpus_per_trial=2 gpus_per_trial=0.25 concurrent=32
+    $ python cluster/sizing.py --node-cpus 32 --node-gpus 4 --trials-per-gpu auto --card-gb 80 --peak-gb 17.3
+    cpus_per_trial=2 gpus_per_trial=0.25 concurrent=16
 
 Invalid input: exit code 2 and one line ``error: ...`` on stderr naming the argument. Stdlib only.
 """
@@ -29,6 +38,10 @@ DEFAULT_CPU_TRIAL_CPUS = 2  # CPUs per trial on CPU-only nodes: torch's intra-op
 # Ray counts resources in steps of 1/10000 (ray_constants.MIN_RESOURCE_GRANULARITY): the GPU fraction is
 # rounded down to that step so that trials_per_gpu of them always fit on one card (1/3 -> 0.3333).
 RAY_RESOURCE_STEPS = 10_000
+# --trials-per-gpu auto: the part of a card planned for trials and the most trials per card (search/gpu_share.py's
+# USABLE and MAX_TRIALS_PER_CARD; tests/test_sizing.py checks that both rules agree)
+USABLE = 0.9
+MAX_TRIALS_PER_CARD = 16
 
 
 class Sizing(NamedTuple):
@@ -83,6 +96,17 @@ def size_trials(
     return Sizing(node_cpus // trials_per_node, gpus, nodes * trials_per_node)
 
 
+def trials_per_card(card_gb: float, peak_gb: float, cpus_per_card: int) -> int:
+    """Trials that share one card of ``card_gb`` GB when the largest trial needs ``peak_gb`` GB (its CUDA context
+    included) and each needs one of the node's ``cpus_per_card`` CPUs per card: at most ``MAX_TRIALS_PER_CARD``,
+    at least 1 (a trial that needs more than ``USABLE`` of the card gets it whole).
+    Raises ValueError naming the argument (as its command-line flag) and what was expected."""
+    for name, value in (("card_gb", card_gb), ("peak_gb", peak_gb)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"{_flag(name)} {value!r}: expected a number of GB > 0")
+    return max(1, min(math.floor(USABLE * card_gb / peak_gb), cpus_per_card, MAX_TRIALS_PER_CARD))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         """One line, like the project's other commands, instead of argparse's usage block."""
@@ -97,6 +121,17 @@ def _whole(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def _whole_or_auto(text: str) -> int | str:
+    return text if text == "auto" else _whole(text)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(
         prog="cluster/sizing.py",
@@ -106,12 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-cpus", type=_whole, required=True, help="CPUs Ray may use on each node")
     parser.add_argument("--node-gpus", type=_whole, required=True, help="GPUs on each node (0: CPU trials)")
     parser.add_argument("--nodes", type=_whole, default=1, help="nodes in the cluster (default 1)")
-    parser.add_argument("--trials-per-gpu", type=_whole, default=4, help="trials sharing one card (default 4)")
+    parser.add_argument("--trials-per-gpu", type=_whole_or_auto, default=4,
+                        help="trials sharing one card (default 4), or auto: from --card-gb and --peak-gb")
+    parser.add_argument("--card-gb", type=_number, help="--trials-per-gpu auto: memory of one card in GB (80)")
+    parser.add_argument("--peak-gb", type=_number,
+                        help="--trials-per-gpu auto: GB the largest point of the search space needs (the "
+                             "'gpus_per_trial auto' line of a search prints it)")
     parser.add_argument("--cpus-per-trial", type=_whole, default=None,
                         help=f"CPUs per trial on CPU-only nodes (default {DEFAULT_CPU_TRIAL_CPUS})")
     args = parser.parse_args(argv)
+    auto = args.trials_per_gpu == "auto"
+    if auto != (args.card_gb is not None) or auto != (args.peak_gb is not None):
+        parser.error("--trials-per-gpu auto needs --card-gb and --peak-gb, and they are only for it")
     try:
-        sizing = size_trials(args.node_cpus, args.node_gpus, args.nodes, args.trials_per_gpu, args.cpus_per_trial)
+        per_gpu = args.trials_per_gpu
+        if auto:  # a CPU-only partition ignores it, as it ignores a number
+            per_gpu = trials_per_card(args.card_gb, args.peak_gb, args.node_cpus // max(args.node_gpus, 1))
+        sizing = size_trials(args.node_cpus, args.node_gpus, args.nodes, per_gpu, args.cpus_per_trial)
     except ValueError as exc:
         parser.error(str(exc))
     print(sizing.shell())

@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from cluster.sizing import Sizing, size_trials  # noqa: E402
+from cluster.sizing import Sizing, size_trials, trials_per_card  # noqa: E402
 
 SIZING = ROOT / "cluster" / "sizing.py"
 SCRIPTS = ("slurm-symmetric.sbatch", "slurm-head-worker.sbatch")
@@ -45,11 +45,37 @@ def test_cpu_only_nodes_run_cpu_trials():
     assert size_trials(9, 0, nodes=3, cpus_per_trial=4) == Sizing(4, 0.0, 6)
 
 
+def test_trials_per_card_from_memory_follow_the_search_s_auto_rule():
+    """The stdlib rule here and the search's ``gpus_per_trial: auto`` (search/gpu_share.py) choose the same k on
+    one node whose trials fill it (1 CPU each, as many at once as fit)."""
+    from search.gpu_share import GB, MAX_TRIALS_PER_CARD, USABLE, Card, MemoryPlan, choose_gpus_per_trial
+    from search.preflight import NodeInfo
+    from search.settings import SearchSettings
+    from sensorium.memory import MemoryEstimate
+
+    import cluster.sizing as sizing
+
+    assert (sizing.USABLE, sizing.MAX_TRIALS_PER_CARD) == (USABLE, MAX_TRIALS_PER_CARD)
+    for card_gb, peak_gb, cpus, gpus in [(80, 17.3, 32, 4), (80, 6.8, 32, 4), (40, 6.8, 64, 8), (141, 2.0, 256, 1),
+                                         (80, 75.0, 16, 2), (40, 11.0, 12, 4)]:
+        k = trials_per_card(card_gb, peak_gb, cpus // gpus)
+        est = MemoryEstimate(context=0, data=0, state=0, activations=round(peak_gb * GB), scoring=0, eval_chunk=64,
+                             batch_size=128)
+        share, _ = choose_gpus_per_trial(SearchSettings(max_concurrent=cpus, num_trials=cpus),
+                                         [NodeInfo("n" * 56, "10.0.0.1", cpus, gpus)], Card(card_gb * GB, "x"),
+                                         MemoryPlan(est, est, {}, 1))
+        assert size_trials(cpus, gpus, trials_per_gpu=k).gpus_per_trial == share, (card_gb, peak_gb, cpus, gpus)
+    assert trials_per_card(80, 17.3, 8) == 4 and trials_per_card(80, 6.8, 8) == 8 and trials_per_card(80, 90, 8) == 1
+
+
 def test_cli_prints_shell_assignments():
     done = _cli("--node-cpus", "32", "--node-gpus", "4", "--trials-per-gpu", "4", "--nodes", "2")
     assert done.returncode == 0 and done.stdout == "cpus_per_trial=2 gpus_per_trial=0.25 concurrent=32\n"
     done = _cli("--node-cpus", "32", "--node-gpus", "0")
     assert done.stdout == "cpus_per_trial=2 gpus_per_trial=0 concurrent=16\n"
+    done = _cli("--node-cpus", "32", "--node-gpus", "4", "--trials-per-gpu", "auto", "--card-gb", "80",
+                "--peak-gb", "17.3")
+    assert done.returncode == 0 and done.stdout == "cpus_per_trial=2 gpus_per_trial=0.25 concurrent=16\n"
     done = _cli("--help")
     assert done.returncode == 0 and "--trials-per-gpu" in done.stdout
 
@@ -68,6 +94,14 @@ def test_cli_prints_shell_assignments():
     (["--node-cpus", "32", "--node-gpus", "4", "--cpus-per-trial", "4"],
      "error: --cpus-per-trial 4: only for CPU-only nodes (--node-gpus 0)"),
     (["--node-gpus", "4"], "error: the following arguments are required: --node-cpus"),
+    (["--node-cpus", "32", "--node-gpus", "4", "--trials-per-gpu", "auto", "--card-gb", "80"],
+     "error: --trials-per-gpu auto needs --card-gb and --peak-gb, and they are only for it"),
+    (["--node-cpus", "32", "--node-gpus", "4", "--card-gb", "80", "--peak-gb", "6"],
+     "error: --trials-per-gpu auto needs --card-gb and --peak-gb, and they are only for it"),
+    (["--node-cpus", "32", "--node-gpus", "4", "--trials-per-gpu", "auto", "--card-gb", "80", "--peak-gb", "0"],
+     "error: --peak-gb 0.0: expected a number of GB > 0"),
+    (["--node-cpus", "32", "--node-gpus", "4", "--trials-per-gpu", "auto", "--card-gb", "many", "--peak-gb", "6"],
+     "error: argument --card-gb: expected a number, got 'many'"),
 ])
 def test_cli_refuses_invalid_input_in_one_line(args, message):
     done = _cli(*args)
@@ -132,6 +166,13 @@ def test_sbatch_sizes_trials_from_its_allocation(script, node, trials, tmp_path)
     assert any(node in call for call in calls), calls  # every node offers Ray the job's CPUs and GPUs
     (cpus, gpus, concurrent), = [TRIAL_ARGS.search(call).groups() for call in calls if TRIAL_ARGS.search(call)]
     assert (int(cpus), float(gpus), int(concurrent)) == trials
+
+
+def test_sbatch_takes_trials_per_card_from_memory_with_trials_per_gpu_auto(tmp_path):
+    env = {**_allocation("slurm-symmetric.sbatch"), "TRIALS_PER_GPU": "auto", "CARD_GB": "80", "PEAK_GB": "17.3"}
+    done, calls = _submit("slurm-symmetric.sbatch", tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert any("--cpus-per-trial 2 --gpus-per-trial 0.25 --concurrent 32" in call for call in calls), calls
 
 
 def test_sbatch_on_a_cpu_only_partition_runs_cpu_trials(tmp_path):
