@@ -41,11 +41,12 @@ MAX_TRIALS_PER_CARD = 16
 ASSUMED_CARD_GB = 40.0  # the smallest common card (A100 40GB), when neither the driver nor the settings say
 RAY_RESOURCE_STEPS = 10_000  # Ray counts resources in 1/10000 steps: 1/3 -> 0.3333, so that 3 fit on a card
 
-# The end of each parameter's range that needs the most memory. Measured with sensorium.memory on
+# The end of each parameter's range that needs the most memory. Predicted by sensorium.memory (at ef04bd5) for
 # configs/search_default.yaml's largest point at real size (7 scans of ~8,000 neurons, batch 128): a smaller
-# input_kern leaves larger maps (the input layer is unpadded: 36x64 -> 32x60 at 5, 22x50 at 15; 6.8 GB against
-# 5.4 GB); a depth-separable core keeps three maps per layer for the backward pass, more than the full
-# convolutions' weights add (6.8 GB against 5.5 GB); a smaller se_reduction means larger SE layers.
+# input_kern leaves larger maps (the input layer is unpadded: 36x64 -> 32x60 at 5, 22x50 at 15; 28.2 GB against
+# 21.4 GB); a depth-separable core keeps more maps for the backward pass than the full convolutions' weights add
+# (28.2 GB against 21.1 GB); hidden layers are padded, so a larger hidden_kern adds weights only; a smaller
+# se_reduction means larger SE layers.
 SIZE_KEYS = {
     "data.batch_size": "high",
     "data.eval_batch_size": "high",
