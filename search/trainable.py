@@ -105,6 +105,7 @@ def train_trial(
     # not into a file: Ray's last artifact sync of a finishing trial can run before files written after the
     # last report exist. The row repeats the last epoch's metrics.
     done: dict[str, Any] = {**last, FIT_DONE: float(result.epochs_run)}
+    done.update(gpu_memory(torch.device(cfg.train.device)))  # the peaks now include the final scoring
     try:
         done.update(after_training(run_dir))
     except Exception as err:  # an infrastructure failure too: retrying would not train anything again

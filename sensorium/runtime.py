@@ -90,7 +90,7 @@ def cap_gpu_memory(share: float, device: str | torch.device) -> None:
     and for whole cards (share 0 or >= 1). Beyond the cap torch raises its out-of-memory error in this process.
 
     The cap is torch's allocator fraction (``set_per_process_memory_fraction``, of the card's total memory), and
-    the process's CUDA context (``sensorium.memory.CUDA_CONTEXT_BYTES``, about 0.6 GB) sits outside it: the
+    the process's CUDA context (``sensorium.memory.CUDA_CONTEXT_BYTES``, about 0.7 GB) sits outside it: the
     fraction is (share x total - context) / total, so k processes at 1/k hold at most the card. A share too small
     to hold the context is a ConfigError.
     """

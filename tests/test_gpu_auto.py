@@ -194,6 +194,6 @@ def test_a_share_too_small_for_the_base_config_is_refused_before_any_trial(gpu_n
     monkeypatch.setattr("search.gpu_share.local_cards", lambda: [("Small 4GB", 4 * GB)])
     spec = _spec(tiny_data, tmp_path, gpus_per_trial=0.125)  # 0.5 GB of a 4 GB card: less than a CUDA context
     with pytest.raises(ConfigError, match=r"gpus_per_trial=0.125 gives each trial 0.5 GB of a 4.0 GB card, not "
-                                          r"even the 0.63 GB of its CUDA context"):
+                                          r"even the 0.73 GB of its CUDA context"):
         _prepare_and_check(spec, spec.base, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()

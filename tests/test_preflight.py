@@ -141,7 +141,7 @@ def test_check_memory_prints_both_estimates_and_passes_when_the_largest_point_fi
     assert len(lines) == 2 and not err
     assert lines[0].startswith("memory per trial, base config: train 2.79 GiB")
     assert lines[1].startswith("memory per trial, largest point of the space (model.core.layers=6; largest of 2 "
-                               "compared): train 0.59 GiB") and "final scoring 15.83 GiB" in lines[1]
+                               "compared): train 0.68 GiB") and "final scoring 15.83 GiB" in lines[1]
 
 
 def test_check_memory_warns_when_only_the_largest_point_does_not_fit(capsys):
@@ -155,7 +155,7 @@ def test_check_memory_warns_when_only_the_largest_point_does_not_fit(capsys):
 @pytest.mark.parametrize(("share", "card_gb", "message"), [
     (0.0625, 40, r"gpus_per_trial=0.0625 gives each trial 2.5 GB of a 40.0 GB card, but the base config needs "
                  r"3.0 GB at its peak; expected a larger share"),
-    (0.01, 40, r"gpus_per_trial=0.01 gives each trial 0.4 GB of a 40.0 GB card, not even the 0.63 GB of its CUDA "
+    (0.01, 40, r"gpus_per_trial=0.01 gives each trial 0.4 GB of a 40.0 GB card, not even the 0.73 GB of its CUDA "
                r"context"),
     (1, 2.5, r"gpus_per_trial=1 gives each trial 2.5 GB of a 2.5 GB card, but the base config needs 3.0 GB"),
 ])

@@ -97,12 +97,12 @@ def test_the_cap_leaves_room_for_each_process_s_cuda_context(fake_cuda):
         (fraction, device), = fake_cuda
         assert device == torch.device("cuda:1")
         assert k * (fraction * CARD + CUDA_CONTEXT_BYTES) == pytest.approx(CARD)
-    assert fake_cuda[0][0] == pytest.approx(1 / 16 - 600 / (80 * 1024))  # 5 GiB less 600 MiB, of 80 GiB
+    assert fake_cuda[0][0] == pytest.approx(1 / 16 - 700 / (80 * 1024))  # 5 GiB less 700 MiB, of 80 GiB
 
 
 def test_a_share_smaller_than_a_cuda_context_is_refused(fake_cuda):
     with pytest.raises(ConfigError, match=r"a GPU share of 0.005 is 0.43 GB of cuda:0 \(85.9 GB\), not even the "
-                                          r"0.63 GB of one process's CUDA context"):
+                                          r"0.73 GB of one process's CUDA context"):
         cap_gpu_memory(0.005, "cuda:0")
     assert fake_cuda == []
 
