@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sensorium.atomic import atomic_write, exclusive_lock, write_text
+from sensorium.atomic import exclusive_lock, write_text
 from sensorium.config import ExperimentConfig, config_hash, load_config, set_value
 from sensorium.errors import UserError
 from sensorium.runtime import is_cuda_request
@@ -170,13 +170,15 @@ def seed_resources(device: str, seeds: int, cpus: float | None, gpus: float | No
 
 def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: float,
               progress: bool) -> tuple[list[dict[str, Any]], dict[int, dict[str, dict[str, str]]]]:
-    """Run seeds ``cfg.seed`` ... ``cfg.seed + seeds - 1`` as Ray tasks (:func:`seed_task`) into
+    """Run seeds ``cfg.seed`` ... ``cfg.seed + seeds - 1`` as Ray tasks (``search.trainable.train_seed``) into
     ``out/seed_<s>``; returns the members (retrain.json entries, by seed) and where each seed saved its
     predictions (seed -> "<data key>/<file name>" -> {"values", "rows"} paths). The first failed seed
     cancels the others."""
     import ray
 
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(seed_task)
+    from search.trainable import train_seed
+
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(train_seed)
     pending = {}
     for i in range(seeds):
         seed_cfg = set_value(cfg, "seed", cfg.seed + i)
@@ -213,31 +215,6 @@ def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: f
                   f"{m['best_val_corr']:.4f} at epoch {m['best_epoch']}", file=sys.stderr, flush=True)
     ordered = sorted(done_by_seed)
     return [done_by_seed[s]["member"] for s in ordered], {s: done_by_seed[s]["predictions"] for s in ordered}
-
-
-def seed_task(cfg_dict: dict[str, Any], seed_dir: str, cpus: float, gpus: float) -> dict[str, Any]:
-    """One seed, run as a Ray task: ``search.trainable.train_seed`` (fit, then the seed's submissions), then its
-    predictions saved into ``seed_dir/predictions/``, each file written whole: ``<data key>.<tier>.npy``
-    ((trials, neurons) float32, the model's normalised response units) and ``<data key>.<tier>.rows.npy``
-    ((trials,) int64, the scan rows they belong to, in that order).
-
-    Returns train_seed's summary (``member``, ``started``, ``device``, ``host``) with ``predictions``:
-    "<data key>/<file name>" -> {"values": path, "rows": path}. Its size does not grow with the data (about
-    1 kB), so nothing large passes through Ray's object store.
-    """
-    from search.trainable import train_seed
-    from sensorium.submission import SUBMISSION_FILES
-
-    done = train_seed(cfg_dict, seed_dir, cpus, gpus)
-    saved = {}
-    for (key, name), pred in done.pop("predictions").items():
-        stem = Path(seed_dir) / "predictions" / f"{key}.{SUBMISSION_FILES[name]}"
-        paths = {"values": f"{stem}.npy", "rows": f"{stem}.rows.npy"}
-        for what, array in (("values", pred.values), ("rows", pred.rows)):
-            with atomic_write(paths[what], "wb") as f:
-                np.save(f, array)
-        saved[f"{key}/{name}"] = paths
-    return {**done, "predictions": saved}
 
 
 def write_seed_average(out: Path, saved: Mapping[int, Mapping[str, Mapping[str, str]]],

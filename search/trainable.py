@@ -129,12 +129,17 @@ def _reason(err: BaseException) -> str:
 def train_seed(cfg_dict: dict[str, Any], seed_dir: str, cpus: float, gpus: float) -> dict[str, Any]:
     """One ensemble member, a Ray task given ``cpus`` CPUs (its torch threads) and ``gpus`` GPUs: fit the
     config (its ``seed`` set) into ``seed_dir`` on data mapped from the cache, then write its submissions
-    (the driver follows its progress in ``seed_dir``/curves.csv).
+    (the driver follows its progress in ``seed_dir``/curves.csv) and its predictions, one tier at a time, each
+    file written whole into ``seed_dir/predictions/``: ``<data key>.<tier>.npy`` ((trials, neurons) float32, the
+    model's normalised response units) and ``<data key>.<tier>.rows.npy`` ((trials,) int64, their scan rows).
 
-    Returns ``member`` (its retrain.json entry), ``predictions`` ((data key, file name) -> Predictions of
-    that file's tier of each competition scan, values (trials, neurons)), ``started`` (Unix time),
-    ``device`` (train.device as run) and ``host``.
+    Returns ``member`` (its retrain.json entry), ``predictions`` ("<data key>/<file name>" -> {"values": path,
+    "rows": path}), ``started`` (Unix time), ``device`` (train.device as run) and ``host``: about 1 kB whatever
+    the data's size, so nothing large passes through Ray's object store.
     """
+    import numpy as np
+
+    from sensorium.atomic import atomic_write
     from sensorium.data import load_data
     from sensorium.predict import competition_keys, predict
     from sensorium.runtime import resolve_device
@@ -150,15 +155,20 @@ def train_seed(cfg_dict: dict[str, Any], seed_dir: str, cpus: float, gpus: float
               "best_epoch": result.best_epoch, "epochs": result.epochs_run,
               "seconds": round(time.perf_counter() - t0, 1), "files": {}}
     device = resolve_device(cfg.train.device)
-    predictions = {}
+    saved = {}
     for key in competition_keys(scans):
         for name, tier in SUBMISSION_FILES.items():
             pred = predict(result.model, scans[key], tier, device, cfg.data.eval_batch_size)
             path = write_submission(Path(seed_dir) / "submission" / key / name, pred.trial_ids, pred.image_ids,
                                     pred.neuron_ids, pred.values, overwrite=True)
             member["files"][f"{key}/{name}"] = str(path)
-            predictions[(key, name)] = pred
-    return {"member": member, "predictions": predictions, "started": started, "device": cfg.train.device,
+            stem = Path(seed_dir) / "predictions" / f"{key}.{tier}"
+            saved[f"{key}/{name}"] = {"values": f"{stem}.npy", "rows": f"{stem}.rows.npy"}
+            for what, array in (("values", pred.values), ("rows", pred.rows)):
+                with atomic_write(saved[f"{key}/{name}"][what], "wb") as f:
+                    np.save(f, array)
+            del pred  # one tier in memory at a time
+    return {"member": member, "predictions": saved, "started": started, "device": cfg.train.device,
             "host": platform.node()}
 
 

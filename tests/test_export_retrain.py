@@ -16,7 +16,8 @@ import yaml
 from search.export import export_best, read_best_config
 from search.report import boundary_check, write_report
 from search.results import best_trial, load_trials
-from search.retrain import retrain, seed_task
+from search.retrain import retrain
+from search.trainable import train_seed
 from search.space import parse_search
 from sensorium.cli import main
 from sensorium.config import config_hash, load_config, set_value
@@ -109,7 +110,7 @@ def test_a_seed_task_returns_a_small_summary_and_leaves_its_predictions_on_disk(
 
     cfg = set_value(read_best_config(export_best(finished_run))[0], "train.max_epochs", 1)
     seed_dir = tmp_path / "seed_0"
-    task = ray.remote(num_cpus=1, max_retries=0)(seed_task)
+    task = ray.remote(num_cpus=1, max_retries=0)(train_seed)
     done = ray.get(task.remote(cfg.to_dict(), str(seed_dir), 1.0, 0.0))  # what passes through the object store
     assert len(pickle.dumps(done)) < 1_000_000 and not _arrays(done)  # paths and scores: no data, whatever its size
     assert set(done) == {"member", "predictions", "started", "device", "host"}
