@@ -153,8 +153,7 @@ def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str, address: str
     budget_spent = s.compute_budget_s is not None and seconds >= s.compute_budget_s
     over_budget = bool(s.time_budget_s) or budget_spent  # a budget, not an interruption, ended it short
     if ended == len(records) and (ended >= s.num_trials or over_budget):
-        close_orphans(run_dir, {r.trial_id: r.best_val_corr for r in records},  # the search is over
-                      {r.trial_id: r.cost(s.cost) for r in records})
+        close_orphans(run_dir, records, s.cost)  # the search is over
     budget = f" of a {s.compute_budget_s:g} s budget" if s.compute_budget_s is not None else ""
     print(
         f"{what} ended after {time.perf_counter() - start:.0f} s: {counts['done']} done, {counts['stopped']} "

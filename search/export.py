@@ -101,18 +101,17 @@ def _warm_start(run_dir: Path) -> dict[str, Any] | None:
     """The run's warm start (study.json) and its best imported trial, or None for a run without one."""
     import json
 
-    import optuna
-
-    from search.tuner import SOURCE_TRIAL, STUDY_FILE, WARM_START_FROM, load_study
+    from search.tuner import SOURCE_TRIAL, STUDY_FILE, WARM_START_FROM, load_study, trial_best
 
     info = json.loads((run_dir / STUDY_FILE).read_text()).get("warm_start") if (run_dir / STUDY_FILE).is_file() else None
     if not info:
         return None
-    imported = [t for t in load_study(run_dir).get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if WARM_START_FROM in t.user_attrs]
-    top = max(imported, key=lambda t: t.values[0], default=None)
+    # imported trials, trained to their end (COMPLETE) or stopped early (PRUNED), as the ranking counts both
+    scored = [(score, t) for t in load_study(run_dir).get_trials(deepcopy=False)
+              if WARM_START_FROM in t.user_attrs and (score := trial_best(t)) is not None]
+    score, top = max(scored, key=lambda st: st[0], default=(None, None))
     best = None if top is None else {"run": top.user_attrs[WARM_START_FROM], "source_trial": top.user_attrs.get(SOURCE_TRIAL),
-                                     "best_val_corr": top.values[0]}
+                                     "best_val_corr": score}
     return {"from": info["from"], "imported": info["imported"], "left_out": info["left_out"], "best_imported": best}
 
 

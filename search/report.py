@@ -101,7 +101,8 @@ def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], impor
     )
     objective = (
         "- objective: best-epoch validation single-trial correlation (`best_val_corr`); ASHA compares "
-        f"`{spec.settings.metric}` at epochs {', '.join(map(str, _rungs(spec)))}"
+        f"`{spec.settings.metric}` at epochs {', '.join(map(str, _rungs(spec)))}; Optuna is told COMPLETE for a "
+        "trial trained to its end, PRUNED for one stopped early"
     )
     params = f"- base config `{spec.base.name}`; {len(first)} searched parameters ({n_sci} scientific)"
     if spec.conditional():
@@ -126,7 +127,8 @@ def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], impor
     flagged = boundary_check(spec, best)
     lines += ["", "## Boundary check", ""]
     lines += [f"- {f}" for f in flagged] or [f"- no best value lies within {EDGE:.0%} of an end of its range."]
-    lines += ["", "## Parameter importances (Optuna's default evaluator, PED-ANOVA, on the study)", ""]
+    lines += ["", "## Parameter importances (Optuna's default evaluator, PED-ANOVA, on the study's COMPLETE trials)",
+              ""]
     if importances:
         lines += ["| parameter | importance |", "|---|---|"]
         lines += [f"| `{k}` | {v:.3f} |" for k, v in importances.items()]
@@ -193,9 +195,11 @@ def _importances(run_dir: Path) -> tuple[dict[str, float], str]:
 
     try:
         study = load_study(run_dir)
+        # Optuna's evaluators read COMPLETE trials only: those trained to their end, never mixing in the scores
+        # of trials stopped after a few epochs (PRUNED)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) < 2:
-            return {}, f"needs at least 2 completed trials, has {len(complete)}"
+            return {}, f"needs at least 2 trials trained to their end (COMPLETE in the study), has {len(complete)}"
         if len(study.directions) == 1:
             return dict(optuna.importance.get_param_importances(study)), ""
         with warnings.catch_warnings():  # a cost-aware study: importances for a high val corr, its first value
@@ -215,12 +219,16 @@ def _plots(records: list[TrialRecord], spec: SearchSpec, importances: dict[str, 
     names = []
     ranked = [r for r in records if r.ranked]
     # optimisation history, in the order Optuna saw the trials
-    history = _history(run_dir)
+    history = _history(run_dir, records)
     if history:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        xs, ys = zip(*history)
+        xs, ys, _ = zip(*history)
         best = [max(ys[: i + 1]) for i in range(len(ys))]
-        ax.plot(xs, ys, "o", label="trial (best epoch)")
+        for pruned, style, label in ((False, {"c": "C0"}, "trained to its end (COMPLETE)"),
+                                     (True, {"facecolors": "none", "edgecolors": "C0"}, "stopped early (PRUNED)")):
+            points = [(x, y) for x, y, p in history if p == pruned]
+            if points:
+                ax.scatter(*zip(*points), label=label, **style)
         ax.step(xs, best, where="post", color="C3", label="best so far")
         ax.set(xlabel="Optuna trial number", ylabel="best val corr", title="optimisation history")
         ax.legend()
@@ -258,17 +266,27 @@ def _plots(records: list[TrialRecord], spec: SearchSpec, importances: dict[str, 
     return names
 
 
-def _history(run_dir: Path) -> list[tuple[int, float]]:
+def _history(run_dir: Path, records: list[TrialRecord]) -> list[tuple[int, float, bool]]:
+    """(Optuna trial number, best val corr, stopped early) of every finished trial of the study, imported ones
+    too, in the order Optuna saw them: COMPLETE and PRUNED trials. The score is the study's
+    (``tuner.trial_best``), else the Tune record's (a PRUNED trial of a two-objective study holds none)."""
     import optuna
 
-    from search.tuner import load_study
+    from search.tuner import TUNE_TRIAL_ID, load_study, trial_best
 
     try:
         study = load_study(run_dir)
     except (KeyError, FileNotFoundError):
         return []
-    return [(t.number, t.values[0]) for t in study.trials  # values[0]: best val corr, also with two objectives
-            if t.state == optuna.trial.TrialState.COMPLETE and t.values and math.isfinite(t.values[0])]
+    recorded = {r.trial_id: r.best_val_corr for r in records if r.ranked}
+    pruned = optuna.trial.TrialState.PRUNED
+    history = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, pruned)):
+        score = trial_best(t)
+        score = recorded.get(t.user_attrs.get(TUNE_TRIAL_ID, "")) if score is None else score
+        if score is not None:
+            history.append((t.number, score, t.state == pruned))
+    return history
 
 
 # ------------------------------------------------------------------- cost-aware search: the Pareto front

@@ -13,11 +13,16 @@ Run folder (``RUN_DIR``, Tune's experiment folder; the pieces this module adds a
 
 Only the driver writes the Optuna storage (OptunaSearch runs in the driver), so one journal file suffices.
 
+What the study is told (``StudySearch``, ``close_orphans``): each epoch's val_corr as it trains (step = epoch),
+then COMPLETE with its best_val_corr for a trial that trained to its end, PRUNED for one that ASHA or a budget
+stopped early, FAIL for one that failed by itself; TPE thus never takes a score after one epoch for a final one.
+
 With ``search.objective: val_corr+cost`` the study has two objectives, best_val_corr and the cost
 (``search.cost``), maximised and minimised (Optuna's multi-objective TPE; constant liar works there too);
-Optuna then keeps no intermediate values, and the cost of a trial is computed from its per-epoch results
-(``results.trial_cost``) when it ends. A warm-started study (``run --warm-start``) holds the earlier run's
-finished trials first, as COMPLETE trials with no Tune trial in this run (``search.warm_start``).
+Optuna then keeps no intermediate values, a trial stopped early is PRUNED with no value, and the cost of a
+trial is computed from its per-epoch results (``results.trial_cost``) when it ends. A warm-started study
+(``run --warm-start``) holds the earlier run's finished trials first, COMPLETE and PRUNED as they were there,
+with no Tune trial in this run (``search.warm_start``).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from search.callbacks import LiveTable, TensorBoardHParams
 from search.settings import AUTO
 from search.space import SEARCH_FILE, Param, SearchSpec, active_params
 from search.results import COSTS, TrialRecord, read_results, trial_cost
-from search.trainable import FIT_DONE, TRIAL_ERROR, train_trial
+from search.trainable import FIT_DONE, TRIAL_ERROR, ran_to_end, train_trial
 from sensorium.atomic import write_text
 from sensorium.errors import UserError
 
@@ -53,6 +58,7 @@ STUDY_FILE = "study.json"
 JOURNAL_FILE = "optuna_journal.log"
 TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna trial's user attribute naming its Tune trial
 RANK_METRIC = "best_val_corr"  # trials are ranked (and Optuna is told) by their best epoch, not their last
+EPOCH_METRIC = "val_corr"  # each epoch's score: the study's intermediate value at step = epoch
 # user attributes of a trial imported by a warm start: the run it was trained in, its Tune trial id there
 WARM_START_FROM = "warm_start_from"
 SOURCE_TRIAL = "source_trial"
@@ -121,63 +127,126 @@ def journal_storage(run_dir: Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(backend)
 
 
-def load_study(run_dir: Path) -> optuna.Study:
-    """The persisted Optuna study of a run (for the report, importances and the dashboard)."""
+def load_study(run_dir: Path, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """The persisted Optuna study of a run (for the report, importances and the dashboard); ``storage``: the
+    run's journal storage when the caller holds it already (default: a new one)."""
     info = json.loads((run_dir / STUDY_FILE).read_text())
-    return optuna.load_study(study_name=info["study_name"], storage=journal_storage(run_dir))
+    return optuna.load_study(study_name=info["study_name"], storage=storage or journal_storage(run_dir))
 
 
-def close_orphans(run_dir: Path, best: dict[str, float | None], costs: dict[str, float | None] | None = None) -> int:
+def trial_best(trial: optuna.trial.FrozenTrial) -> float | None:
+    """A finished trial's best validation correlation as its study holds it: a COMPLETE trial's first value
+    (best_val_corr, in a two-objective study too), a PRUNED trial's best intermediate value (its best epoch's
+    val_corr; a two-objective study holds none); None for other states, or when not finite.
+
+    >>> pruned = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.2, 2: 0.1})
+    >>> trial_best(pruned)
+    0.2
+    """
+    if trial.state == optuna.trial.TrialState.COMPLETE and trial.values:
+        value: float | None = trial.values[0]
+    elif trial.state == optuna.trial.TrialState.PRUNED:
+        value = max((v for v in trial.intermediate_values.values() if math.isfinite(v)), default=None)
+    else:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def close_orphans(run_dir: Path, records: list[TrialRecord], cost: str) -> int:
     """Close the Optuna trials still RUNNING after the whole search ended; returns how many.
 
-    ``best``: each Tune trial's best validation correlation as its result.json holds it (the records);
-    ``costs``: each one's cost (``TrialRecord.cost``), needed by a two-objective study. A
-    trial that a time or compute budget stopped while it ran (Tune stops it without telling the searcher)
-    is told COMPLETE with that best, as a trial ASHA stopped is; the study's intermediate values are not
-    enough, since the result that spent the budget reaches neither the searcher nor the scheduler. One that
-    reported nothing is marked FAIL: a driver killed right after the sampler proposed a trial, but before
-    Tune saved that trial, leaves such a trial in the journal (on resume the restored sampler proposes it
-    again under a new number). Call only when every Tune trial has ended (an interrupted run's RUNNING
-    trials are still live). In a two-objective study (no intermediate values) a trial without both a score
-    and a cost in its record is marked FAIL. Trials a warm start imported are COMPLETE: never touched.
+    ``records``: the run's Tune trials (``results.load_trials``); ``cost``: ``search.cost``, read in a
+    two-objective study. A time or compute budget stops the trials still running without telling the
+    searcher; each is told here what ``StudySearch`` would have told it: the epochs of its results that the
+    study lacks become intermediate values (one objective: the result that spent the budget may have reached
+    no searcher), then COMPLETE with its best (and, with two objectives, its cost; FAIL without both) if it
+    had trained to its end (record status ``done``), else PRUNED. One that reported nothing, or that failed,
+    is marked FAIL: a driver killed right after the sampler proposed a trial, but before Tune saved that
+    trial, leaves such a trial in the journal (on resume the restored sampler proposes it again under a new
+    number). Call only when every Tune trial has ended (an interrupted run's RUNNING trials are still live).
+    Trials a warm start imported are finished: never touched.
     """
-    study = load_study(run_dir)
+    storage = journal_storage(run_dir)
+    study = load_study(run_dir, storage)
+    study_id = storage.get_study_id_from_name(study.study_name)
     two = len(study.directions) > 1
-    orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    by_id = {r.trial_id: r for r in records}
+    orphans = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in orphans:
-        tune_id = trial.user_attrs.get(TUNE_TRIAL_ID, "")
-        value = best.get(tune_id)
-        if value is None or not math.isfinite(value):  # no record: the best of what the searcher was told
-            reported = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
-            value = max(reported) if reported else None
-        cost = (costs or {}).get(tune_id)
-        if value is not None and not two:
-            study.tell(trial.number, value)
-        elif value is not None and cost is not None and math.isfinite(cost):
-            study.tell(trial.number, [value, cost])
+        record = by_id.get(trial.user_attrs.get(TUNE_TRIAL_ID, ""))
+        curve = record.curve if record is not None else []
+        if not two:  # Optuna keeps no intermediate values in a multi-objective study
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            for epoch, value in _epoch_scores(curve):
+                if epoch not in trial.intermediate_values:
+                    storage.set_trial_intermediate_value(trial_id, epoch, value)
+        values = _complete_values(record, cost if two else None) if record is not None else None
+        if record is not None and record.status == "done" and values is not None:
+            study.tell(trial.number, values)
+        elif (record is None or record.status == "stopped") and (curve or trial.intermediate_values):
+            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return len(orphans)
 
 
+def _epoch_scores(rows: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(epoch, val_corr) of the per-epoch results ``rows`` that hold both (NaN kept: Optuna ranks it last)."""
+    return [(int(row["epoch"]), float(row[EPOCH_METRIC])) for row in rows
+            if _is_number(row.get("epoch")) and _is_number(row.get(EPOCH_METRIC))]
+
+
+def _complete_values(record: TrialRecord, cost: str | None) -> list[float] | None:
+    """What a trial that trained to its end is told: [best_val_corr], or with ``cost`` (two objectives)
+    [best_val_corr, its cost]; None when one is missing or not finite."""
+    values = [record.best_val_corr] if cost is None else [record.best_val_corr, record.cost(cost)]
+    return values if all(_is_number(v) and math.isfinite(v) for v in values) else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class StudySearch(OptunaSearch):
-    """OptunaSearch that tells the study FAIL, with no value, for a trial that failed by itself.
+    """OptunaSearch that tells the study how far each trial trained, so that TPE never takes a score after a
+    few epochs for the score of a trial trained to its end.
 
-    Such a trial ends normally for Tune (so Tune does not retry it) with a last result carrying
-    ``TRIAL_ERROR``; that result is kept from the study's intermediate values. A trial Tune restarts after
-    an infrastructure failure is told nothing until it ends: the study gets every trial exactly once.
+    Ray's own OptunaSearch reports its metric at Tune's ``training_iteration`` and tells COMPLETE, with the
+    last result's value, every trial whose last result holds the metric: a trial ASHA stopped at its first
+    rung reached the study as if fully trained. Here, with one objective:
 
-    ``cost`` (``search.cost``; None for one objective): the searcher's metrics are best_val_corr and the
-    cost's per-epoch field (``train_seconds`` or ``n_parameters``, which every result carries); it keeps
-    that field per epoch (an epoch reported again after a restart replaces the earlier one) and tells the
-    study ``[best_val_corr, trial_cost]`` when the trial ends; a trial without both is told FAIL. The kept
-    fields are part of the searcher's saved state, so a resumed search still has them.
+    - each epoch's ``val_corr`` is reported as it trains, as the intermediate value at step = epoch; the
+      result the scheduler stops a trial on reaches only ``on_trial_complete``, which reports it too; an epoch
+      reported again after a restart from a checkpoint keeps its first value;
+    - a trial that trained to its end (``trainable.ran_to_end``: its fit ended by itself, its last result
+      carrying ``FIT_DONE``, or it reached ``max_t`` epochs) is told COMPLETE with its best_val_corr;
+    - a trial the scheduler stopped before its end (ASHA) is told PRUNED: Optuna takes its last intermediate value as
+      its value, and TPE counts it, in its startup phase and its model, behind every COMPLETE trial, pruned
+      trials ordered by the last epoch they reached, then that value (trials a budget stopped are told the
+      same by ``close_orphans``);
+    - a trial that failed by itself is told FAIL, with no value. It ends normally for Tune (so Tune does not
+      retry it) with a last result carrying ``TRIAL_ERROR``, kept from the intermediate values. A trial Tune
+      restarts after an infrastructure failure is told nothing until it ends: the study gets every trial
+      exactly once. One stopped before it reported an epoch is FAIL too (Ray would tell it PRUNED): TPE
+      ignores it instead of counting a point never trained as a poor one, as ``close_orphans`` does.
+
+    ``cost`` (``search.cost``; None for one objective): a two-objective study, whose metrics are best_val_corr
+    and the cost's per-epoch field (``train_seconds`` or ``n_parameters``, which every result carries). Optuna
+    keeps no intermediate values there (``Trial.report`` raises; TPE would fail on a pruned trial holding
+    some), so a trial stopped early is PRUNED with no value, behind every COMPLETE trial for TPE. The searcher
+    keeps the cost field per epoch (an epoch reported again after a restart replaces the earlier one) and
+    tells a trial that trained to its end ``[best_val_corr, trial_cost]``; one without both is told FAIL.
+    ``max_t`` and the kept fields are part of the searcher's saved state, so a resumed search still has them.
     """
 
-    cost: str | None = None  # class default: a searcher pickled before costs existed restores as one-objective
+    # class defaults: a searcher pickled before costs existed restores as one-objective; one pickled before
+    # max_t judges "trained to its end" by FIT_DONE alone
+    cost: str | None = None
+    max_t: int | None = None
 
-    def __init__(self, *args: Any, cost: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_t: int, cost: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.max_t = max_t
         self.cost = cost
         self._epochs: dict[str, dict[int, dict[str, float]]] = {}  # trial id -> epoch -> cost fields
 
@@ -187,23 +256,34 @@ class StudySearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if TRIAL_ERROR in result or FIT_DONE in result:  # those repeat the last epoch's metrics
+        # TRIAL_ERROR and FIT_DONE results repeat the last epoch's metrics; a told trial is finished
+        if TRIAL_ERROR in result or FIT_DONE in result or trial_id in self._completed_trials:
             return
         self._keep_cost(trial_id, result)
-        super().on_trial_result(trial_id, result)  # two objectives: Ray reports nothing (Optuna can't)
+        if self.cost is None:
+            with warnings.catch_warnings():  # an epoch replayed after a restart: Optuna keeps its first value
+                warnings.filterwarnings("ignore", message=".*is already reported")
+                for epoch, value in _epoch_scores([result]):
+                    self._ot_trials[trial_id].report(value, epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and TRIAL_ERROR in result:
-            result, error = None, True
-        if self.cost is not None and result is not None:
-            self._keep_cost(trial_id, result)  # the result the scheduler stopped on reaches only this hook
-            cost = trial_cost(list(self._epochs.pop(trial_id, {}).values()), self.cost)
-            best = result.get(RANK_METRIC)
-            if cost is None or not isinstance(best, (int, float)) or not math.isfinite(best):
-                result, error = None, True  # two objectives need both values
-            else:
-                result = {**result, COSTS[self.cost][0]: cost}  # the trial's cost, not its last epoch's field
-        super().on_trial_complete(trial_id, result, error=error)
+        if result is not None:
+            self.on_trial_result(trial_id, result)  # the result the scheduler stopped on reaches only this hook
+        epochs = list(self._epochs.pop(trial_id, {}).values())
+        if error or result is None or TRIAL_ERROR in result or not _is_number(result.get("epoch")):
+            super().on_trial_complete(trial_id, None, error=True)  # FAIL
+            return
+        if not (ran_to_end(result, self.max_t) if self.max_t is not None else FIT_DONE in result):
+            super().on_trial_complete(trial_id, None)  # stopped early: Ray tells PRUNED when given no result
+            return
+        best = result.get(RANK_METRIC)
+        cost = trial_cost(epochs, self.cost) if self.cost is not None else None
+        if not _is_number(best) or not math.isfinite(best) or (self.cost is not None and cost is None):
+            super().on_trial_complete(trial_id, None, error=True)  # no score (or, two objectives, no cost)
+            return
+        if self.cost is not None:
+            result = {**result, COSTS[self.cost][0]: cost}  # the trial's cost, not its last epoch's field
+        super().on_trial_complete(trial_id, result)
 
     def _keep_cost(self, trial_id: str, result: dict) -> None:
         field = COSTS[self.cost][0] if self.cost is not None else None
@@ -239,8 +319,8 @@ def _tpe(spec: SearchSpec) -> optuna.samplers.TPESampler:
 def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str, warm_start: WarmStart | None = None) -> OptunaSearch:
     """OptunaSearch with the seeded sampler of ``search.sampler``, persisting its study in the run folder.
 
-    The study has one objective or two (``study_directions``). A ``warm_start``'s trials are added first, as
-    COMPLETE trials, so the sampler's startup phase and model count them before it proposes anything; then
+    The study has one objective or two (``study_directions``). A ``warm_start``'s trials are added first (COMPLETE
+    or PRUNED), so the sampler's startup phase and model count them before it proposes anything; then
     ``search.start_with`` points are enqueued (partial points allowed: the sampler fills the keys they leave
     out); OptunaSearch then loads the study and hands those out first.
     """
@@ -257,7 +337,7 @@ def make_searcher(spec: SearchSpec, run_dir: Path, study_name: str, warm_start: 
     return StudySearch(
         space=TreeSpace(spec),
         metric=metric, mode=mode, sampler=sampler, study_name=study_name, storage=storage,
-        cost=s.cost if s.with_cost else None,
+        max_t=s.asha.max_t, cost=s.cost if s.with_cost else None,
     )
 
 

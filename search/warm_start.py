@@ -1,12 +1,16 @@
 """``run --warm-start EARLIER_RUN``: start a study with the finished trials of an earlier search.
 
-The earlier run must have searched the same keys (its ranges may differ). Each of its COMPLETE trials is
-added to the new study, before any trial starts, as a COMPLETE trial with the new space's distributions
-(``tuner.distributions_for``), so TPE's startup phase and model count it at once. Left out, and counted:
-points outside the new space (``space.point_problem``, or off a new ``step`` grid), and, in a two-objective
-search, trials whose cost is unknown. Everything is read and checked here, before Ray starts.
+The earlier run must have searched the same keys (its ranges may differ). Each of its finished trials is
+added to the new study, before any trial starts, in the state it had there, with the new space's distributions
+(``tuner.distributions_for``), so TPE's startup phase and model count it at once: a COMPLETE trial (trained
+to its end) as COMPLETE, a PRUNED one (stopped early by ASHA or a budget) as PRUNED, with its per-epoch
+intermediate values, which TPE ranks pruned trials by (none in a two-objective study, where Optuna keeps
+none). Left out, and counted: points outside the new space (``space.point_problem``, or off a new ``step``
+grid), and COMPLETE trials without a finite score or, in a two-objective search, whose cost is unknown.
+Everything is read and checked here, before Ray starts. (An earlier run from before PRUNED trials existed
+told the study COMPLETE for its stopped trials too; they come in as it holds them.)
 
-Values: the earlier best_val_corr (the first objective of either kind of study). The cost of a
+Values of a COMPLETE trial: the earlier best_val_corr (the first objective of either kind of study). The cost of a
 two-objective search is the earlier study's own second value when it minimised the same cost, else it is
 computed, like this run's, from the trial's per-epoch results (``result.json`` in the run it was trained
 in): a single-objective run's trials are imported when their results hold the cost (``train_seconds``
@@ -38,12 +42,14 @@ from search.tuner import (
 from sensorium.errors import UserError
 
 OUTSIDE = "outside this search's space"
+COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
 
 @dataclass(frozen=True)
 class WarmStart:
-    """What a warm start adds: ``trials`` (ready for ``study.add_trial``) of the ``finished`` COMPLETE trials of
-    the run at ``source``; ``left_out``: reason -> how many; ``example``: one left-out trial and its reason."""
+    """What a warm start adds: ``trials`` (ready for ``study.add_trial``) of the ``finished`` (COMPLETE or PRUNED)
+    trials of the run at ``source``; ``left_out``: reason -> how many; ``example``: one left-out trial and its
+    reason."""
 
     source: Path
     trials: tuple[optuna.trial.FrozenTrial, ...]
@@ -85,7 +91,7 @@ def plan_warm_start(source: Path, spec: SearchSpec) -> WarmStart:
         study = load_study(source)
     except (KeyError, ValueError, OSError) as err:
         raise UserError(f"{where}: cannot read its Optuna study ({type(err).__name__}: {err})") from err
-    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    finished = study.get_trials(deepcopy=False, states=(COMPLETE, PRUNED))
     kind = spec.settings.cost if spec.settings.with_cost else None
     same_cost = earlier.settings.with_cost and earlier.settings.cost == kind
     trials: list[optuna.trial.FrozenTrial] = []
@@ -95,23 +101,27 @@ def plan_warm_start(source: Path, spec: SearchSpec) -> WarmStart:
         origin_run = str(t.user_attrs.get(WARM_START_FROM, source))
         origin_trial = t.user_attrs.get(SOURCE_TRIAL, t.user_attrs.get(TUNE_TRIAL_ID))
         name = f"trial {origin_trial or '#' + str(t.number)}"
-        values = [t.values[0]]
+        values: list[float] | None = [t.values[0]] if t.state == COMPLETE else None
+        if t.state == PRUNED and kind is None:  # Optuna's value for it: its last intermediate value, if any
+            values = t.values
         reason, problem = None, point_problem(spec, dict(t.params))
         if problem:
             reason, detail = OUTSIDE, problem
-        elif not math.isfinite(values[0]):
-            reason, detail = "without a finite score", f"best_val_corr={values[0]}"
-        elif kind is not None:
+        elif t.state == COMPLETE and not math.isfinite(t.values[0]):
+            reason, detail = "without a finite score", f"best_val_corr={t.values[0]}"
+        elif t.state == COMPLETE and kind is not None:
             cost = t.values[1] if same_cost else _recorded_cost(origin_run, origin_trial, kind)
             if cost is None:
                 reason, detail = "without a recorded cost", f"no {COSTS[kind][0]} in its results"
-            values.append(cost)
+            values = [t.values[0], cost]
         if reason is None:
             attrs = {WARM_START_FROM: origin_run, SOURCE_TRIAL: origin_trial, "source_number": t.number}
             try:
                 trials.append(optuna.trial.create_trial(
-                    params=dict(t.params), distributions=distributions_for(spec, t.params), values=values,
-                    user_attrs=attrs,
+                    state=t.state, params=dict(t.params), distributions=distributions_for(spec, t.params),
+                    values=values, user_attrs=attrs,
+                    # its curve (the order of pruned trials for TPE); a two-objective study holds none
+                    intermediate_values=dict(t.intermediate_values) if kind is None else None,
                 ))
                 continue
             except ValueError as err:  # e.g. a value off the new range's step grid

@@ -23,7 +23,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from search.driver import run_search
 from search.results import best_trial, load_trials
 from search.space import load_run_spec, parse_search, with_data
-from search.tuner import load_study
+from search.tuner import TUNE_TRIAL_ID, load_study, trial_best
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILING = {"model.core.input_kern": 41}
@@ -68,10 +68,17 @@ def test_search_completes_and_ranks_by_each_trials_best_epoch(search_run):
         assert r.best_val_corr >= r.curve[-1]["val_corr"]
         assert r.checkpoint is not None and (r.checkpoint / "best.pt").is_file()
     assert best_trial(records) is ranked[0]
-    # Optuna was told each trial's best epoch too, and the study is persisted in the run folder
+    # Optuna was told each trial's best epoch too (COMPLETE), or its curve if ASHA stopped it (PRUNED), and the
+    # study is persisted in the run folder
     study = load_study(run_dir)
-    told = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
-    assert told == pytest.approx(sorted(scores))
+    told = {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.trials}
+    for r in ranked:
+        if r.status == "done":
+            assert told[r.trial_id].state == optuna.trial.TrialState.COMPLETE
+            assert told[r.trial_id].value == pytest.approx(r.best_val_corr)
+        else:
+            assert told[r.trial_id].state == optuna.trial.TrialState.PRUNED
+            assert trial_best(told[r.trial_id]) == pytest.approx(max(c["val_corr"] for c in r.curve))
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
@@ -169,11 +176,15 @@ def test_interrupted_search_resumes_to_exactly_the_requested_trials(tiny_data, t
     for r in after:  # one result per epoch, no epoch trained twice
         epochs = [c["epoch"] for c in r.curve]
         assert epochs == list(range(1, len(epochs) + 1))
-    study = load_study(run_dir)  # the searcher kept its history: every trial told, nothing left running
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 3
-    assert sorted(t.value for t in complete) == pytest.approx(sorted(r.best_val_corr for r in after))
-    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    study = load_study(run_dir)  # the searcher kept its history: every trial told once, nothing left running
+    told = {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.trials}
+    assert len(study.trials) == 3 and set(told) == {r.trial_id for r in after}
+    for r in after:  # trained to its end: COMPLETE with its best; stopped by ASHA: PRUNED with every epoch
+        t = told[r.trial_id]
+        assert t.state == (optuna.trial.TrialState.COMPLETE if r.status == "done" else optuna.trial.TrialState.PRUNED)
+        assert sorted(t.intermediate_values) == [int(c["epoch"]) for c in r.curve]  # the killed one's too
+        if r.status == "done":
+            assert t.value == pytest.approx(r.best_val_corr)
 
 
 def test_search_file_errors_stop_the_command_before_ray_starts(tmp_path):

@@ -20,8 +20,9 @@ import yaml
 from search.driver import resume_search, run_search
 from search.export import export_best, read_best_config
 from search.report import pareto_front, write_report
-from search.results import load_trials, parse_pick, pick_trial, trial_cost
+from search.results import TrialRecord, load_trials, parse_pick, pick_trial, trial_cost
 from search.space import parse_search, with_data
+from search.trainable import FIT_DONE
 from search.tuner import (
     SOURCE_TRIAL, STUDY_FILE, TUNE_TRIAL_ID, WARM_START_FROM, close_orphans, journal_storage, load_study,
     make_searcher,
@@ -31,7 +32,8 @@ from sensorium.cli import main
 from sensorium.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPLETE = optuna.trial.TrialState.COMPLETE
+COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+FINISHED = (COMPLETE, PRUNED)  # trained to their end, or stopped early by ASHA
 
 
 def _raw(**search) -> dict:
@@ -48,14 +50,15 @@ def _spec(raw: dict, data_dir: Path):
 
 
 def _earlier_lrs(run_dir: Path) -> list[float]:
-    return sorted(t.params["train.lr"] for t in load_study(run_dir).get_trials(states=(COMPLETE,)))
+    return sorted(t.params["train.lr"] for t in load_study(run_dir).get_trials(states=FINISHED))
 
 
 # ------------------------------------------------------------------------------------------ warm start
 @pytest.fixture(scope="module")
 def warm_run(ray_session, tiny_data, finished_run, tmp_path_factory):
     """A 2-trial search warm-started from ``finished_run``, whose lowest lr is outside the new lr range;
-    every call of TPE's model (``TPESampler._sample``) is recorded with the study's COMPLETE trials then."""
+    every call of TPE's model (``TPESampler._sample``) is recorded with the study's finished trials then (COMPLETE
+    and PRUNED: TPE counts both)."""
     lrs = _earlier_lrs(finished_run)
     assert len(lrs) == 2 and lrs[0] < lrs[1]
     raw = _raw(num_trials=2, max_concurrent=1, tpe={"n_startup_trials": 1, "multivariate": True, "constant_liar": True})
@@ -66,7 +69,7 @@ def warm_run(ray_session, tiny_data, finished_run, tmp_path_factory):
     original = optuna.samplers.TPESampler._sample
 
     def spy(self, study, trial, search_space):
-        calls.append((trial.number, len(study.get_trials(deepcopy=False, states=(COMPLETE,)))))
+        calls.append((trial.number, len(study.get_trials(deepcopy=False, states=FINISHED))))
         return original(self, study, trial, search_space)
 
     mp = pytest.MonkeyPatch()
@@ -93,11 +96,14 @@ def test_imported_trials_come_first_and_tpe_makes_the_first_proposal(warm_run, f
     source = earlier[imported[0].user_attrs[SOURCE_TRIAL]]  # marked with the run and trial it came from
     assert imported[0].user_attrs[WARM_START_FROM] == str(finished_run.resolve())
     assert imported[0].params == source.params and imported[0].value == pytest.approx(source.value)
+    assert imported[0].state == source.state  # stopped early there: PRUNED here too, with its curve
+    assert imported[0].intermediate_values == pytest.approx(source.intermediate_values)
     # n_startup_trials (1) <= imported (1): the first new trial is already TPE's model's proposal
     assert calls and calls[0] == (1, 1)
     info = json.loads((run_dir / STUDY_FILE).read_text())["warm_start"]
     assert info["imported"] == 1 and info["left_out"] == {OUTSIDE: 1} and info["from"] == str(finished_run.resolve())
-    assert all(t.state == COMPLETE for t in study.trials)
+    by_id = {r.trial_id: r for r in records}
+    assert all(t.state == (COMPLETE if by_id[t.user_attrs[TUNE_TRIAL_ID]].status == "done" else PRUNED) for t in own)
 
 
 def test_export_report_and_resume_of_a_warm_started_run(warm_run, finished_run):
@@ -147,21 +153,26 @@ def test_two_objective_study_is_told_score_and_cost(cost_run, finished_run):
     run_dir, records = cost_run
     study = load_study(run_dir)
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
-    assert all(t.state == COMPLETE and len(t.values) == 2 for t in study.trials), [t.state for t in study.trials]
     by_id = {r.trial_id: r for r in records}
     own = [t for t in study.trials if TUNE_TRIAL_ID in t.user_attrs]
     assert len(own) == 3 and {r.status for r in records} <= {"done", "stopped"}
-    for t in own:
+    for t in own:  # trained to its end: score and cost; stopped early: PRUNED with no values at all
         r = by_id[t.user_attrs[TUNE_TRIAL_ID]]
-        assert t.values == pytest.approx([r.best_val_corr, r.cost("parameters")])
+        assert t.state == (COMPLETE if r.status == "done" else PRUNED) and not t.intermediate_values
+        if r.status == "done":
+            assert t.values == pytest.approx([r.best_val_corr, r.cost("parameters")])
+        else:
+            assert t.values is None
     assert len({r.cost("parameters") for r in records}) >= 1 and all(r.cost("parameters") > 100 for r in records)
     # the one-objective earlier run's trials came in with their parameter counts from their results
     earlier = {r.trial_id: r for r in load_trials(finished_run)}
     imported = [t for t in study.trials if WARM_START_FROM in t.user_attrs]
     assert len(imported) == 2 and max(t.number for t in imported) < min(t.number for t in own)
-    for t in imported:
+    for t in imported:  # its PRUNED ones as PRUNED, without the curve a two-objective study cannot hold
         r = earlier[t.user_attrs[SOURCE_TRIAL]]
-        assert t.values == pytest.approx([r.best_val_corr, r.cost("parameters")])
+        assert t.state == (COMPLETE if r.status == "done" else PRUNED) and not t.intermediate_values
+        if r.status == "done":
+            assert t.values == pytest.approx([r.best_val_corr, r.cost("parameters")])
 
 
 def test_report_draws_the_pareto_front_and_export_picks_the_cheapest_near_best(cost_run, capsys):
@@ -205,8 +216,6 @@ def test_pick_costs_and_the_front():
     assert trial_cost(rows, "train_seconds") == 2.0 and trial_cost(rows, "parameters") == 50
     assert trial_cost([{"train_seconds": 1.0}], "parameters") is None
     assert pareto_front([(0.30, 5.0), (0.20, 2.0), (0.25, 6.0), (0.30, 4.0), (0.20, 2.0)]) == [1, 3]
-    from search.results import TrialRecord
-
     def rec(tid, score, params):
         return TrialRecord(tid, "done", {}, score, 1, 1, Path("."), curve=[{"n_parameters": params}])
 
@@ -231,10 +240,12 @@ def test_two_objective_searcher_and_orphans_need_both_values(tmp_path):
     for epoch, seconds in ((1, 5.0), (2, 1.0), (3, 2.0), (2, 3.0)):  # epoch 2 again after a restart: replaces
         searcher.on_trial_result("a", {"epoch": epoch, "best_val_corr": 0.1 * epoch, "train_seconds": seconds,
                                        "training_iteration": epoch})
-    searcher.on_trial_complete("a", {"epoch": 3, "best_val_corr": 0.3, "training_iteration": 3})
+    searcher.on_trial_complete("a", {"epoch": 3, "best_val_corr": 0.3, "training_iteration": 3, FIT_DONE: 3.0})
     searcher.on_trial_complete("b", {"best_val_corr": 0.2})  # no epoch reported: no cost
     searcher.on_trial_result("c", {"epoch": 1, "best_val_corr": 0.05, "train_seconds": 4.0, "training_iteration": 1})
-    assert close_orphans(tmp_path, {"c": 0.07, "d": 0.1}, {"c": 4.0, "d": None}) == 2
+    records = [TrialRecord("c", "done", {}, 0.07, 1, 1, tmp_path, curve=[{"epoch": 1, "train_seconds": 4.0}]),
+               TrialRecord("d", "done", {}, 0.1, 1, 1, tmp_path, curve=[{"epoch": 1}])]
+    assert close_orphans(tmp_path, records, "train_seconds") == 2
     study = optuna.load_study(study_name="s", storage=journal_storage(tmp_path))
     by_id = {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.trials}
     assert by_id["a"].values == pytest.approx([0.3, 3.0])  # median of 5, 3, 2 s
