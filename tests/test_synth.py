@@ -162,9 +162,9 @@ def test_oracle_positive_and_saved(tiny_data):
             assert 0.1 < values["correlation_to_average"] <= 1.0
 
 
-def _digest(out: Path, cfg: SynthConfig) -> dict[str, str]:
+def _digest(out: Path, cfg: SynthConfig, workers: int = 1) -> dict[str, str]:
     """Generate into ``out``; relative path (data keys replaced by the scan number) -> sha256 of the bytes."""
-    result = generate(out, cfg, progress=False)
+    result = generate(out, cfg, progress=False, workers=workers)
     digests = {}
     for f in sorted(out.rglob("*")):
         if f.is_file():
@@ -233,21 +233,10 @@ def test_shift_moves_what_receptive_fields_see():
     assert np.unravel_index(moved.argmax(), moved.shape) == (3, 6)  # an RF at (3, 6) now sees pixel (4, 8)
 
 
-def _digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            h.update(str(path.relative_to(folder)).encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
-
-
 def test_scans_simulated_in_worker_processes_are_the_same_bytes(tmp_path):
     cfg = SynthConfig(n_scans=2, n_competition=1, n_neurons=12, n_trials=120, image_height=18, image_width=32,
                       n_test_images=4, adaptation=0.5)
-    generate(tmp_path / "one", cfg, progress=False)
-    generate(tmp_path / "two", cfg, progress=False, workers=2)
-    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+    assert _digest(tmp_path / "one", cfg) == _digest(tmp_path / "two", cfg, workers=2)
 
 
 def test_synth_refuses_workers_below_one(tmp_path, capsys):
