@@ -26,6 +26,7 @@ model against peaks measured on the CPU; ``bench/bench_gpu.py`` prints it next t
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -38,8 +39,9 @@ from sensorium.config import ExperimentConfig
 # 619 MiB bare and about 693 MiB once cuBLAS and cuDNN are loaded (as in every training process)
 CUDA_CONTEXT_BYTES = 700 * 2**20
 FLOAT = 4  # bytes of a float32
-MAX_EVAL_CHUNK = 1024  # larger chunks only add memory on a GPU (runtime.eval_batch_size)
+MAX_EVAL_CHUNK = 1024  # larger chunks only add memory on a GPU
 MIN_EVAL_CHUNK = 16
+CPU_EVAL_CHUNK = 64  # the fastest evaluation chunk on the CPU (results/bench_training.md)
 # On a GPU a trial holds more than its tensors: cuDNN's autotuner (cudnn.benchmark, on unless
 # train.deterministic) tries every convolution algorithm for each new input shape, the caching allocator keeps
 # the largest workspaces it tried, and every evaluation chunk size is a new shape. Measured on an H200 with
@@ -156,20 +158,30 @@ def profile_model(model: torch.nn.Module, shapes: Sequence[ScanShape]) -> ModelP
         n_parameters=n_parameters,
         saved_per_image=max((saved[1] - saved[0]) / 2, 0.0),
         largest_map_per_image=max(maps) / 2,
-        readout_per_image=_core_channels(model, in_shape) * largest.n_neurons * FLOAT,
+        readout_per_image=model.readout[largest.key].in_shape[0] * largest.n_neurons * FLOAT,  # C x n
         output_per_image=out.numel() * FLOAT / 2,
     )
 
 
+_CHUNKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> training batch -> chunk
+
+
 def scoring_chunk(model: torch.nn.Module, data: Mapping[str, object], device: torch.device,
                   batch_size: int = 128) -> int:
-    """The evaluation chunk of a built ``model`` on ``data`` for a run trained at ``batch_size`` (``predict``
-    with chunk 0): :func:`eval_chunk`; 64 on the CPU without measuring anything."""
+    """The evaluation chunk of a built ``model`` (``fit``, and ``predict`` with chunk 0) for a run trained at
+    ``batch_size``: :func:`eval_chunk` for the model's largest scan, whatever scan of ``data`` (ScanData by key,
+    read for the image size) it predicts. Measured once per model and batch size while the model lives (an
+    ensemble of many trials profiles each once, not once per scan); ``CPU_EVAL_CHUNK`` on the CPU."""
     if torch.device(device).type != "cuda":
-        return eval_chunk(None, 0, 0, "cpu")
-    shapes = ScanShape.of(data)
-    profile = profile_model(model, shapes)
-    return eval_chunk(profile, _activations(profile, batch_size), 0, "cuda")
+        return CPU_EVAL_CHUNK
+    chunks = _CHUNKS.setdefault(model, {})
+    if batch_size not in chunks:
+        image_shape = tuple(next(iter(data.values())).scan.images.shape[1:])  # type: ignore[attr-defined]
+        shapes = [ScanShape(key, int(readout.outdims), 0, 0, image_shape)  # type: ignore[arg-type]
+                  for key, readout in model.readout.items()]  # type: ignore[union-attr]
+        profile = profile_model(model, shapes)
+        chunks[batch_size] = eval_chunk(profile, _activations(profile, batch_size))
+    return chunks[batch_size]
 
 
 def estimate(cfg: ExperimentConfig, shapes: Sequence[ScanShape], device_type: str = "cuda",
@@ -203,14 +215,14 @@ def per_image_scoring(profile: ModelProfile) -> float:
     return 2 * profile.largest_map_per_image + profile.readout_per_image + profile.output_per_image
 
 
-def eval_chunk(profile: ModelProfile | None, budget: float, configured: int = 0, device_type: str = "cuda") -> int:
+def eval_chunk(profile: ModelProfile, budget: float, configured: int = 0, device_type: str = "cuda") -> int:
     """Trials per evaluation chunk: ``configured`` when > 0; else, on a GPU, the most (at most 1024, at least 16)
     whose live tensors fit in ``budget`` bytes (the training batch's activations, so scoring never needs more
-    than training did); on the CPU 64, the fastest measured there (runtime.eval_batch_size)."""
+    than training did); on the CPU ``CPU_EVAL_CHUNK``."""
     if configured > 0:
         return configured
-    if device_type != "cuda" or profile is None:
-        return 64
+    if device_type != "cuda":
+        return CPU_EVAL_CHUNK
     fitting = int(budget // max(per_image_scoring(profile), 1.0))
     return int(min(MAX_EVAL_CHUNK, max(MIN_EVAL_CHUNK, fitting)))
 
@@ -269,11 +281,3 @@ def _nbytes(out: object) -> int:
     if isinstance(out, (tuple, list)):
         return sum(_nbytes(o) for o in out)
     return 0
-
-
-def _core_channels(model: torch.nn.Module, in_shape: tuple[int, int, int]) -> int:
-    """Channels of the core's output (what the readout samples) for an input of ``in_shape``."""
-    with torch.no_grad():
-        features = model.core(torch.zeros(1, 1, *in_shape[1:]), torch.zeros(1, in_shape[0] - 1)
-                              if in_shape[0] > 1 else None)
-    return int(features.shape[1])

@@ -64,7 +64,7 @@ def predict(
     model.eval()
     values, rows = [], []
     with torch.no_grad():
-        chunk = batch_size or _chunk_of(model, data, device)
+        chunk = batch_size or scoring_chunk(model, {data.key: data}, device)
         for batch in data.batches(tiers, chunk, rng=None, device=device, responses=False,
                                   history=model.history_length):
             out = model(batch, data.key)  # (B, n)
@@ -74,15 +74,6 @@ def predict(
     if not rows:
         raise UserError(f"scan {data.key} has no trials in tier(s) {tiers!r}")
     return keyed(data, np.concatenate(rows), np.concatenate(values))
-
-
-def _chunk_of(model: SensoriumModel, data: ScanData, device: torch.device) -> int:
-    """The model's evaluation chunk for ``data`` on ``device`` (kept on the model: later calls reuse it)."""
-    chunks = model.__dict__.setdefault("_eval_chunks", {})
-    key = (torch.device(device).type, data.n_neurons)
-    if key not in chunks:
-        chunks[key] = scoring_chunk(model, {data.key: data}, device)
-    return chunks[key]
 
 
 def keyed(data: ScanData, rows: np.ndarray, values: np.ndarray) -> Predictions:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +86,22 @@ def test_final_scoring_needs_no_more_than_training_on_a_gpu_at_real_size():
 
 if __name__ == "__main__":
     print(json.dumps(_measure(*(int(v) for v in sys.argv[1:4]))))
+
+
+def test_the_gpu_scoring_chunk_is_measured_once_per_model_for_its_largest_scan(monkeypatch):
+    import types
+
+    import sensorium.memory as memory
+
+    cfg = _config(128, 64)
+    shapes = [ScanShape("small", 3000, 6000, 5000, (1, 36, 64)), ScanShape("large", 8000, 6000, 5000, (1, 36, 64))]
+    model = build_for(cfg, shapes)
+    calls = []
+    real = memory.profile_model
+    monkeypatch.setattr(memory, "profile_model", lambda m, s: calls.append(s) or real(m, s))
+    scan = types.SimpleNamespace(scan=types.SimpleNamespace(images=np.zeros((1, 1, 36, 64), np.float32)))
+    device = torch.device("cuda")  # only its type is read: the profile runs on the CPU
+    first = memory.scoring_chunk(model, {"small": scan}, device)
+    assert memory.scoring_chunk(model, {"large": scan}, device) == first and len(calls) == 1
+    assert first == estimate(cfg, shapes, "cuda").eval_chunk  # sized for the model's largest scan
+    assert memory.scoring_chunk(model, {"small": scan}, torch.device("cpu")) == memory.CPU_EVAL_CHUNK
