@@ -44,9 +44,9 @@ import numpy as np
 
 from sensorium.atomic import atomic_write, exclusive_lock, write_text
 from sensorium.errors import UserError
+from sensorium.metrics import zscore
 
 TOLERANCE = 1e-6  # a step must raise the validation correlation by more than this
-EPS = 1e-8  # added to a standard deviation, as metrics.corr does (pooled_single_trial_correlation's scores)
 MAX_MEMBERS = 10
 CACHE_KEY = "key.json"  # written last: a prediction cache folder without a matching one is rebuilt
 CACHE_FORMAT = 1
@@ -136,7 +136,7 @@ def select_greedy(candidates: Mapping[str, Sequence[np.ndarray]], responses: Seq
     if not candidates:
         raise ValueError("no candidates to select from")
     names = list(candidates)
-    z = [_zscore(np.array(r, dtype=np.float64)) for r in responses]  # (trials, neurons) per scan, once
+    z = [zscore(r) for r in responses]  # (trials, neurons) per scan, once
     singles = {n: _pooled_corr(z, candidates[n]) for n in names}
     first = max(names, key=lambda n: _finite_or_worst(singles[n]))
     total = [np.array(p, dtype=np.float64) for p in candidates[first]]  # sum of the members, per scan
@@ -154,27 +154,17 @@ def select_greedy(candidates: Mapping[str, Sequence[np.ndarray]], responses: Seq
     return Selection(tuple(steps), singles, "max members")
 
 
-def _zscore(x: np.ndarray) -> np.ndarray:
-    """``x`` (trials, neurons) float64 standardised per neuron, in place: (x - mean) / (std + eps), the
-    operations of ``metrics.corr`` (the scores equal pooled_single_trial_correlation's to float rounding)."""
-    std = x.std(axis=0)
-    x -= x.mean(axis=0)
-    x /= std + EPS
-    return x
-
-
 def _pooled_corr(z: Sequence[np.ndarray], preds: Sequence[np.ndarray], total: Sequence[np.ndarray] | None = None,
                  k: int = 1) -> float:
     """``metrics.pooled_single_trial_correlation`` of ``(total + preds) / k`` (``total`` None: ``preds``
-    alone) against the responses whose z-scores are ``z``, one (trials, neurons) array per scan: per neuron
-    the mean of z(mean prediction) * z. One (trials, neurons) float64 temporary at a time (and np.std's own)."""
+    alone) against the responses whose z-scores are ``z`` (``metrics.zscore``), one (trials, neurons) array per
+    scan: per neuron the mean of zscore(mean prediction) * z. A few (trials, neurons) float64 temporaries of one
+    scan at a time."""
     per_neuron = []
     for s, (zs, p) in enumerate(zip(z, preds)):
         x = np.array(p, dtype=np.float64) if total is None else np.add(total[s], p, dtype=np.float64)
         x /= k
-        _zscore(x)
-        x *= zs
-        per_neuron.append(x.mean(axis=0))
+        per_neuron.append((zscore(x) * zs).mean(axis=0))
     return float(np.mean(np.concatenate(per_neuron)))
 
 

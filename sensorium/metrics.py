@@ -22,7 +22,17 @@ SCORE_NAMES = ("single_trial_correlation", "correlation_to_average", "feve")
 FEV_THRESHOLD = 0.15
 
 
-def corr(a: np.ndarray, b: np.ndarray, axis: int = 0, eps: float = 1e-8) -> np.ndarray:
+EPS = 1e-8  # added to every standard deviation before dividing by it
+
+
+def zscore(a: np.ndarray, axis: int = 0, eps: float = EPS) -> np.ndarray:
+    """``a`` standardised along ``axis`` as float64: minus its mean, over its population std (ddof 0) plus
+    ``eps``. A constant input gives zeros, never NaN."""
+    a = np.asarray(a, dtype=np.float64)
+    return (a - a.mean(axis=axis, keepdims=True)) / (a.std(axis=axis, keepdims=True) + eps)
+
+
+def corr(a: np.ndarray, b: np.ndarray, axis: int = 0, eps: float = EPS) -> np.ndarray:
     """Pearson correlation along ``axis``: z-score each with the population std (ddof 0) plus ``eps``,
     then the mean of the product.
 
@@ -33,9 +43,7 @@ def corr(a: np.ndarray, b: np.ndarray, axis: int = 0, eps: float = 1e-8) -> np.n
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"corr needs equal shapes, got {a.shape} and {b.shape}")
-    za = (a - a.mean(axis=axis, keepdims=True)) / (a.std(axis=axis, keepdims=True) + eps)
-    zb = (b - b.mean(axis=axis, keepdims=True)) / (b.std(axis=axis, keepdims=True) + eps)
-    return (za * zb).mean(axis=axis)
+    return (zscore(a, axis, eps) * zscore(b, axis, eps)).mean(axis=axis)
 
 
 def _check(pred: np.ndarray, resp: np.ndarray, image_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
