@@ -37,8 +37,11 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout
+
+from sensorium.training.rundir import RunDir  # noqa: E402
+
 BIN = Path(sys.executable).parent
-MB = 2**20
 GIB = 2**30
 
 
@@ -160,10 +163,8 @@ def trial_rows(search: Stage, run_dir: Path, n_scans: int, batches: int, real_ba
         folder = result.parent
         cfg = yaml.safe_load((folder / "config.yaml").read_text())
         batch = cfg["data"]["batch_size"]
-        curves = (folder / "curves.csv").read_text().splitlines()
-        header, values = curves[0].split(","), curves[-1].split(",")
-        epoch = dict(zip(header, values))
-        train_s = float(epoch["train_seconds"])
+        epoch = RunDir(folder).read_curves()[-1]
+        train_s = epoch["train_seconds"]
         metrics = folder / "metrics.json"
         # the final scoring ends with fit: the trainable's result after it, or fit's metrics.json
         end = later[-1]["timestamp"] if later else metrics.stat().st_mtime if metrics.exists() else None
@@ -176,12 +177,12 @@ def trial_rows(search: Stage, run_dir: Path, n_scans: int, batches: int, real_ba
             "modulator": cfg["model"]["modulator"]["kind"],
             "images_per_s": batches * n_scans * batch / train_s,
             "real_epoch_min": real_batches * n_scans * batch / (batches * n_scans * batch / train_s) / 60,
-            "validation_s": float(epoch["epoch_seconds"]) - train_s,
+            "validation_s": epoch["epoch_seconds"] - train_s,
             "scoring_s": scoring_s,
             "train_private": max((s[1] for s in before), default=0),
             "score_private": max((s[1] for s in after), default=0),
             "shared": max((s[2] for s in samples), default=0),
-            "val_corr": float(epoch["val_corr"]),
+            "val_corr": epoch["val_corr"],
         })
     return rows
 
