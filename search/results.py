@@ -45,7 +45,7 @@ class TrialRecord:
     @property
     def ranked(self) -> bool:
         """Counts for the ranking: finished without error and reported a finite best score."""
-        return self.status in ("done", "stopped") and _finite(self.best_val_corr)
+        return self.status in ("done", "stopped") and is_finite_number(self.best_val_corr)
 
     def cost(self, kind: str) -> float | None:
         """The trial's cost of ``kind`` (``search.cost``), from its per-epoch results; None before its first
@@ -62,7 +62,7 @@ def trial_cost(rows: list[dict[str, Any]], kind: str) -> float | None:
     2.0
     """
     key = COSTS[kind][0]
-    values = [float(row[key]) for row in rows if _finite(row.get(key))]
+    values = [float(row[key]) for row in rows if is_finite_number(row.get(key))]
     if not values:
         return None
     return statistics.median(values) if kind == "train_seconds" else values[-1]
@@ -164,8 +164,8 @@ def _record(trial: Any, run_dir: Path, max_t: int) -> TrialRecord:
         trial_id=trial.trial_id,
         status=status,
         params={k: v for k, v in trial.config.items()},
-        best_val_corr=float(best) if _finite(best) else None,
-        best_epoch=int(last["best_epoch"]) if _finite(last.get("best_epoch")) else None,
+        best_val_corr=float(best) if is_finite_number(best) else None,
+        best_epoch=int(last["best_epoch"]) if is_finite_number(last.get("best_epoch")) else None,
         epochs=int(last.get("epoch", 0) or 0),
         path=path,
         checkpoint=checkpoint if checkpoint is not None and checkpoint.is_dir() else None,
@@ -198,5 +198,6 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])
 
 
-def _finite(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
+    """A finite int or float (not None, NaN, inf or text)."""
     return isinstance(value, (int, float)) and math.isfinite(value)

@@ -46,7 +46,7 @@ from ray.tune.stopper import Stopper
 from search.callbacks import LiveTable, TensorBoardHParams
 from search.settings import AUTO
 from search.space import SEARCH_FILE, Param, SearchSpec, active_params
-from search.results import COSTS, TrialRecord, read_results, trial_cost
+from search.results import COSTS, TrialRecord, is_finite_number, read_results, trial_cost
 from search.trainable import FIT_DONE, TRIAL_ERROR, ran_to_end, train_trial
 from sensorium.atomic import write_text
 from sensorium.errors import UserError
@@ -200,7 +200,7 @@ def _complete_values(record: TrialRecord, cost: str | None) -> list[float] | Non
     """What a trial that trained to its end is told: [best_val_corr], or with ``cost`` (two objectives)
     [best_val_corr, its cost]; None when one is missing or not finite."""
     values = [record.best_val_corr] if cost is None else [record.best_val_corr, record.cost(cost)]
-    return values if all(_is_number(v) and math.isfinite(v) for v in values) else None
+    return values if all(is_finite_number(v) for v in values) else None
 
 
 def _is_number(value: Any) -> bool:
@@ -278,7 +278,7 @@ class StudySearch(OptunaSearch):
             return
         best = result.get(RANK_METRIC)
         cost = trial_cost(epochs, self.cost) if self.cost is not None else None
-        if not _is_number(best) or not math.isfinite(best) or (self.cost is not None and cost is None):
+        if not is_finite_number(best) or (self.cost is not None and cost is None):
             super().on_trial_complete(trial_id, None, error=True)  # no score (or, two objectives, no cost)
             return
         if self.cost is not None:
