@@ -176,8 +176,7 @@ def worker(spec_path: Path) -> None:
     """One packed trial (a subprocess): cap itself at its share of the card, fit, write its row as JSON."""
     spec = json.loads(spec_path.read_text())
     cfg = ExperimentConfig.from_dict(spec["config"])
-    if torch.cuda.is_available():
-        cap_gpu_memory(spec["share"], torch.device("cuda", torch.cuda.current_device()))
+    cap_gpu_memory(spec["share"], torch.device(cfg.train.device))
     try:
         row = measure(cfg, Path(spec["run_dir"]))
     except torch.OutOfMemoryError as err:

@@ -99,6 +99,8 @@ def cap_gpu_memory(share: float, device: str | torch.device) -> None:
     device = torch.device(device)
     if device.type != "cuda" or not 0 < share < 1:
         return
+    if device.index is None:  # the allocator's fraction is set per numbered card: "cuda" is the current one
+        device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
     allowed = share * total - CUDA_CONTEXT_BYTES
     if allowed <= 0:

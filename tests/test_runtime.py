@@ -39,6 +39,7 @@ def fake_cuda(monkeypatch) -> list[tuple[float, Any]]:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d=None: SimpleNamespace(total_memory=CARD))
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append((f, d)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     return calls
 
 
@@ -173,3 +174,9 @@ def test_search_file_asking_for_cuda_without_gpus_per_trial_is_refused():
     raw["parameters"]["train.device"] = {"type": "categorical", "choices": ["cpu", "cuda"], "role": "nuisance"}
     with pytest.raises(ConfigError, match="train.device='cuda'"):
         parse_search(raw)
+
+
+def test_an_unnumbered_cuda_device_is_capped_as_the_current_card(fake_cuda):
+    cap_gpu_memory(0.25, "cuda")  # set_per_process_memory_fraction itself refuses a device without a number
+    (_, device), = fake_cuda
+    assert device == torch.device("cuda:1")
