@@ -33,6 +33,7 @@ from ray import tune
 
 from search.space import resolve
 from sensorium.config import ExperimentConfig, set_value
+from sensorium.errors import one_line
 from sensorium.runtime import assigned_device, cap_gpu_memory, gpu_memory
 from sensorium.training.rundir import CURVE_FIELDS
 
@@ -97,7 +98,7 @@ def train_trial(
     except INFRASTRUCTURE:
         raise
     except Exception as err:  # the trial's own failure: recorded once, with its reason, not retried
-        tune.report({**last, TRIAL_ERROR: _reason(err)})
+        tune.report({**last, TRIAL_ERROR: one_line(err)})
         return
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -109,7 +110,7 @@ def train_trial(
     try:
         done.update(after_training(run_dir))
     except Exception as err:  # an infrastructure failure too: retrying would not train anything again
-        done[AFTER_TRAINING_ERROR] = _reason(err)
+        done[AFTER_TRAINING_ERROR] = one_line(err)
     tune.report(done)
 
 
@@ -119,11 +120,6 @@ def after_training(run_dir: Path) -> dict[str, str]:
     computed again from best.pt (``submit``, ``ensemble``)."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {SCORING_ERROR: str(metrics[SCORING_ERROR])} if SCORING_ERROR in metrics else {}
-
-
-def _reason(err: BaseException) -> str:
-    """One line (at most 500 characters) naming an exception and its message."""
-    return f"{type(err).__name__}: {err}".splitlines()[0][:500]
 
 
 def train_seed(cfg_dict: dict[str, Any], seed_dir: str, cpus: float, gpus: float) -> dict[str, Any]:

@@ -19,3 +19,8 @@ class SearchInterrupted(Exception):
     The CLI prints it on one line and exits with 130 (interrupted), so a batch script can tell it from a
     finished search (0) and from bad input (2).
     """
+
+
+def one_line(err: BaseException) -> str:
+    """One line (at most 500 characters) naming an exception and its message, for records and results."""
+    return f"{type(err).__name__}: {err}".splitlines()[0][:500]

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from sensorium.config import ExperimentConfig
 from sensorium.data import Batch, ScanData
-from sensorium.errors import ConfigError, DataError
+from sensorium.errors import ConfigError, DataError, one_line
 from sensorium.memory import scoring_chunk
 from sensorium.metrics import pooled_single_trial_correlation, score_all
 from sensorium.models import SensoriumModel, build_model, scan_meta
@@ -199,7 +199,7 @@ def fit(
         # training finished and best.pt holds its result: no failure here may throw the trained run away; the
         # reason is recorded and the scores can be computed again from the checkpoint (submit, ensemble)
         summary["scans"] = {}
-        summary["scoring_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        summary["scoring_error"] = one_line(err)
         warnings.warn(f"{run.root}: final scoring failed ({summary['scoring_error']}); the trained model is kept "
                       f"in {run.best}", stacklevel=2)
     write_json(run.metrics, {**summary, **gpu_memory(device)})  # the peak includes the final scoring
