@@ -1,0 +1,505 @@
+"""Replay searches on a recorded learning-curve table (bench/curves.py) in simulated time.
+
+The production stack is what gets replayed: the searcher this tool builds (``search.tuner.StudySearch`` with
+``make_sampler``'s seeded TPE or random sampler, the fidelity-aware feedback; or Ray's plain ``OptunaSearch``,
+as it was before it) and Ray's own ``ASHAScheduler`` / ``FIFOScheduler`` objects, called with the results a
+trial would report, epoch by epoch. Time is simulated by ``mfhpo-simulator``'s ask-and-tell worker manager
+(asynchronous workers, each result told in order of the simulated time it arrives; a trial's next epoch
+charged only its own cost): each job is one epoch of one trial, so ASHA decides on every epoch exactly as in a
+run, and a trial it lets continue goes on on the same worker. (The simulator's own continuation bookkeeping,
+``continual_max_fidel``, is not used: in mfhpo-simulator 1.4.6 the ask-and-tell manager keeps the charged
+increment as the state's runtime, so a third and later continuation of a trial is overcharged; the objective
+here returns each epoch's own cost instead.)
+
+A configuration the searcher proposes is looked up in the table by its nearest recorded configuration
+(numeric keys on the unit scale of their range, log scale for loguniform; a categorical mismatch counts 1:
+the 1-nearest-neighbour surrogate Syne Tune uses for tabulated benchmarks). Its seed is drawn among the seeds
+recorded for it. An epoch's cost is its recorded CPU seconds (bench/curves.py).
+
+    .venv/bin/python bench/replay.py --table A --seeds 100 --workers 2 8 32
+    .venv/bin/python bench/replay.py --table A --quick          # 3 methods x 5 seeds: a smoke test
+
+Writes results/bench_search_replay.md (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import gzip
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from search.space import Param, SearchSpec, load_search  # noqa: E402
+
+SEARCH_FILE = ROOT / "configs" / "search_default.yaml"
+RESULTS = ROOT / "results"
+TARGETS = (0.10, 0.05, 0.02)  # top fractions of the table's final scores
+
+
+# ---------------------------------------------------------------- the table
+
+@dataclass
+class Curve:
+    """One recorded run: per epoch (index e = epoch e + 1)."""
+
+    val: np.ndarray  # validation correlation of that epoch
+    best: np.ndarray  # best validation correlation so far
+    test: np.ndarray  # live-test correlation of the best weights so far
+    cost: np.ndarray  # cumulative cost (CPU seconds) at the end of that epoch
+    ended: bool  # the recipe's early stopping ended it before the table's epoch count
+
+
+@dataclass
+class Table:
+    name: str
+    epochs: int  # R
+    points: list[dict[str, Any]]  # configuration index -> its point of the space
+    curves: dict[int, dict[int, Curve]]  # configuration -> seed -> curve
+    first_seed: int = 42
+    _coords: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def configs(self) -> list[int]:
+        return sorted(c for c in self.curves if self.first_seed in self.curves[c])
+
+    def final(self, config: int) -> float:
+        """A configuration's final score: best validation correlation of its first-seed run."""
+        return float(self.curves[config][self.first_seed].best[-1])
+
+    def thresholds(self) -> dict[float, float]:
+        """Top fraction -> the score a search must reach (quantile of the final scores)."""
+        finals = np.array([self.final(c) for c in self.configs])
+        return {q: float(np.quantile(finals, 1 - q)) for q in TARGETS}
+
+    def mean_full_cost(self) -> float:
+        return float(np.mean([self.curves[c][self.first_seed].cost[-1] for c in self.configs]))
+
+
+def load_table(name: str, results: Path = RESULTS) -> Table:
+    """The committed table results/curves_<name>.csv.gz (+ _configs.csv)."""
+    points: dict[int, dict[str, Any]] = {}
+    with open(results / f"curves_{name}_configs.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            points[int(row["config"])] = json.loads(row["point"])
+    rows: dict[tuple[int, int], list[dict[str, str]]] = {}
+    with gzip.open(results / f"curves_{name}.csv.gz", "rt", newline="") as f:
+        for row in csv.DictReader(f):
+            rows.setdefault((int(row["config"]), int(row["seed"])), []).append(row)
+    return table_from_rows(name, points, rows)
+
+
+def table_from_rows(name: str, points: dict[int, dict[str, Any]], rows: dict[tuple[int, int], list[dict]],
+                    epochs: int | None = None) -> Table:
+    """A Table from per-epoch rows (keys: epoch, val_corr, best_val_corr, test_corr, cpu_s, and ``ended``)."""
+    r = epochs or max(int(row["epoch"]) for runs in rows.values() for row in runs)
+    curves: dict[int, dict[int, Curve]] = {}
+    for (config, seed), runs in rows.items():
+        runs = sorted(runs, key=lambda row: int(row["epoch"]))
+        if not runs:
+            continue
+        val = np.array([float(x["val_corr"]) for x in runs])
+        curves.setdefault(config, {})[seed] = Curve(
+            val=np.nan_to_num(val, nan=-1.0),
+            best=np.maximum.accumulate(np.nan_to_num(np.array([float(x["best_val_corr"]) for x in runs]), nan=-1.0)),
+            test=np.array([float(x["test_corr"]) for x in runs]),
+            cost=np.cumsum([float(x["cpu_s"]) for x in runs]),
+            ended=len(runs) < r,
+        )
+    return Table(name, r, [points.get(i, {}) for i in range(max(points) + 1)], curves)
+
+
+# ---------------------------------------------------------------- nearest recorded configuration
+
+def _encode(params: list[Param], point: dict[str, Any]) -> np.ndarray:
+    """A point as a vector: numeric keys on [0, 1] of their range (log scale for loguniform), a categorical key
+    one-hot scaled by 1/sqrt(2) (a mismatch adds 1 to the squared distance); a key the point does not have
+    (an option it does not choose) sits at the middle."""
+    out: list[float] = []
+    for p in params:
+        v = point.get(p.key)
+        if p.type == "categorical":
+            hot = [0.0] * len(p.choices)
+            if v is not None:
+                hot[[str(c) for c in p.choices].index(str(v))] = math.sqrt(0.5)
+            out += hot
+        elif v is None:
+            out.append(0.5)
+        elif p.type == "loguniform":
+            out.append((math.log(v) - math.log(p.low)) / (math.log(p.high) - math.log(p.low)))
+        else:
+            out.append((float(v) - p.low) / (p.high - p.low))
+    return np.array(out)
+
+
+class Lookup:
+    """Proposed point -> nearest configuration of the table (among those recorded)."""
+
+    def __init__(self, spec: SearchSpec, table: Table) -> None:
+        self.params = list(spec.first_params().values())
+        self.configs = np.array(table.configs)
+        self.coords = np.stack([_encode(self.params, table.points[c]) for c in self.configs])
+
+    def __call__(self, point: dict[str, Any]) -> int:
+        d = ((self.coords - _encode(self.params, point)) ** 2).sum(axis=1)
+        return int(self.configs[int(np.argmin(d))])
+
+
+# ---------------------------------------------------------------- the production stack, ask and tell
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+@dataclass
+class Method:
+    """How a search runs: sampler settings, the scheduler, the searcher class (``study``: this tool's
+    StudySearch; ``ray``: Ray's OptunaSearch as it was)."""
+
+    sampler: str = "tpe"
+    scheduler: str = "asha"  # asha | fifo
+    searcher: str = "study"
+    asha: dict[str, Any] = field(default_factory=dict)  # grace_period, reduction_factor, brackets
+    time_attr: str = "epoch"  # epoch | compute_s (rungs in training seconds)
+    gp: bool = False
+
+
+METHODS: dict[str, Method] = {
+    "random": Method(sampler="random", scheduler="fifo"),
+    "random+asha": Method(sampler="random"),
+    "tpe": Method(scheduler="fifo"),
+    "tpe+asha (as it was)": Method(searcher="ray"),
+    "tpe+asha": Method(),
+    "top-1/9 at 3 epochs": Method(sampler="random", asha={"grace_period": 3, "reduction_factor": 9}),
+    "hyperband (async, 3 brackets)": Method(sampler="random", asha={"brackets": 3}),
+    "tpe+asha grace 3": Method(asha={"grace_period": 3}),
+    "tpe+asha rf 2": Method(asha={"reduction_factor": 2}),
+    "tpe+asha on seconds": Method(time_attr="compute_s"),
+    "gp": Method(scheduler="fifo", gp=True),
+    "gp+asha": Method(gp=True),
+}
+
+
+class Reached(Exception):
+    """Raised by Stack.tell when a result reaches the stack's ``until``."""
+
+
+class Stack:
+    """One search of ``method`` as an ask-and-tell optimizer of mfhpo-simulator (jobs = one epoch of a trial)."""
+
+    def __init__(self, spec: SearchSpec, method: Method, table: Table, lookup: Lookup, seed: int, *,
+                 start_with: bool = True, until: float | None = None) -> None:
+        import optuna
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+        from ray.tune.search.optuna import OptunaSearch
+
+        from search.tuner import RANK_METRIC, StudySearch, TreeSpace, make_sampler
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        s = spec.settings
+        # (settings replaced without with_settings: its validation builds configs, 10 s a search)
+        spec = dataclasses.replace(spec, settings=dataclasses.replace(s, sampler=method.sampler, seed=seed))
+        if method.gp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.tpe.n_startup_trials)
+        else:
+            sampler = make_sampler(spec)
+        common = dict(space=TreeSpace(spec), metric=RANK_METRIC, mode="max", sampler=sampler,
+                      points_to_evaluate=[dict(p) for p in s.start_with] if start_with else None)
+        self.searcher = (StudySearch(**common, max_t=table.epochs) if method.searcher == "study"
+                         else OptunaSearch(**common))
+        np.random.seed(seed)  # ASHA draws a trial's bracket from numpy's global generator
+        if method.scheduler == "fifo":
+            self.scheduler = FIFOScheduler()
+        else:
+            a = {"grace_period": 1, "reduction_factor": 3, **method.asha}
+            max_t = table.epochs
+            if method.time_attr == "compute_s":  # rungs at grace x (one epoch of the median config) seconds
+                unit = float(np.median([table.curves[c][table.first_seed].cost[0] for c in table.configs]))
+                a["grace_period"] = a["grace_period"] * unit
+                max_t = 10**9  # never reached: trials end at the table's epochs
+            self.scheduler = ASHAScheduler(time_attr=method.time_attr, metric="val_corr", mode="max",
+                                           max_t=max_t, **a)
+        self.table, self.lookup, self.rng = table, lookup, np.random.default_rng(seed)
+        self.trials: dict[int, SimpleNamespace] = {}
+        self.next: tuple[int, int] | None = None  # (trial, epoch) the worker just told continues with
+        self.until = until  # stop (raise Reached) once a result reaches it
+        # per told epoch: trial number, configuration, its best_val_corr, test correlation, the epoch's cost
+        self.trace: list[tuple[int, int, float, float, float]] = []
+
+    def ask(self) -> tuple[dict[str, Any], dict[str, int], int]:
+        if self.next is not None:
+            number, epoch = self.next
+            self.next = None
+        else:
+            number, epoch = len(self.trials), 1
+            tid = f"t{number:05d}"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                config = self.searcher.suggest(tid)
+            point = _flat(config)
+            c = self.lookup(point)
+            seeds = sorted(self.table.curves[c])
+            trial = SimpleNamespace(trial_id=tid, config=c, seed=int(self.rng.choice(seeds)), best=-math.inf)
+            self.trials[number] = trial
+            self.scheduler.on_trial_add(None, trial)
+        t = self.trials[number]
+        return {"config": t.config, "seed": t.seed}, {"epoch": epoch}, number
+
+    def tell(self, eval_config: dict[str, Any], results: dict[str, float], fidels: dict[str, int],
+             config_id: int) -> None:
+        from ray.tune.schedulers import TrialScheduler
+
+        from search.trainable import FIT_DONE
+
+        t = self.trials[config_id]
+        epoch = int(fidels["epoch"])
+        curve = self.table.curves[t.config][t.seed]
+        result = {"epoch": epoch, "training_iteration": epoch, "val_corr": float(curve.val[epoch - 1]),
+                  "best_val_corr": float(curve.best[epoch - 1]), "compute_s": float(curve.cost[epoch - 1])}
+        last = epoch >= len(curve.val)
+        if last and curve.ended:
+            result[FIT_DONE] = epoch
+        cost = float(curve.cost[epoch - 1] - (curve.cost[epoch - 2] if epoch > 1 else 0.0))
+        self.trace.append((config_id, t.config, result["best_val_corr"], float(curve.test[epoch - 1]), cost))
+        if self.until is not None and result["best_val_corr"] >= self.until:
+            raise Reached
+        action = self.scheduler.on_trial_result(None, t, result)
+        if last or epoch >= self.table.epochs:
+            action = TrialScheduler.STOP  # the trial ends: its fit ended or it reached max_t
+        if action == TrialScheduler.STOP:
+            self.searcher.on_trial_complete(t.trial_id, result)
+            if hasattr(self.scheduler, "_trial_info") and t.trial_id in self.scheduler._trial_info:
+                self.scheduler.on_trial_complete(None, t, result)
+        else:
+            self.searcher.on_trial_result(t.trial_id, result)
+            self.next = (config_id, epoch + 1)
+
+
+# ---------------------------------------------------------------- one search, many searches
+
+def objective(table: Table) -> Callable[..., dict[str, float]]:
+    def run(eval_config: dict[str, Any], fidels: dict[str, int], seed: int | None = None, **_: Any) -> dict:
+        curve = table.curves[eval_config["config"]][eval_config["seed"]]
+        e = int(fidels["epoch"])  # the cost of this epoch alone: the trial continues from its last epoch
+        return {"runtime": float(curve.cost[e - 1] - (curve.cost[e - 2] if e > 1 else 0.0)),
+                "best": float(curve.best[e - 1])}
+
+    return run
+
+
+def simulate(spec: SearchSpec, method: Method, table: Table, lookup: Lookup, workers: int, seed: int,
+             budget_s: float, stack: Stack | None = None) -> np.ndarray:
+    """One search: (time s, best validation correlation so far) per told epoch, in simulated-time order;
+    ``budget_s`` is the simulated wall time (compute = workers x time). ``stack``: a Stack made by the caller
+    (to look into it afterwards); one of ``method`` with ``seed`` by default."""
+    import tempfile
+
+    from benchmark_simulator import ObjectiveFuncWrapper
+
+    stack = stack or Stack(spec, method, table, lookup, seed)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # "n_workers larger than the number of CPU cores": no worker is a process here
+        warnings.simplefilter("ignore")
+        wrapper = ObjectiveFuncWrapper(
+            obj_func=objective(table), ask_and_tell=True, n_workers=workers, n_evals=10**7,
+            n_actual_evals_in_opt=10**7 + workers, fidel_keys=["epoch"], obj_keys=["best"],
+            runtime_key="runtime", max_total_eval_time=budget_s, save_dir_name="replay", tmp_dir=tmp, seed=seed,
+        )
+        wrapper.simulate(stack)
+        res = wrapper.get_results()
+    times = np.asarray(res["cumtime"], dtype=float)
+    best = np.maximum.accumulate(np.asarray(res["best"], dtype=float))
+    keep = times <= budget_s
+    return np.stack([times[keep], best[keep]], axis=1)
+
+
+def time_to(trace: np.ndarray, target: float) -> float:
+    """Simulated time at which the best so far first reaches ``target`` (inf if never)."""
+    hit = np.nonzero(trace[:, 1] >= target)[0] if len(trace) else []
+    return float(trace[hit[0], 0]) if len(hit) else math.inf
+
+
+@dataclass
+class Outcome:
+    """Per method and worker count: each seed's simulated time to reach each target (inf: not reached)."""
+
+    method: str
+    workers: int
+    times: dict[float, np.ndarray]  # target fraction -> (seeds,) seconds
+    curves: np.ndarray  # (seeds, grid) best so far on a common time grid
+
+
+def run_method(spec: SearchSpec, name: str, table: Table, workers: int, seeds: range, budget_s: float,
+               grid: np.ndarray) -> Outcome:
+    lookup = Lookup(spec, table)
+    targets = table.thresholds()
+    times = {q: np.full(len(seeds), math.inf) for q in TARGETS}
+    curves = np.full((len(seeds), len(grid)), np.nan)
+    for i, seed in enumerate(seeds):
+        trace = simulate(spec, METHODS[name], table, lookup, workers, seed, budget_s)
+        for q, target in targets.items():
+            times[q][i] = time_to(trace, target)
+        if len(trace):
+            idx = np.searchsorted(trace[:, 0], grid, side="right") - 1
+            curves[i] = np.where(idx >= 0, trace[np.maximum(idx, 0), 1], np.nan)
+    return Outcome(name, workers, times, curves)
+
+
+def median_time(t: np.ndarray) -> float:
+    """Median time to target over seeds (inf when fewer than half reached it)."""
+    return float(np.median(t)) if np.isfinite(t).mean() > 0.5 else math.inf
+
+
+def speedup_interval(random: np.ndarray, method: np.ndarray, rng: np.random.Generator, n: int = 2000
+                     ) -> tuple[float, float, float]:
+    """(ratio of median times random / method, bootstrap 2.5% and 97.5% quantiles: seeds of each resampled)."""
+    point = median_time(random) / median_time(method)
+    boot = []
+    for _ in range(n):
+        r = median_time(rng.choice(random, len(random)))
+        m = median_time(rng.choice(method, len(method)))
+        boot.append(r / m if math.isfinite(m) else 0.0)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return point, float(lo), float(hi)
+
+
+def exact_random(spec: SearchSpec, table: Table, lookup: Lookup, n: int = 20000, seed: int = 0) -> dict[float, float]:
+    """Expected compute (s) for random search without early stopping, one worker, to reach each target: each
+    draw is a recorded configuration with the probability that uniform sampling of the space lands nearest to
+    it (estimated from ``n`` uniform points); draws before the first configuration that reaches the target
+    cost their whole run, that one its cost up to the epoch it reaches it."""
+    import optuna
+
+    from search.tuner import TreeSpace
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    space = TreeSpace(spec)
+    counts: dict[int, int] = {}
+    for _ in range(n):
+        trial = study.ask()
+        space(trial)
+        c = lookup(trial.params)
+        counts[c] = counts.get(c, 0) + 1
+        study.tell(trial, 0.0)
+    out = {}
+    for q, target in table.thresholds().items():
+        p_hit, cost_miss, cost_hit = 0.0, 0.0, 0.0
+        for c, k in counts.items():
+            w = k / n
+            for curve in table.curves[c].values():
+                ws = w / len(table.curves[c])
+                hit = np.nonzero(curve.best >= target)[0]
+                if len(hit):
+                    p_hit += ws
+                    cost_hit += ws * curve.cost[hit[0]]
+                else:
+                    cost_miss += ws * curve.cost[-1]
+        out[q] = (cost_miss / p_hit) + cost_hit / p_hit if p_hit else math.inf
+    return out
+
+
+def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], budget_s: dict[int, float],
+           seeds: int, notes: list[str]) -> str:
+    """The markdown table: per worker count, method x target: median compute to target (worker-seconds),
+    speed-up over random with its bootstrap 95% interval, and the share of seeds that reached it."""
+    rng = np.random.default_rng(0)
+    th = table.thresholds()
+    lines = [
+        "# Search methods replayed on a recorded learning-curve table",
+        "",
+        f"Table {table.name}: {len(table.configs)} configurations of configs/search_default.yaml's space, "
+        f"{table.epochs} epochs at most, {sum(len(v) for v in table.curves.values())} runs "
+        f"(bench/curves.py). Targets: the top 10 / 5 / 2% of the configurations' final best validation "
+        f"correlation = {', '.join(f'{th[q]:.4f}' for q in TARGETS)}. {seeds} seeds per method and worker "
+        f"count; compute = workers x simulated time, in CPU seconds of the table (1 thread).",
+        "",
+        "Random search without early stopping, one worker, exact expectation from the table: "
+        + ", ".join(f"top {q:.0%} {exact[q]:.0f} s" for q in TARGETS) + ".",
+        "",
+    ]
+    for w in sorted({o.workers for o in outcomes}):
+        group = [o for o in outcomes if o.workers == w]
+        base = next((o for o in group if o.method == "random"), None)
+        lines += [f"## {w} workers (budget {budget_s[w] * w:.0f} worker-s)", "",
+                  "| method | " + " | ".join(f"top {q:.0%}: median s · speed-up [95%] · reached" for q in TARGETS)
+                  + " |", "|---|" + "---|" * len(TARGETS)]
+        for o in group:
+            cells = []
+            for q in TARGETS:
+                t = o.times[q] * w
+                med = median_time(t)
+                reach = np.isfinite(t).mean()
+                if base is None:
+                    sp = ""
+                else:
+                    point, lo, hi = speedup_interval(base.times[q] * w, t, rng)
+                    sp = f" · {point:.2f}x [{lo:.2f}, {hi:.2f}]" if math.isfinite(point) else " · -"
+                cells.append(f"{med:.0f}{sp} · {reach:.0%}" if math.isfinite(med) else f"> budget{sp} · {reach:.0%}")
+            lines.append(f"| {o.method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--table", default="A")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
+    ap.add_argument("--workers", nargs="+", type=int, default=[2, 8, 32])
+    ap.add_argument("--seeds", type=int, default=100)
+    ap.add_argument("--budget", type=float, default=100.0,
+                    help="compute budget per search, in full trainings of the table's mean configuration")
+    ap.add_argument("--quick", action="store_true", help="random, tpe+asha, tpe+asha (as it was); 5 seeds; 2 workers")
+    ap.add_argument("--out", type=Path, default=RESULTS / "bench_search_replay.md")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.methods, args.seeds, args.workers = ["random", "tpe+asha (as it was)", "tpe+asha"], 5, [2]
+    table = load_table(args.table)
+    spec = load_search(SEARCH_FILE)
+    full = table.mean_full_cost()
+    budget = {w: args.budget * full / w for w in args.workers}
+    outcomes = []
+    for w in args.workers:
+        grid = np.linspace(0, budget[w], 101)
+        for name in args.methods:
+            start = time.perf_counter()
+            o = run_method(spec, name, table, w, range(args.seeds), budget[w], grid)
+            outcomes.append(o)
+            print(f"{w} workers, {name}: reached top 5% in {np.isfinite(o.times[0.05]).mean():.0%} of "
+                  f"{args.seeds} seeds, median {median_time(o.times[0.05]) * w:.0f} worker-s "
+                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    exact = exact_random(spec, table, Lookup(spec, table))
+    notes = [f"budget: {args.budget:g} x the mean full training ({full:.0f} s) per search"]
+    text = report(table, outcomes, exact, budget, args.seeds, notes)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""bench/replay.py on a made-up learning-curve table: simulated-time order, Ray's ASHA and FIFO as they stop
+trials, the fidelity-aware feedback against Ray's plain OptunaSearch, the nearest-configuration lookup and the
+exact expectation of random search. No training: the curves are a formula of the point."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module's names through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+replay = _module("replay")
+curves = _module("curves")
+R = 9
+
+
+@pytest.fixture(scope="module")
+def spec():
+    from search.space import load_search
+
+    return load_search(replay.SEARCH_FILE)
+
+
+@pytest.fixture(scope="module")
+def table(spec):
+    """64 Sobol configurations; quality peaks at lr 0.009; an epoch costs more the more channels and layers;
+    configurations 0-7 have 3 seeds; every 5th one's early stopping ends it after 6 epochs."""
+    rng = np.random.default_rng(0)
+    points = curves.sobol_points(spec, 64)
+    rows = {}
+    for c, p in enumerate(points):
+        quality = 0.3 - 0.1 * abs(math.log(p["train.lr"] / 0.009))
+        cost = 0.5 * p["model.core.hidden_channels"] / 64 * p["model.core.layers"] / 4
+        for seed in ([42, 43, 44] if c < 8 else [42]):
+            n = 6 if c % 5 == 0 else R
+            val = quality * (1 - np.exp(-np.arange(1, n + 1) / 3)) + 0.005 * rng.normal(size=n)
+            rows[(c, seed)] = [
+                {"epoch": e + 1, "val_corr": v, "best_val_corr": b, "test_corr": 0.8 * b, "cpu_s": cost}
+                for e, (v, b) in enumerate(zip(val, np.maximum.accumulate(val), strict=True))
+            ]
+    return replay.table_from_rows("made-up", dict(enumerate(points)), rows, R)
+
+
+def _run(spec, table, name, workers=4, seed=0, budget=20.0):
+    stack = replay.Stack(spec, replay.METHODS[name], table, replay.Lookup(spec, table), seed)
+    trace = replay.simulate(spec, replay.METHODS[name], table, replay.Lookup(spec, table), workers, seed,
+                            budget * table.mean_full_cost() / workers, stack=stack)
+    return stack, trace
+
+
+def test_table_thresholds_and_lookup(spec, table):
+    th = table.thresholds()
+    assert th[0.10] <= th[0.05] <= th[0.02] <= max(table.final(c) for c in table.configs)
+    lookup = replay.Lookup(spec, table)
+    assert all(lookup(table.points[c]) == c for c in table.configs)  # a recorded point finds itself
+    near = dict(table.points[3], **{"train.lr": table.points[3]["train.lr"] * 1.0001})
+    assert lookup(near) == 3
+
+
+def test_fifo_trains_every_trial_to_its_end_in_simulated_time_order(spec, table):
+    stack, trace = _run(spec, table, "random")
+    assert len(trace) > 3 * R and np.all(np.diff(trace[:, 0]) >= -1e-9)  # results in the order they arrive
+    assert np.all(np.diff(trace[:, 1]) >= 0)  # best so far
+    epochs = Counter(number for number, *_ in stack.trace)
+    unfinished = 0
+    for number, n in epochs.items():
+        curve = table.curves[stack.trials[number].config][stack.trials[number].seed]
+        assert n <= len(curve.val)
+        unfinished += n < len(curve.val)
+    assert unfinished <= 4  # only the trials the 4 workers were running when the budget ran out
+
+
+def test_asha_stops_most_trials_at_its_first_rung_and_the_study_says_pruned(spec, table):
+    stack, _ = _run(spec, table, "tpe+asha")
+    epochs = Counter(number for number, *_ in stack.trace)
+    assert sum(n == 1 for n in epochs.values()) > len(epochs) / 3  # grace 1, reduction 3
+    states = Counter(t.state for t in stack.searcher._ot_study.trials)
+    assert states[optuna.trial.TrialState.PRUNED] > 0 and states[optuna.trial.TrialState.COMPLETE] > 0
+    pruned = [t for t in stack.searcher._ot_study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert all(t.intermediate_values for t in pruned)  # with the epochs it trained
+
+    old, _ = _run(spec, table, "tpe+asha (as it was)")
+    states = Counter(t.state for t in old.searcher._ot_study.trials)
+    assert states[optuna.trial.TrialState.PRUNED] == 0  # Ray's plain OptunaSearch: every stopped trial COMPLETE
+
+
+def test_more_workers_spend_the_same_compute_in_less_time(spec, table):
+    _, two = _run(spec, table, "random", workers=2)
+    _, eight = _run(spec, table, "random", workers=8)
+    assert eight[-1, 0] < two[-1, 0] / 3
+    assert abs(len(eight) - len(two)) < 0.25 * len(two)  # about the same number of epochs within the budget
+
+
+def test_exact_random_expectation_matches_the_replayed_mean(spec, table):
+    """Random search without early stopping on 1 worker: the replay's mean compute to the top 10% agrees with
+    the exact expectation from the table (within the Monte Carlo error of 60 seeds)."""
+    lookup = replay.Lookup(spec, table)
+    target = table.thresholds()[0.10]
+    times = []
+    for seed in range(60):  # one worker: the time to the target is the cost of every epoch told until then
+        stack = replay.Stack(spec, replay.METHODS["random"], table, lookup, seed, start_with=False, until=target)
+        with pytest.raises(replay.Reached):
+            replay.simulate(spec, replay.METHODS["random"], table, lookup, 1, seed, 1e9, stack=stack)
+        times.append(sum(cost for *_, cost in stack.trace))
+    exact = replay.exact_random(spec, table, lookup, n=4000)[0.10]
+    mean, sem = np.mean(times), np.std(times) / math.sqrt(len(times))
+    assert abs(mean - exact) < 3 * sem + 0.05 * exact, (mean, sem, exact)
+
+
+def test_speedup_interval_brackets_a_known_ratio():
+    rng = np.random.default_rng(1)
+    spread = -np.log(1 - (np.arange(200) + 0.5) / 200)  # exponential quantiles: the medians' ratio is exactly 4
+    point, lo, hi = replay.speedup_interval(400.0 * spread, 100.0 * spread, rng, n=500)
+    assert point == pytest.approx(4.0) and 2.5 < lo < 4.0 < hi < 6.5
+    never = np.full(200, math.inf)
+    assert replay.speedup_interval(400.0 * spread, never, rng, n=50)[0] == 0.0  # never reached: no speed-up
