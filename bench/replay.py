@@ -28,7 +28,9 @@ import argparse
 import csv
 import dataclasses
 import gzip
+import importlib.util
 import json
+import logging
 import math
 import sys
 import time
@@ -182,6 +184,7 @@ class Method:
     asha: dict[str, Any] = field(default_factory=dict)  # grace_period, reduction_factor, brackets
     time_attr: str = "epoch"  # epoch | compute_s (rungs in training seconds)
     gp: bool = False
+    bohb: bool = False  # Syne Tune's BOHB (its own KDE searcher and asynchronous successive halving)
 
 
 METHODS: dict[str, Method] = {
@@ -197,11 +200,17 @@ METHODS: dict[str, Method] = {
     "tpe+asha on seconds": Method(time_attr="compute_s"),
     "gp": Method(scheduler="fifo", gp=True),
     "gp+asha": Method(gp=True),
+    "bohb (syne tune)": Method(bohb=True),
 }
 
 
 class Reached(Exception):
     """Raised by Stack.tell when a result reaches the stack's ``until``."""
+
+
+def make_stack(spec: SearchSpec, method: Method, table: Table, lookup: Lookup, seed: int, **kwargs: Any):
+    """The ask-and-tell optimizer of ``method``: this tool's stack, or Syne Tune's BOHB."""
+    return (SyneStack if method.bohb else Stack)(spec, method, table, lookup, seed, **kwargs)
 
 
 class Stack:
@@ -254,23 +263,12 @@ class Stack:
             self.next = None
         else:
             number, epoch = len(self.trials), 1
-            tid = f"t{number:05d}"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                config = self.searcher.suggest(tid)
-            point = _flat(config)
-            c = self.lookup(point)
-            seeds = sorted(self.table.curves[c])
-            trial = SimpleNamespace(trial_id=tid, config=c, seed=int(self.rng.choice(seeds)), best=-math.inf)
-            self.trials[number] = trial
-            self.scheduler.on_trial_add(None, trial)
+            self.trials[number] = self._new_trial(number)
         t = self.trials[number]
         return {"config": t.config, "seed": t.seed}, {"epoch": epoch}, number
 
     def tell(self, eval_config: dict[str, Any], results: dict[str, float], fidels: dict[str, int],
              config_id: int) -> None:
-        from ray.tune.schedulers import TrialScheduler
-
         from search.trainable import FIT_DONE
 
         t = self.trials[config_id]
@@ -285,16 +283,96 @@ class Stack:
         self.trace.append((config_id, t.config, result["best_val_corr"], float(curve.test[epoch - 1]), cost))
         if self.until is not None and result["best_val_corr"] >= self.until:
             raise Reached
-        action = self.scheduler.on_trial_result(None, t, result)
-        if last or epoch >= self.table.epochs:
-            action = TrialScheduler.STOP  # the trial ends: its fit ended or it reached max_t
-        if action == TrialScheduler.STOP:
+        if not self._decide(t, result, last or epoch >= self.table.epochs):
+            self.next = (config_id, epoch + 1)
+
+    def _new_trial(self, number: int) -> SimpleNamespace:
+        """Ask the searcher for trial ``number``'s point, look it up in the table, add it to the scheduler."""
+        tid = f"t{number:05d}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = self.searcher.suggest(tid)
+        c = self.lookup(_flat(config))
+        trial = SimpleNamespace(trial_id=tid, config=c, seed=int(self.rng.choice(sorted(self.table.curves[c]))))
+        self.scheduler.on_trial_add(None, trial)
+        return trial
+
+    def _decide(self, t: SimpleNamespace, result: dict[str, Any], last: bool) -> bool:
+        """Tell the scheduler and the searcher one epoch's result as Tune does; True when the trial ends (the
+        scheduler stops it, or ``last``: its fit ended or it reached max_t)."""
+        from ray.tune.schedulers import TrialScheduler
+
+        stop = self.scheduler.on_trial_result(None, t, result) == TrialScheduler.STOP or last
+        if stop:  # the result a trial stops on reaches the searcher only through on_trial_complete
             self.searcher.on_trial_complete(t.trial_id, result)
-            if hasattr(self.scheduler, "_trial_info") and t.trial_id in self.scheduler._trial_info:
+            if t.trial_id in getattr(self.scheduler, "_trial_info", {}):
                 self.scheduler.on_trial_complete(None, t, result)
         else:
             self.searcher.on_trial_result(t.trial_id, result)
-            self.next = (config_id, epoch + 1)
+        return stop
+
+
+def _syne_space(spec: SearchSpec) -> dict[str, Any]:
+    """The space as a flat Syne Tune config space (every key, branch keys included: Syne Tune has no
+    conditional spaces; a branch key is dropped from the point when its option is not chosen)."""
+    from syne_tune import config_space as cs
+
+    out: dict[str, Any] = {}
+    for p in spec.first_params().values():
+        if p.type == "categorical":
+            out[p.key] = cs.choice(list(p.choices))
+        elif p.type == "int":
+            out[p.key] = cs.finrange(p.low, p.high, int((p.high - p.low) // (p.step or 1)) + 1, cast_int=True)
+        elif p.type == "loguniform":
+            out[p.key] = cs.loguniform(p.low, p.high)
+        else:
+            out[p.key] = cs.uniform(p.low, p.high)
+    return out
+
+
+def _active(spec: SearchSpec, point: dict[str, Any]) -> dict[str, Any]:
+    from search.space import active_params
+
+    return {p.key: point[p.key] for p in active_params(spec, point) if p.key in point}
+
+
+class SyneStack(Stack):
+    """Syne Tune's BOHB (KDE searcher + asynchronous successive halving at grace 1, reduction 3) behind the same
+    ask and tell: its own scheduler decides, Ray and Optuna take no part."""
+
+    def __init__(self, spec: SearchSpec, method: Method, table: Table, lookup: Lookup, seed: int, *,
+                 start_with: bool = True, until: float | None = None) -> None:
+        from syne_tune.optimizer.baselines import BOHB
+
+        logging.getLogger("syne_tune").setLevel(logging.ERROR)  # "points_to_evaluate is passed in ..."
+        np.random.seed(seed)  # its bracket draw, like Ray's
+        a = {"grace_period": 1, "reduction_factor": 3, **method.asha}
+        self.spec = spec
+        self.scheduler = BOHB(_syne_space(spec), metric="val_corr", time_attr="epoch", max_t=table.epochs,
+                              do_minimize=False, random_seed=seed, **a)
+        self.table, self.lookup, self.rng = table, lookup, np.random.default_rng(seed)
+        self.trials = {}
+        self.next = None
+        self.until = until
+        self.trace = []
+
+    def _new_trial(self, number: int) -> SimpleNamespace:
+        from datetime import datetime
+
+        from syne_tune.backend.trial_status import Trial
+
+        config = self.scheduler.suggest().config
+        c = self.lookup(_active(self.spec, config))
+        trial = Trial(trial_id=number, config=config, creation_time=datetime.now())
+        self.scheduler.on_trial_add(trial)
+        return SimpleNamespace(trial_id=number, config=c, seed=int(self.rng.choice(sorted(self.table.curves[c]))),
+                               syne=trial)
+
+    def _decide(self, t: SimpleNamespace, result: dict[str, Any], last: bool) -> bool:
+        stop = self.scheduler.on_trial_result(t.syne, result) == "STOP"
+        if last and not stop:
+            self.scheduler.on_trial_complete(t.syne, result)
+        return stop or last
 
 
 # ---------------------------------------------------------------- one search, many searches
@@ -318,7 +396,7 @@ def simulate(spec: SearchSpec, method: Method, table: Table, lookup: Lookup, wor
 
     from benchmark_simulator import ObjectiveFuncWrapper
 
-    stack = stack or Stack(spec, method, table, lookup, seed)
+    stack = stack or make_stack(spec, method, table, lookup, seed)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # "n_workers larger than the number of CPU cores": no worker is a process here
         warnings.simplefilter("ignore")
@@ -478,6 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.methods, args.seeds, args.workers = ["random", "tpe+asha (as it was)", "tpe+asha"], 5, [2]
+    notes = []
+    if any(METHODS[m].bohb for m in args.methods) and importlib.util.find_spec("syne_tune") is None:
+        args.methods = [m for m in args.methods if not METHODS[m].bohb]
+        notes.append('bohb (syne tune) left out: pip install -c constraints.txt -e ".[bench]" installs it')
     table = load_table(args.table)
     spec = load_search(SEARCH_FILE)
     full = table.mean_full_cost()
@@ -493,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.seeds} seeds, median {median_time(o.times[0.05]) * w:.0f} worker-s "
                   f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     exact = exact_random(spec, table, Lookup(spec, table))
-    notes = [f"budget: {args.budget:g} x the mean full training ({full:.0f} s) per search"]
+    notes.append(f"budget: {args.budget:g} x the mean full training ({full:.0f} s) per search")
     text = report(table, outcomes, exact, budget, args.seeds, notes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
