@@ -19,7 +19,7 @@ recorded for it. An epoch's cost is its recorded CPU seconds (bench/curves.py).
     .venv/bin/python bench/replay.py --table A --seeds 100 --workers 2 8 32
     .venv/bin/python bench/replay.py --table A --quick          # 3 methods x 5 seeds: a smoke test
 
-Writes results/bench_search_replay.md (``--out``).
+Writes results/bench_search_replay.md (``--out``) and its figure of anytime curves (.png).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from search.space import Param, SearchSpec, load_search  # noqa: E402
+from sensorium.atomic import write_text  # noqa: E402
 
 SEARCH_FILE = ROOT / "configs" / "search_default.yaml"
 RESULTS = ROOT / "results"
@@ -499,6 +500,62 @@ def exact_random(spec: SearchSpec, table: Table, lookup: Lookup, n: int = 20000,
     return out
 
 
+def table_statistics(table: Table) -> list[str]:
+    """What limits early stopping and selection on this table: how early epochs rank configurations against
+    their final score (Spearman), and how far a configuration's final score moves with its seed."""
+    from scipy.stats import spearmanr
+
+    configs = table.configs
+    final = np.array([table.final(c) for c in configs])
+    lines = []
+    for e in (1, 3, 9):
+        if e >= table.epochs:
+            continue
+        early = np.array([table.curves[c][table.first_seed].best[min(e, len(table.curves[c][table.first_seed].best)) - 1]
+                          for c in configs])
+        lines.append(f"epoch {e}: Spearman {spearmanr(early, final).statistic:.2f}")
+    replicated = [c for c in configs if len(table.curves[c]) > 1]
+    seed_sd = (float(np.mean([np.std([cv.best[-1] for cv in table.curves[c].values()], ddof=1) for c in replicated]))
+               if replicated else math.nan)
+    ended = np.mean([table.curves[c][table.first_seed].ended for c in configs])
+    cost = np.array([table.curves[c][table.first_seed].cost[-1] for c in configs])
+    return [
+        "Rank correlation of the best validation correlation after e epochs with the final one, over "
+        f"configurations: {'; '.join(lines)}.",
+        f"Final scores: mean {final.mean():.4f}, sd over configurations {final.std(ddof=1):.4f}; sd over 3 seeds "
+        f"of one configuration (mean over the {len(replicated)} replicated) {seed_sd:.4f}.",
+        f"{ended:.0%} of the runs ended by the recipe's early stopping before epoch {table.epochs}. Cost of a "
+        f"whole run: median {np.median(cost):.0f} s, mean {cost.mean():.0f} s, largest {cost.max():.0f} s "
+        "(CPU seconds).",
+    ]
+
+
+def figure(outcomes: list[Outcome], budget_s: dict[int, float], path: Path) -> None:
+    """Anytime curves: median (line) and 25-75% band over seeds of the best validation correlation so far
+    against compute, one panel per worker count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sensorium.atomic import save_figure
+
+    workers = sorted({o.workers for o in outcomes})
+    fig, axes = plt.subplots(1, len(workers), figsize=(5 * len(workers), 4), squeeze=False)
+    for ax, w in zip(axes[0], workers, strict=True):
+        x = np.linspace(0, budget_s[w] * w, outcomes[0].curves.shape[1])
+        for o in (o for o in outcomes if o.workers == w):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # all-NaN columns before the first result
+                lo, mid, hi = np.nanpercentile(o.curves, [25, 50, 75], axis=0)
+            ax.plot(x, mid, label=o.method)
+            ax.fill_between(x, lo, hi, alpha=0.15)
+        ax.set(title=f"{w} workers", xlabel="compute (worker CPU-seconds)", ylabel="best validation correlation")
+    axes[0][-1].legend(fontsize=7)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], budget_s: dict[int, float],
            seeds: int, notes: list[str]) -> str:
     """The markdown table: per worker count, method x target: median compute to target (worker-seconds),
@@ -538,7 +595,8 @@ def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], bud
                 cells.append(f"{med:.0f}{sp} · {reach:.0%}" if math.isfinite(med) else f"> budget{sp} · {reach:.0%}")
             lines.append(f"| {o.method} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    lines += ["## The table", "", *[f"- {n}" for n in table_statistics(table)], "",
+              "## Notes", "", *[f"- {n}" for n in notes], ""]
     return "\n".join(lines)
 
 
@@ -552,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=100.0,
                     help="compute budget per search, in full trainings of the table's mean configuration")
     ap.add_argument("--quick", action="store_true", help="random, tpe+asha, tpe+asha (as it was); 5 seeds; 2 workers")
+    ap.add_argument("--tables", type=Path, default=RESULTS, help="folder of curves_<table>.csv.gz (default results/)")
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_search_replay.md")
     args = ap.parse_args(argv)
     if args.quick:
@@ -560,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(METHODS[m].bohb for m in args.methods) and importlib.util.find_spec("syne_tune") is None:
         args.methods = [m for m in args.methods if not METHODS[m].bohb]
         notes.append('bohb (syne tune) left out: pip install -c constraints.txt -e ".[bench]" installs it')
-    table = load_table(args.table)
+    table = load_table(args.table, args.tables)
     spec = load_search(SEARCH_FILE)
     full = table.mean_full_cost()
     budget = {w: args.budget * full / w for w in args.workers}
@@ -578,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     notes.append(f"budget: {args.budget:g} x the mean full training ({full:.0f} s) per search")
     text = report(table, outcomes, exact, budget, args.seeds, notes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
+    figure(outcomes, budget, args.out.with_suffix(".png"))
     print(text)
     return 0
 
