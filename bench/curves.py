@@ -222,7 +222,7 @@ def run_job(job: Job, point: dict[str, Any], spec: SearchSpec, data, data_dir: P
             state["test"] = test_corr()
         rows.append({"epoch": epoch, "val_corr": m["val_corr"], "best_val_corr": m["best_val_corr"],
                      "best_epoch": m["best_epoch"], "test_corr": state["test"], "lr": m["lr"],
-                     "cpu_s": round(cpu_s, 4), "wall_s": round(wall_s, 4)})
+                     "cpu_s": round(cpu_s, 4), "wall_s": round(wall_s, 4), "train_s": round(m["train_seconds"], 4)})
         state["clock"], state["wall"] = time.process_time(), time.perf_counter()
 
     failure = None
@@ -293,7 +293,7 @@ def collect(table: str, work: Path, results: Path) -> tuple[Path, Path]:
     records = [json.loads(p.read_text()) for p in done]
     curves = results / f"curves_{table}.csv.gz"
     fields = ["config", "seed", "epoch", "val_corr", "best_val_corr", "best_epoch", "test_corr", "lr", "cpu_s",
-              "wall_s"]
+              "wall_s", "train_s"]
     with gzip.open(curves, "wt", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()

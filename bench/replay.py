@@ -32,6 +32,7 @@ import importlib.util
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -44,6 +45,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # bench/curves.py, for the real searches' data and settings
 
 from search.space import Param, SearchSpec, load_search  # noqa: E402
 from sensorium.atomic import write_text  # noqa: E402
@@ -92,8 +94,11 @@ class Table:
         return float(np.mean([self.curves[c][self.first_seed].cost[-1] for c in self.configs]))
 
 
-def load_table(name: str, results: Path = RESULTS) -> Table:
-    """The committed table results/curves_<name>.csv.gz (+ _configs.csv)."""
+def load_table(name: str, results: Path = RESULTS, cost: str = "cpu_s") -> Table:
+    """The committed table results/curves_<name>.csv.gz (+ _configs.csv); an epoch costs its ``cost`` column:
+    ``cpu_s`` (process CPU seconds, the default) or ``train_s`` (fit's training wall seconds, what a real
+    search's compute budget counts; runs recorded before it existed get their cpu_s times the median
+    train_s / cpu_s ratio of the others)."""
     points: dict[int, dict[str, Any]] = {}
     with open(results / f"curves_{name}_configs.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -102,6 +107,13 @@ def load_table(name: str, results: Path = RESULTS) -> Table:
     with gzip.open(results / f"curves_{name}.csv.gz", "rt", newline="") as f:
         for row in csv.DictReader(f):
             rows.setdefault((int(row["config"]), int(row["seed"])), []).append(row)
+    if cost != "cpu_s":
+        ratios = [float(r[cost]) / float(r["cpu_s"]) for runs in rows.values() for r in runs
+                  if r.get(cost) not in (None, "") and float(r["cpu_s"]) > 0]
+        ratio = float(np.median(ratios)) if ratios else 1.0
+        for runs in rows.values():
+            for r in runs:
+                r["cpu_s"] = r[cost] if r.get(cost) not in (None, "") else float(r["cpu_s"]) * ratio
     return table_from_rows(name, points, rows)
 
 
@@ -600,6 +612,73 @@ def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], bud
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- validation against real searches
+
+def real_spec(table: str, seed: int, budget_s: float, workers: int) -> SearchSpec:
+    """``sensorium-search run configs/search_default.yaml`` as the table was recorded: its scans at the table's
+    resolution and epoch count, 1 thread and 1 CPU per trial, ``workers`` at a time, ASHA at grace 1 and
+    reduction 3 on max_t = the table's epochs, until ``budget_s`` training seconds are spent."""
+    import curves
+
+    from search.prepare import absolute_data_paths
+    from search.space import with_data, with_settings
+    from sensorium.config import set_values
+
+    data_dir = curves.make_data(table, curves.WORK)
+    scans = sorted(str(p) for p in data_dir.iterdir() if p.is_dir())
+    spec = with_data(load_search(SEARCH_FILE), scans)
+    base = absolute_data_paths(set_values(spec.base, {
+        "data.cache_dir": str(curves.WORK / table / "cache"), "train.max_epochs": curves.EPOCHS,
+        "train.device": "cpu", "train.threads": 1,
+        "data.image_height": curves.RESOLUTION[0], "data.image_width": curves.RESOLUTION[1],
+    }))
+    return with_settings(dataclasses.replace(spec, base=base), seed=seed, compute_budget_s=budget_s,
+                         max_concurrent=workers, cpus_per_trial=1, gpus_per_trial=0, num_trials=100_000,
+                         asha={"grace_period": 1, "reduction_factor": 3.0, "max_t": curves.EPOCHS})
+
+
+def validate(table_name: str, tables: Path, runs: int, budget: float, seeds: int, work: Path) -> list[str]:
+    """Run ``runs`` real searches (sampler seeds 0, 1, ...) of ``real_spec`` with 2 workers and a compute budget
+    of ``budget`` mean full trainings (training seconds), and replay the same search with ``seeds`` sampler
+    seeds; returns the markdown lines: the replay's band (5-95%) of the best validation correlation at the
+    budget, of the trials started and of the epochs trained, and each real search beside it."""
+    from search.driver import run_search
+    from search.results import load_trials
+    from search.tuner import compute_spent
+
+    table = load_table(table_name, tables, cost="train_s")  # the real budget counts training seconds
+    budget_s = budget * table.mean_full_cost()
+    spec0 = real_spec(table_name, 0, budget_s, 2)
+    lookup = Lookup(spec0, table)
+    replayed = []
+    for seed in range(seeds):
+        stack = make_stack(spec0, METHODS["tpe+asha"], table, lookup, seed)
+        trace = simulate(spec0, METHODS["tpe+asha"], table, lookup, 2, seed, budget_s / 2, stack=stack)
+        replayed.append((trace[-1, 1] if len(trace) else math.nan, len(stack.trials), len(stack.trace)))
+    band = np.nanpercentile(np.array(replayed), [5, 50, 95], axis=0)
+    lines = [f"Replayed tpe+asha, 2 workers, {seeds} seeds, budget {budget_s:.0f} training seconds "
+             f"({budget:g} mean full trainings): best validation correlation {band[1, 0]:.4f} "
+             f"[5-95%: {band[0, 0]:.4f}, {band[2, 0]:.4f}], trials {band[1, 1]:.0f} [{band[0, 1]:.0f}, "
+             f"{band[2, 1]:.0f}], epochs {band[1, 2]:.0f} [{band[0, 2]:.0f}, {band[2, 2]:.0f}].", "",
+             "| real search (seed) | best val corr | inside the band | trials | epochs | training s | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for seed in range(runs):
+        run_dir = work / f"validate_{table_name}_{seed}"
+        if not (run_dir / "validated.json").is_file():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            start = time.perf_counter()
+            run_search(real_spec(table_name, seed, budget_s, 2), run_dir, progress=False, live_every_s=1e9)
+            write_text(run_dir / "validated.json", json.dumps({"wall_s": time.perf_counter() - start}))
+        wall = json.loads((run_dir / "validated.json").read_text())["wall_s"]
+        records = load_trials(run_dir, table.epochs)
+        best = max((r.best_val_corr for r in records if r.best_val_corr is not None), default=math.nan)
+        spent, epochs = compute_spent(records)
+        ran = sum(r.epochs > 0 for r in records)
+        inside = "yes" if band[0, 0] <= best <= band[2, 0] else "no"
+        lines.append(f"| {seed} | {best:.4f} | {inside} | {ran} | {epochs} | {spent:.0f} | {wall:.0f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -610,6 +689,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=100.0,
                     help="compute budget per search, in full trainings of the table's mean configuration")
     ap.add_argument("--quick", action="store_true", help="random, tpe+asha, tpe+asha (as it was); 5 seeds; 2 workers")
+    ap.add_argument("--validate", type=int, default=0, metavar="N",
+                    help="run N real searches of the default method on the table's data and check them against "
+                         "the replay's band (then nothing else runs)")
+    ap.add_argument("--validate-budget", type=float, default=15.0, help="their budget, in mean full trainings")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "replay", help="folder of the real searches")
     ap.add_argument("--tables", type=Path, default=RESULTS, help="folder of curves_<table>.csv.gz (default results/)")
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_search_replay.md")
     args = ap.parse_args(argv)
@@ -619,6 +703,12 @@ def main(argv: list[str] | None = None) -> int:
     if any(METHODS[m].bohb for m in args.methods) and importlib.util.find_spec("syne_tune") is None:
         args.methods = [m for m in args.methods if not METHODS[m].bohb]
         notes.append('bohb (syne tune) left out: pip install -c constraints.txt -e ".[bench]" installs it')
+    if args.validate:
+        lines = validate(args.table, args.tables, args.validate, args.validate_budget, args.seeds, args.work)
+        out = args.out.with_name(args.out.stem + "_validation.md")
+        write_text(out, "\n".join(["# Replay against real searches", "", *lines, ""]))
+        print("\n".join(lines))
+        return 0
     table = load_table(args.table, args.tables)
     spec = load_search(SEARCH_FILE)
     full = table.mean_full_cost()
