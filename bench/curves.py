@@ -25,7 +25,8 @@ configurations comparable to the noise, which the 3-seed replicates measure.
     .venv/bin/python bench/curves.py record --table A &            # a second process shares the work
     .venv/bin/python bench/curves.py collect --table A             # results/curves_A.csv.gz + _configs.csv
 
-Each finished run is one JSON under runs/curves/<table>/done/ (written atomically), so a stopped recording
+A recording process runs at nice 19, below Ray's trials (15): its costs are CPU seconds, which waiting does not
+change. Each finished run is one JSON under runs/curves/<table>/done/ (written atomically), so a stopped recording
 loses at most the runs in progress; ``collect`` assembles the table from the runs done so far.
 """
 
@@ -259,6 +260,7 @@ def record(table: str, work: Path, epochs: int, n_configs: int, n_replicated: in
     """Run every job of ``table`` not yet done nor claimed by another process, each written when it ends."""
     from sensorium.data import load_data
 
+    os.nice(19 - os.nice(0))  # the lowest priority: any other work, real searches' trials (Ray: 15) included, goes first
     work = work / table
     done_dir = work / "done"
     done_dir.mkdir(parents=True, exist_ok=True)
