@@ -130,3 +130,19 @@ def test_speedup_interval_brackets_a_known_ratio():
     assert point == pytest.approx(4.0) and 2.5 < lo < 4.0 < hi < 6.5
     never = np.full(200, math.inf)
     assert replay.speedup_interval(400.0 * spread, never, rng, n=50)[0] == 0.0  # never reached: no speed-up
+
+
+def test_real_search_spec_matches_the_recorded_runs(tmp_path, monkeypatch):
+    """The real searches --validate runs train what the table recorded: its scans at its resolution and epoch
+    count, 1 thread and 1 CPU per trial, ASHA on the table's epochs, the compute budget given."""
+    monkeypatch.setattr(curves, "WORK", tmp_path)
+    monkeypatch.setitem(curves.TABLES, "A", curves.TABLES["A"].replace(n_neurons=20, n_trials=80))
+    spec = replay.real_spec("A", 3, 123.0, 2)
+    s, base = spec.settings, spec.base
+    assert (s.seed, s.compute_budget_s, s.max_concurrent, s.cpus_per_trial) == (3, 123.0, 2, 1)
+    assert (s.asha.grace_period, s.asha.reduction_factor, s.asha.max_t) == (1, 3.0, curves.EPOCHS)
+    assert (base.data.image_height, base.data.image_width) == curves.RESOLUTION
+    assert (base.train.max_epochs, base.train.threads, base.train.device) == (curves.EPOCHS, 1, "cpu")
+    assert base.data.scans and all(str(tmp_path) in scan for scan in base.data.scans)
+    job = curves.job_config(spec, {}, 42, Path(base.data.scans[0]).parent, tmp_path / "cache", curves.EPOCHS)
+    assert job.model == base.model and job.data.image_height == base.data.image_height
