@@ -32,6 +32,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -651,6 +652,10 @@ def validate(table_name: str, tables: Path, runs: int, budget: float, seeds: int
     from search.results import load_trials
     from search.tuner import compute_spent
 
+    busy = os.getloadavg()[0]
+    if busy > 0.5:  # the budget counts wall seconds of training: other work stretches them
+        print(f"warning: load average {busy:.1f} before the real searches: their trials share the CPUs with other "
+              "work (stop it, e.g. kill -STOP the table's recorders, for a clean check)", file=sys.stderr)
     table = load_table(table_name, tables, cost="train_s")  # the real budget counts training seconds
     budget_s = budget * table.mean_full_cost()
     spec0 = real_spec(table_name, 0, budget_s, 2)
