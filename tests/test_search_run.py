@@ -20,10 +20,10 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from search.driver import run_search
-from search.results import best_trial, load_trials
-from search.space import load_run_spec, parse_search, with_data
-from search.tuner import TUNE_TRIAL_ID, load_study, trial_best
+from search.raytune.driver import run_search
+from search.store.results import best_trial, load_trials
+from search.spec.space import load_run_spec, parse_search, with_data
+from search.store.study import TUNE_TRIAL_ID, load_study, trial_best
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILING = {"model.core.input_kern": 41}

@@ -9,8 +9,9 @@ import yaml
 
 import optuna
 
-from search.space import active_params, load_search, parse_search, point_problem, resolve, with_settings
-from search.tuner import TreeSpace, distributions_for
+from search.spec.space import active_params, load_search, parse_search, point_problem, resolve, with_settings
+from search.raytune.tuner import TreeSpace
+from search.store.study import distributions_for
 from sensorium.config import ExperimentConfig, load_config
 from sensorium.errors import ConfigError
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.space import SearchSpec, load_run_spec
-from search.trainable import TRIAL_ERROR, TRIAL_METRICS, ran_to_end
+from search.spec.space import SearchSpec, load_run_spec
+from search.store.schema import TRIAL_ERROR, TRIAL_METRICS, ran_to_end
 from sensorium.errors import UserError
 
 # search.cost -> (the per-epoch result field it is computed from, how the report and export name its unit)
@@ -93,6 +93,12 @@ def status_counts(records: list[TrialRecord]) -> dict[str, int]:
     """How many trials have each status, plus ``retries``: restarts after a lost worker or node, summed."""
     counts = {status: sum(r.status == status for r in records) for status in (*ENDED, "running", "pending")}
     return {**counts, "retries": sum(r.retries for r in records)}
+
+
+def compute_spent(records: list[TrialRecord]) -> tuple[float, int]:
+    """(summed train_seconds, trial-epochs) of a search's trials, as ``SearchStopper`` counts them."""
+    rows = [row for r in records for row in r.curve]
+    return sum(float(row.get("train_seconds", 0.0)) for row in rows), len(rows)
 
 
 def load_run(run_dir: Path) -> tuple[Path, SearchSpec, list[TrialRecord]]:

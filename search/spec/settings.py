@@ -13,7 +13,7 @@ from typing import Any, Literal
 from sensorium import typed
 from sensorium.errors import ConfigError
 
-AUTO = "auto"  # gpus_per_trial chosen by the driver (search.gpu_share)
+AUTO = "auto"  # gpus_per_trial chosen by the driver (search.spec.gpu_share)
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class SearchSettings:
     cpus_per_trial: float = 1.0
     # GPUs per trial: 0 (CPU trials), a fraction of one card (1/k: k trials share it, each capped at its share of
     # the card's memory), 1, or auto: chosen by the driver before trials start from the cluster's GPUs and the
-    # predicted memory of the largest point of the space (search.gpu_share). A trial trains on one card.
+    # predicted memory of the largest point of the space (search.spec.gpu_share). A trial trains on one card.
     gpus_per_trial: float | Literal["auto"] = "auto"
     # The memory of the smallest card trials run on, in GB (10**9 bytes, as cards are labelled: 40, 80, 141), for
     # gpus_per_trial auto and the pre-flight memory check; null: the driver's own card, or 40 GB (the smallest

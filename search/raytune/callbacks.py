@@ -24,8 +24,8 @@ from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndI
 from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.summary import hparams
 
-from search.space import SearchSpec
-from search.trainable import TRIAL_ERROR, TRIAL_METRICS, ran_to_end
+from search.spec.space import SearchSpec
+from search.store.schema import TRIAL_ERROR, TRIAL_METRICS, ran_to_end
 
 # Scalars written per epoch; the first ones are the HParams table's metric columns.
 HPARAM_METRICS = ("best_val_corr", "val_corr", "best_epoch", "epoch")

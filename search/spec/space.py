@@ -9,7 +9,7 @@ gauss_type that does not exist) up front.
 
 The parameters form a tree: a categorical parameter's ``choices`` may be a mapping from each option to the
 parameters (distributions) and fixed values that option brings, searched only in trials that choose it.
-``search.tuner`` compiles the tree into an Optuna define-by-run space. Example search file::
+``search.raytune.tuner`` compiles the tree into an Optuna define-by-run space. Example search file::
 
     base: tiny.yaml                     # relative to this file, or an inline mapping
     overrides: {train.max_epochs: 6}    # fixed for this study
@@ -31,7 +31,7 @@ parameters (distributions) and fixed values that option brings, searched only in
           factorized: {model.shifter.enabled: false}      # a fixed value that comes with this option
     search: {num_trials: 4, max_concurrent: 2, asha: {grace_period: 2, max_t: 6}}
 
-No Ray or Optuna here: ``search.tuner`` turns a SearchSpec into their objects.
+No Ray or Optuna here: ``search.raytune.tuner`` turns a SearchSpec into their objects.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from search.settings import SearchSettings, build_settings, plain_settings
+from search.spec.settings import SearchSettings, build_settings, plain_settings
 from sensorium.config import (
     ExperimentConfig, family_of, field_types, get_value, read_yaml_mapping, set_value, set_values,
 )
