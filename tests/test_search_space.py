@@ -265,3 +265,20 @@ def test_invalid_conditional_spaces_are_refused(changes, message):
     with pytest.raises(ConfigError) as err:
         parse_search(_families(**changes))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"low": 0.001, "high": 0.01, "role": "nuisance"},
+         "parameters.train.lr.type: missing; expected one of ['uniform', 'loguniform', 'int', 'categorical']"),
+        ({"type": "uniform", "low": 0.001, "high": 0.01}, "parameters.train.lr.role: missing; expected one of"),
+        ({"type": "uniform", "low": "small", "high": 0.01, "role": "nuisance"},
+         "parameters.train.lr.low='small': expected a number"),
+    ],
+)
+def test_a_parameter_entry_is_read_by_the_config_reader_naming_what_is_missing_or_wrong(entry, message):
+    """Parameter entries go through sensorium.typed, the reader of every config (required fields, field texts)."""
+    with pytest.raises(ConfigError) as err:
+        parse_search(_search(**{"param:train.lr": entry}))
+    assert message in str(err.value)
