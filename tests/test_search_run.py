@@ -7,7 +7,9 @@ The interrupted-and-resumed search runs the real command line in subprocesses wi
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from search.raytune.driver import run_search
-from search.store.results import best_trial, load_trials
+from search.store.results import RAY_ANALYSIS_LOGGER, best_trial, load_trials, quiet_missing_metrics
 from search.spec.space import load_run_spec, parse_search, with_data
 from search.store.study import TUNE_TRIAL_ID, load_study, trial_best
 
@@ -195,3 +197,40 @@ def test_search_file_errors_stop_the_command_before_ray_starts(tmp_path):
     assert out.returncode == 2
     assert "unknown key 'model.core.layerz'" in out.stderr
     assert "Started a local Ray" not in out.stderr
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_trial_without_results_is_read_back_without_ray_s_missing_metrics_warning(finished_run, tmp_path):
+    """A trial a time budget stopped before its first result has no result file: Ray's reader warns "Failed to
+    fetch metrics" about it (Tune at the end of the search, then every read); ours reads it quietly, and the
+    quieting reaches neither Ray's errors nor anything outside the read."""
+    from ray.tune import ExperimentAnalysis
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    trial = sorted(run.glob("trial_*"))[0]
+    for name in ("result.json", "progress.csv"):
+        (trial / name).unlink()
+    logger, handler = logging.getLogger(RAY_ANALYSIS_LOGGER), _Records()
+    logger.addHandler(handler)
+    try:
+        ExperimentAnalysis(str(run))  # Ray's own reader: the warning this is about
+        assert any("Failed to fetch metrics for 1 trial" in r.getMessage() for r in handler.records)
+        handler.records.clear()
+        records = load_trials(run)
+        assert not handler.records, [r.getMessage() for r in handler.records]
+        assert trial.name.removeprefix("trial_") in {r.trial_id for r in records if r.epochs == 0}
+        with quiet_missing_metrics():
+            logger.error("a real error")
+        assert [r.getMessage() for r in handler.records] == ["a real error"]
+        assert logger.level == logging.NOTSET  # restored after the read
+    finally:
+        logger.removeHandler(handler)

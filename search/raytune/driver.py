@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 from search.raytune.prepare import absolute_data_paths, prepare_caches
 from search.spec.settings import AUTO
 from search.spec.space import SearchSpec, with_settings
-from search.store.results import ENDED, TrialRecord, compute_spent, load_trials, status_counts
+from search.store.results import (
+    ENDED, TrialRecord, compute_spent, load_trials, quiet_missing_metrics, status_counts,
+)
 from sensorium.atomic import exclusive_lock
 from sensorium.config import ExperimentConfig
 from sensorium.errors import SearchInterrupted, UserError
@@ -144,7 +146,7 @@ def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str, address: str
         flush=True,
     )
     start = time.perf_counter()
-    with _sigterm_stops_tune():
+    with _sigterm_stops_tune(), quiet_missing_metrics():  # Tune reads the trials back when the search ends
         tuner.fit()  # type: ignore[attr-defined]
     records = load_trials(run_dir, s.asha.max_t)
     counts = status_counts(records)
