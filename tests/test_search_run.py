@@ -118,6 +118,33 @@ def test_tensorboard_has_curves_and_hparams_of_every_trial(search_run):
             assert best[-1].value == pytest.approx(r.best_val_corr, abs=1e-6)
 
 
+def _tensorboard_experiment(logdir: Path):
+    """The HParams experiment TensorBoard's server answers for ``logdir`` (its GetExperiment handler over the
+    event files, as ``tensorboard --logdir`` serves it to the HParams dashboard)."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    tb = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
+                               data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)))
+    handler = get_experiment.Handler(context.RequestContext(), backend_context.Context(tb), "",
+                                     api_pb2.GetExperimentRequest())
+    return handler.run()
+
+
+def test_tensorboard_lists_the_searched_keys_first_and_no_machine_paths(search_run):
+    run_dir, _ = search_run
+    columns = [h.name for h in _tensorboard_experiment(run_dir).hparam_infos]
+    searched = load_run_spec(run_dir).keys()
+    assert set(columns[: len(searched)]) == set(searched), columns[:8]
+    assert "train.lr" in searched and {"seed", "model.core.layers", "train.max_epochs"} <= set(columns)
+    assert not {"data.scans", "data.cache_dir"} & set(columns)
+
+
 def _session_started(trial_dir: Path) -> bool:
     if not trial_dir.is_dir():
         return False
