@@ -1,7 +1,8 @@
 """Read a search run back: one record per trial, ranked by each trial's best epoch (``best_val_corr``).
 
 Works on a finished, running or interrupted run folder, from Tune's experiment state and each trial's
-``result.json``; no Ray cluster is needed.
+``result.json``; no Ray cluster is needed. Importing this module imports no Ray: only ``load_trials`` does, when
+called, to read Tune's experiment state with Tune's own reader.
 """
 
 from __future__ import annotations
