@@ -40,8 +40,8 @@ SETUPS = (("1 node x 1 CPU", 1, 1), ("1 node x 2 CPUs", 1, 2), ("2 nodes x 1 CPU
 
 def prepare(work: Path) -> Path:
     """Tiny synthetic scans in ``work`` with their cache built (cache_dir resolves against ``work``)."""
-    from search.prepare import absolute_data_paths, prepare_caches
-    from search.space import load_search, with_data
+    from search.raytune.prepare import absolute_data_paths, prepare_caches
+    from search.spec.space import load_search, with_data
     from sensorium.data.synth import SynthConfig, generate
 
     data = generate(work / "synth", SynthConfig.tiny(seed=0), progress=False).data_dir

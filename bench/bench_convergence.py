@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 from bench_search import bench_spec, make_data
-from search.driver import ensure_ray, release_ray, run_search
-from search.export import export_best
-from search.retrain import retrain
+from search.raytune.driver import ensure_ray, release_ray, run_search
+from search.products.export import export_best
+from search.products.retrain import retrain
 from sensorium.config import load_config, save_config, set_value
 from sensorium.data.synth import SynthConfig
 

@@ -7,7 +7,7 @@ a few batches per scan and epoch, 2 epochs (the first warms cuDNN's autotuner up
 1. One trial alone per row: the baseline (configs/sensorium_plus.yaml) at fp32, TF32 and bf16; the baseline
    with its responses held on the device (``data.responses_on_device``) instead of staged from host memory;
    the baseline with K=8 readout samples; the history modulator (8 trials back, a 4-d state); two corners of
-   configs/search_default.yaml: the most memory by the memory model (``search.gpu_share.memory_plan``, what
+   configs/search_default.yaml: the most memory by the memory model (``search.spec.gpu_share.memory_plan``, what
    ``gpus_per_trial: auto`` sizes a search by; at real size 6 depth-separable layers of 128 channels, 5x5 and
    11x11 kernels, K=8, the modulator at 8 trials, batch 128) and the most compute (the dense corner: 15x15 and 11x11 full convolutions) at TF32 and bf16. Per row: train images/s, the
    projected time of one real epoch (every train trial of the 7 scans, plus validation), the peak memory of
@@ -66,7 +66,7 @@ GIB = 2**30
 SEARCH = ROOT / "configs" / "search_default.yaml"
 # two corners of the default space: the most compute (dense 11x11 convolutions after a 15x15 input layer), and
 # the most memory by the memory model, which is what gpus_per_trial auto sizes a search by: its searched values
-# come from search.gpu_share.memory_plan at the data's shapes when the row runs (LARGEST stands for them)
+# come from search.spec.gpu_share.memory_plan at the data's shapes when the row runs (LARGEST stands for them)
 HISTORY = {"model.modulator.kind": "history", "model.modulator.history_length": 8, "model.modulator.state_dim": 4}
 DENSE = {"model.core.layers": 6, "model.core.hidden_channels": 128, "model.core.input_kern": 15,
          "model.core.hidden_kern": 11, "model.core.depth_separable": False, "model.readout.samples": 8,
@@ -327,8 +327,8 @@ def main() -> None:
                 log(f"  {packs[-1]['ok']}/{k} finished, {packs[-1]['total']:.0f} images/s in all")
                 write()
         if overrides is LARGEST:
-            from search.gpu_share import memory_plan
-            from search.space import load_search
+            from search.spec.gpu_share import memory_plan
+            from search.spec.space import load_search
 
             overrides = memory_plan(load_search(SEARCH), shapes).point
         cfg = row_config(overrides, args, cpus)

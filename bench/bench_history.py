@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 
 from bench_search import make_data
-from search.driver import ensure_ray, release_ray
-from search.retrain import retrain
+from search.raytune.driver import ensure_ray, release_ray
+from search.products.retrain import retrain
 from sensorium.config import load_config, save_config, set_values
 from sensorium.data.synth import SynthConfig
 

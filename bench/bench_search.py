@@ -52,12 +52,11 @@ from pathlib import Path
 
 import numpy as np
 
-from search.driver import ensure_ray, release_ray, run_search
-from search.prepare import absolute_data_paths, prepare_caches
-from search.results import ENDED, TrialRecord, load_trials
-from search.settings import plain_settings
-from search.space import SearchSpec, load_run_spec, load_search, with_data, with_settings
-from search.tuner import compute_spent
+from search.raytune.driver import ensure_ray, release_ray, run_search
+from search.raytune.prepare import absolute_data_paths, prepare_caches
+from search.store.results import ENDED, TrialRecord, compute_spent, load_trials
+from search.spec.settings import plain_settings
+from search.spec.space import SearchSpec, load_run_spec, load_search, with_data, with_settings
 from sensorium.config import set_value
 from sensorium.data.synth import SynthConfig, generate
 from sensorium.errors import UserError
@@ -399,7 +398,8 @@ def run_bohb(spec: SearchSpec, run_dir: Path) -> None:
     from ray.tune.schedulers.hb_bohb import HyperBandForBOHB
     from ray.tune.search.bohb import TuneBOHB
 
-    from search.tuner import RANK_METRIC, make_trainable, run_config, trial_name
+    from search.raytune.tuner import make_trainable, run_config, trial_name
+    from search.store.study import RANK_METRIC
 
     s = spec.settings
     if spec.conditional():

@@ -50,7 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search.space import Param, SearchSpec, load_search  # noqa: E402
+from search.spec.space import Param, SearchSpec, load_search  # noqa: E402
 from sensorium.atomic import write_text  # noqa: E402
 from sensorium.config import set_values  # noqa: E402
 from sensorium.data.synth import SynthConfig, generate  # noqa: E402

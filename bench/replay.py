@@ -1,6 +1,6 @@
 """Replay searches on a recorded learning-curve table (bench/curves.py) in simulated time.
 
-The production stack is what gets replayed: the searcher this tool builds (``search.tuner.StudySearch`` with
+The production stack is what gets replayed: the searcher this tool builds (``search.raytune.tuner.StudySearch`` with
 ``make_sampler``'s seeded TPE or random sampler, the fidelity-aware feedback; or Ray's plain ``OptunaSearch``,
 as it was before it) and Ray's own ``ASHAScheduler`` / ``FIFOScheduler`` objects, called with the results a
 trial would report, epoch by epoch. Time is simulated by ``mfhpo-simulator``'s ask-and-tell worker manager
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # bench/curves.py, for the real searches' data and settings
 
-from search.space import Param, SearchSpec, load_search  # noqa: E402
+from search.spec.space import Param, SearchSpec, load_search  # noqa: E402
 from sensorium.atomic import write_text  # noqa: E402
 
 SEARCH_FILE = ROOT / "configs" / "search_default.yaml"
@@ -241,7 +241,8 @@ class Stack:
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
         from ray.tune.search.optuna import OptunaSearch
 
-        from search.tuner import RANK_METRIC, StudySearch, TreeSpace, make_sampler
+        from search.raytune.tuner import StudySearch, TreeSpace, make_sampler
+        from search.store.study import RANK_METRIC
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         s = spec.settings
@@ -288,7 +289,7 @@ class Stack:
 
     def tell(self, eval_config: dict[str, Any], results: dict[str, float], fidels: dict[str, int],
              config_id: int) -> None:
-        from search.trainable import FIT_DONE
+        from search.store.schema import FIT_DONE
 
         t = self.trials[config_id]
         epoch = int(fidels["epoch"])
@@ -350,7 +351,7 @@ def _syne_space(spec: SearchSpec) -> dict[str, Any]:
 
 
 def _active(spec: SearchSpec, point: dict[str, Any]) -> dict[str, Any]:
-    from search.space import active_params
+    from search.spec.space import active_params
 
     return {p.key: point[p.key] for p in active_params(spec, point) if p.key in point}
 
@@ -489,7 +490,7 @@ def exact_random(spec: SearchSpec, table: Table, lookup: Lookup, n: int = 20000,
     cost their whole run, that one its cost up to the epoch it reaches it."""
     import optuna
 
-    from search.tuner import TreeSpace
+    from search.raytune.tuner import TreeSpace
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))

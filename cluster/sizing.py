@@ -11,7 +11,7 @@ Without GPUs (``node_gpus`` 0) trials run on the CPU with ``cpus_per_trial`` CPU
 ``concurrent = nodes x floor(node_cpus / cpus_per_trial)``.
 
 ``--trials-per-gpu auto`` takes k from memory, by the rule of the search's ``gpus_per_trial: auto``
-(``search/gpu_share.py``), given the card's memory and the peak of the largest point of the search space (what
+(``search/spec/gpu_share.py``), given the card's memory and the peak of the largest point of the search space (what
 the ``gpus_per_trial auto`` line of a search prints: "the largest point of the space needs X GB", the CUDA
 context included)::
 
@@ -38,7 +38,7 @@ DEFAULT_CPU_TRIAL_CPUS = 2  # CPUs per trial on CPU-only nodes: torch's intra-op
 # Ray counts resources in steps of 1/10000 (ray_constants.MIN_RESOURCE_GRANULARITY): the GPU fraction is
 # rounded down to that step so that trials_per_gpu of them always fit on one card (1/3 -> 0.3333).
 RAY_RESOURCE_STEPS = 10_000
-# --trials-per-gpu auto: the part of a card planned for trials and the most trials per card (search/gpu_share.py's
+# --trials-per-gpu auto: the part of a card planned for trials and the most trials per card (search/spec/gpu_share.py's
 # USABLE and MAX_TRIALS_PER_CARD; tests/test_sizing.py checks that both rules agree)
 USABLE = 0.9
 MAX_TRIALS_PER_CARD = 16

@@ -2,7 +2,9 @@
 
 ``build(cls, raw, prefix)`` checks keys and value types against the dataclass's annotations and builds it;
 errors are ``ConfigError``s that name the dotted key (``prefix`` + field) and say what was expected. Values are
-not coerced beyond int -> float, a whole float -> int, and YAML's ``1e-3`` string -> float.
+not coerced beyond int -> float, a whole float -> int, and YAML's ``1e-3`` string -> float. A field without a
+default must be given. A field may say in words what it expects (``field(metadata={EXPECTED: "..."})``): its
+errors then say that instead of naming the annotation (``auto or a number of GPUs`` for ``float | Literal['auto']``).
 
 Tagged unions: a field annotated with a union of dataclasses that each have a ``kind`` field (one frozen
 dataclass per family, e.g. the model's cores) is built as the family its ``kind`` names; a mapping without
@@ -28,6 +30,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from sensorium.errors import ConfigError
 
 KIND = "kind"  # the tag field of a family's config
+EXPECTED = "expected"  # dataclass field metadata: what the field expects, in words, for its error messages
 
 
 def build(cls: type, raw: Any, prefix: str = "") -> Any:
@@ -36,7 +39,10 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
     hints = get_type_hints(cls)
     check_keys(raw, hints, prefix, family=_family_note(cls, prefix))
-    kwargs = {name: value_of(hints[name], value, f"{prefix}{name}", cls, name) for name, value in raw.items()}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{f.name}: missing; expected {_expected(f, hints[f.name])}")
+    kwargs = {name: _field_value(cls, hints[name], value, f"{prefix}{name}", name) for name, value in raw.items()}
     return cls(**kwargs)
 
 
@@ -160,6 +166,26 @@ def plain(obj: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def _field_value(cls: type, tp: Any, value: Any, key: str, name: str) -> Any:
+    """``value_of`` for field ``name`` of ``cls``; a field that says what it expects (``EXPECTED``) says so."""
+    text = next(f.metadata.get(EXPECTED) for f in dataclasses.fields(cls) if f.name == name)
+    try:
+        return value_of(tp, value, key, cls, name)
+    except ConfigError:
+        if text is None:
+            raise
+        raise ConfigError(f"{key}={value!r}: expected {text}") from None
+
+
+def _expected(f: dataclasses.Field, tp: Any) -> str:
+    """What a field expects, in words, for the message of a missing one."""
+    if EXPECTED in f.metadata:
+        return f.metadata[EXPECTED]
+    if get_origin(tp) is Literal:
+        return f"one of {list(get_args(tp))}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, _type_name(tp))
+
+
 def _default_kind(owner: type | None, name: str, tagged: dict[str, type]) -> str:
     if owner is not None:
         f = next((f for f in dataclasses.fields(owner) if f.name == name), None)

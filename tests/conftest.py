@@ -99,8 +99,8 @@ def finished_run(ray_session, tiny_data, tmp_path_factory):
 
     import yaml
 
-    from search.driver import run_search
-    from search.space import parse_search, with_data
+    from search.raytune.driver import run_search
+    from search.spec.space import parse_search, with_data
 
     configs = Path(__file__).resolve().parent.parent / "configs"
     raw = yaml.safe_load((configs / "search_tiny.yaml").read_text())

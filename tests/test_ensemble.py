@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from search.ensemble import CachedPredictions, build_ensemble, select_greedy, split_candidates, trial_predictions
-from search.results import load_trials
+from search.products.ensemble import CachedPredictions, build_ensemble, select_greedy, split_candidates, trial_predictions
+from search.store.results import load_trials
 from sensorium.cli import main
 from sensorium.errors import UserError
 from sensorium.metrics import pooled_single_trial_correlation
@@ -295,7 +295,7 @@ def test_ensemble_says_when_its_ground_truth_matches_nothing(finished_run, tiny_
     assert main(["ensemble", str(finished_run), "--ground-truth", str(tmp_path / "none")]) == 2
     assert "no such folder" in capsys.readouterr().err
     # found next to the data: a warning line, and the submissions are written unscored
-    monkeypatch.setattr("search.retrain.find_ground_truth", lambda cfg: wrong)
+    monkeypatch.setattr("search.products.scoring.find_ground_truth", lambda cfg: wrong)
     summary = build_ensemble(finished_run, out=tmp_path / "found", max_members=1, device="cpu", progress=False)
     err = capsys.readouterr().err
     assert err.startswith(f"warning: ground truth found next to the data, {wrong}: no ground-truth CSV") \
@@ -319,6 +319,6 @@ def test_ensemble_refuses_a_folder_that_is_no_search_or_has_no_candidate(tmp_pat
     assert main(["ensemble", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path}: not a search run folder (search.yaml is missing)\n"
     failed = [SimpleNamespace(trial_id="t1", status="failed", checkpoint=None)]
-    monkeypatch.setattr("search.results.load_run", lambda run_dir: (Path(run_dir), None, failed))
+    monkeypatch.setattr("search.store.results.load_run", lambda run_dir: (Path(run_dir), None, failed))
     with pytest.raises(UserError, match="no finished trial with a best checkpoint .skipped: 1 failed"):
         build_ensemble(tmp_path)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
-from search.export import export_best, read_best_config
-from search.report import boundary_check, write_report
-from search.results import best_trial, load_trials
-from search.retrain import retrain
-from search.trainable import train_seed
-from search.space import parse_search
+from search.products.export import export_best, read_best_config
+from search.products.report import boundary_check, write_report
+from search.store.results import best_trial, load_trials
+from search.products.retrain import retrain
+from search.raytune.trainable import train_seed
+from search.spec.space import parse_search
 from sensorium.cli import main
 from sensorium.config import config_hash, load_config, set_value
 from sensorium.data import load_data
@@ -190,7 +190,7 @@ def test_boundary_check_flags_a_best_value_at_the_edge(finished_run):
 
 
 def test_demo_smoke_runs_every_stage_and_scores_against_the_oracle(ray_session, tmp_path):
-    from search.demo import run_demo
+    from search.products.demo import run_demo
 
     summary = run_demo(tmp_path / "demo", smoke=True, seeds=2)
     assert summary["trials"]["run"] == summary["trials"]["requested"] == 3

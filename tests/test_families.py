@@ -12,11 +12,12 @@ import optuna
 import pytest
 import yaml
 
-from search.driver import run_search
-from search.export import export_best
-from search.report import write_report
-from search.space import load_run_spec, parse_search
-from search.tuner import TUNE_TRIAL_ID, load_study, make_sampler
+from search.raytune.driver import run_search
+from search.products.export import export_best
+from search.products.report import write_report
+from search.spec.space import load_run_spec, parse_search
+from search.raytune.tuner import make_sampler
+from search.store.study import TUNE_TRIAL_ID, load_study
 from sensorium.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,10 +27,10 @@ import optuna
 import pytest
 import yaml
 
-from search.driver import run_search
-from search.results import load_trials
-from search.space import parse_search, with_data
-from search.tuner import load_study
+from search.raytune.driver import run_search
+from search.store.results import load_trials
+from search.spec.space import parse_search, with_data
+from search.store.study import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -208,17 +208,17 @@ from pathlib import Path
 import ray
 import yaml
 
-from search.driver import run_search
-from search.space import parse_search, with_data
+from search.raytune.driver import run_search
+from search.spec.space import parse_search, with_data
 
 
 def broken_after_training():
-    import search.trainable
+    import search.raytune.trainable
 
     def broken(run_dir):
         raise RuntimeError("injected: the step after training failed")
 
-    search.trainable.after_training = broken
+    search.raytune.trainable.after_training = broken
 
 
 raw, data, run_dir = yaml.safe_load(Path(sys.argv[1]).read_text()), sys.argv[2], Path(sys.argv[3])
@@ -231,8 +231,8 @@ run_search(with_data(parse_search(raw), [data]), run_dir, progress=False, live_e
 def test_a_failure_after_training_keeps_the_trial_done_exported_and_complete(tiny_data, tmp_path):
     from ray.tune import ExperimentAnalysis
 
-    from search.export import export_best
-    from search.trainable import AFTER_TRAINING_ERROR, FIT_DONE
+    from search.products.export import export_best
+    from search.store.schema import AFTER_TRAINING_ERROR, FIT_DONE
 
     search_file, script = tmp_path / "search.yaml", tmp_path / "after_training.py"
     raw = _search_raw(num_trials=2, max_concurrent=2)
@@ -261,7 +261,8 @@ def test_a_failure_after_training_keeps_the_trial_done_exported_and_complete(tin
 
 
 def test_after_training_reports_a_final_scoring_failure_recorded_by_fit(tmp_path):
-    from search.trainable import SCORING_ERROR, after_training
+    from search.raytune.trainable import after_training
+    from search.store.schema import SCORING_ERROR
 
     metrics = tmp_path / "metrics.json"
     metrics.write_text('{"best_val_corr": 0.3, "scans": {}, "scoring_error": "OutOfMemoryError: x"}')

@@ -11,8 +11,8 @@ import pytest
 import ray
 import yaml
 
-from search.driver import _prepare_and_check
-from search.gpu_share import (
+from search.raytune.driver import _prepare_and_check
+from search.spec.gpu_share import (
     GB,
     SIZE_KEYS,
     Card,
@@ -22,10 +22,10 @@ from search.gpu_share import (
     largest_points,
     memory_plan,
 )
-from search.preflight import NodeInfo
-from search.prepare import absolute_data_paths
-from search.settings import AUTO, SearchSettings
-from search.space import load_search, parse_search, point_problem, with_data
+from search.raytune.preflight import NodeInfo
+from search.raytune.prepare import absolute_data_paths
+from search.spec.settings import AUTO, SearchSettings
+from search.spec.space import load_search, parse_search, point_problem, with_data
 from sensorium.errors import ConfigError
 from sensorium.memory import CUDA_CONTEXT_BYTES, MemoryEstimate, ScanShape
 
@@ -136,10 +136,10 @@ def test_without_gpus_auto_is_zero_and_needs_no_memory_plan():
 
 
 def test_card_memory_comes_from_the_setting_then_the_driver_then_an_assumption(monkeypatch):
-    monkeypatch.setattr("search.gpu_share.local_cards", lambda: [("A100 80GB", 85 * GB), ("A100 40GB", 42 * GB)])
+    monkeypatch.setattr("search.spec.gpu_share.local_cards", lambda: [("A100 80GB", 85 * GB), ("A100 40GB", 42 * GB)])
     assert card_memory(None) == Card(42 * GB, "the driver's A100 40GB")  # the smallest card the driver sees
     assert card_memory(141.0) == Card(141 * GB, "search.gpu_memory_gb")
-    monkeypatch.setattr("search.gpu_share.local_cards", lambda: [])
+    monkeypatch.setattr("search.spec.gpu_share.local_cards", lambda: [])
     assumed = card_memory(None)
     assert assumed.total == 40 * GB and "assumed 40 GB, the smallest common card" in assumed.source
 
@@ -149,8 +149,8 @@ def test_card_memory_comes_from_the_setting_then_the_driver_then_an_assumption(m
 def gpu_node(ray_session, monkeypatch):
     """The session's one node as if it had 4 cards of 80 GB and 16 CPUs (its real id: checked in-process)."""
     node = NodeInfo(ray.get_runtime_context().get_node_id(), "127.0.0.1", cpus=16, gpus=4)
-    monkeypatch.setattr("search.preflight.alive_nodes", lambda: [node])
-    monkeypatch.setattr("search.gpu_share.local_cards", lambda: [("Fake 80GB", 80 * GB)])
+    monkeypatch.setattr("search.raytune.preflight.alive_nodes", lambda: [node])
+    monkeypatch.setattr("search.spec.gpu_share.local_cards", lambda: [("Fake 80GB", 80 * GB)])
     return node
 
 
@@ -191,7 +191,7 @@ def test_an_explicit_zero_on_a_gpu_node_warns_that_trials_train_on_the_cpu(gpu_n
 
 def test_a_share_too_small_for_the_base_config_is_refused_before_any_trial(gpu_node, tiny_data, tmp_path,
                                                                           monkeypatch):
-    monkeypatch.setattr("search.gpu_share.local_cards", lambda: [("Small 4GB", 4 * GB)])
+    monkeypatch.setattr("search.spec.gpu_share.local_cards", lambda: [("Small 4GB", 4 * GB)])
     spec = _spec(tiny_data, tmp_path, gpus_per_trial=0.125)  # 0.5 GB of a 4 GB card: less than a CUDA context
     with pytest.raises(ConfigError, match=r"gpus_per_trial=0.125 gives each trial 0.5 GB of a 4.0 GB card, not "
                                           r"even the 0.73 GB of its CUDA context"):

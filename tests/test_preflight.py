@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from search.preflight import (
+from search.raytune.preflight import (
     RUN_FOLDER,
     NodeInfo,
     check_memory,
@@ -118,7 +118,7 @@ def test_preflight_on_one_node_checks_locally(ray_session, tmp_path):
 # ------------------------------------------------------------------------------ memory on a shared card
 def _plan(base_gb: float, largest_gb: float):
     """A memory plan with these peaks (GB, the CUDA context included; the largest one's in final scoring)."""
-    from search.gpu_share import GB, MemoryPlan
+    from search.spec.gpu_share import GB, MemoryPlan
     from sensorium.memory import CUDA_CONTEXT_BYTES, MemoryEstimate
 
     def est(gb: float, scoring: bool) -> MemoryEstimate:
@@ -129,7 +129,7 @@ def _plan(base_gb: float, largest_gb: float):
 
 
 def _card(gb: float):
-    from search.gpu_share import GB, Card
+    from search.spec.gpu_share import GB, Card
 
     return Card(int(gb * GB), "search.gpu_memory_gb")
 

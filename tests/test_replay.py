@@ -32,7 +32,7 @@ R = 9
 
 @pytest.fixture(scope="module")
 def spec():
-    from search.space import load_search
+    from search.spec.space import load_search
 
     return load_search(replay.SEARCH_FILE)
 

@@ -18,8 +18,8 @@ import ray
 import torch
 import yaml
 
-from search.space import parse_search, with_settings
-from search.trainable import train_trial
+from search.spec.space import parse_search, with_settings
+from search.raytune.trainable import train_trial
 from sensorium.config import load_config, set_value
 from sensorium.errors import ConfigError
 from sensorium.memory import CUDA_CONTEXT_BYTES
@@ -130,7 +130,7 @@ def _run_trial(monkeypatch, device: str, gpu_ids: list[int], gpus: float) -> Any
         raise _Stop
 
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: gpu_ids)
-    monkeypatch.setattr("search.trainable._restored_checkpoint", lambda: None)
+    monkeypatch.setattr("search.raytune.trainable._restored_checkpoint", lambda: None)
     # the module, not the package attribute: sensorium.training re-exports the function under the same name
     monkeypatch.setattr(importlib.import_module("sensorium.training.fit"), "fit", fake_fit)
     base = set_value(load_config(ROOT / "configs" / "tiny.yaml"), "train.device", device).to_dict()

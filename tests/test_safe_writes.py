@@ -150,17 +150,17 @@ def test_full_disk_while_writing_a_submission_keeps_the_previous_file(tmp_path, 
 
 
 def test_full_disk_while_exporting_best_config_keeps_the_previous_file(tmp_path, monkeypatch):
-    import search.results
-    from search.export import export_best, read_best_config
-    from search.results import TrialRecord
-    from search.space import parse_search
+    import search.store.results
+    from search.products.export import export_best, read_best_config
+    from search.store.results import TrialRecord
+    from search.spec.space import parse_search
 
     raw = yaml.safe_load((REPO / "configs" / "search_tiny.yaml").read_text())
     raw["base"] = str(REPO / "configs" / raw["base"])
     spec = parse_search(raw)
     params = {"train.lr": 0.01, "model.core.hidden_channels": 8, "model.readout.gauss_type": "full"}
     trial = TrialRecord("t1", "done", params, best_val_corr=0.3, best_epoch=2, epochs=4, path=tmp_path / "trial_t1")
-    monkeypatch.setattr(search.results, "load_run", lambda run_dir: (Path(run_dir), spec, [trial]))
+    monkeypatch.setattr(search.store.results, "load_run", lambda run_dir: (Path(run_dir), spec, [trial]))
 
     path = export_best(tmp_path)
     before = _snapshot(tmp_path)
@@ -255,9 +255,9 @@ def _holder(lock_file: Path, what: str) -> subprocess.Popen:
 
 
 def test_a_second_search_or_retrain_in_a_locked_folder_is_refused_until_the_holder_dies(tmp_path):
-    from search.driver import SEARCH_LOCK, resume_search, run_search
-    from search.retrain import RETRAIN_LOCK, retrain
-    from search.space import parse_search, with_data
+    from search.raytune.driver import SEARCH_LOCK, resume_search, run_search
+    from search.products.retrain import RETRAIN_LOCK, retrain
+    from search.spec.space import parse_search, with_data
 
     raw = yaml.safe_load((REPO / "configs" / "search_tiny.yaml").read_text())
     raw["base"] = str(REPO / "configs" / raw["base"])

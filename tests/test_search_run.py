@@ -7,7 +7,9 @@ The interrupted-and-resumed search runs the real command line in subprocesses wi
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +22,10 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from search.driver import run_search
-from search.results import best_trial, load_trials
-from search.space import load_run_spec, parse_search, with_data
-from search.tuner import TUNE_TRIAL_ID, load_study, trial_best
+from search.raytune.driver import run_search
+from search.store.results import RAY_ANALYSIS_LOGGER, best_trial, load_trials, quiet_missing_metrics
+from search.spec.space import load_run_spec, parse_search, with_data
+from search.store.study import TUNE_TRIAL_ID, load_study, trial_best
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILING = {"model.core.input_kern": 41}
@@ -116,6 +118,33 @@ def test_tensorboard_has_curves_and_hparams_of_every_trial(search_run):
             assert best[-1].value == pytest.approx(r.best_val_corr, abs=1e-6)
 
 
+def _tensorboard_experiment(logdir: Path):
+    """The HParams experiment TensorBoard's server answers for ``logdir`` (its GetExperiment handler over the
+    event files, as ``tensorboard --logdir`` serves it to the HParams dashboard)."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    tb = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
+                               data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)))
+    handler = get_experiment.Handler(context.RequestContext(), backend_context.Context(tb), "",
+                                     api_pb2.GetExperimentRequest())
+    return handler.run()
+
+
+def test_tensorboard_lists_the_searched_keys_first_and_no_machine_paths(search_run):
+    run_dir, _ = search_run
+    columns = [h.name for h in _tensorboard_experiment(run_dir).hparam_infos]
+    searched = load_run_spec(run_dir).keys()
+    assert set(columns[: len(searched)]) == set(searched), columns[:8]
+    assert "train.lr" in searched and {"seed", "model.core.layers", "train.max_epochs"} <= set(columns)
+    assert not {"data.scans", "data.cache_dir"} & set(columns)
+
+
 def _session_started(trial_dir: Path) -> bool:
     if not trial_dir.is_dir():
         return False
@@ -195,3 +224,40 @@ def test_search_file_errors_stop_the_command_before_ray_starts(tmp_path):
     assert out.returncode == 2
     assert "unknown key 'model.core.layerz'" in out.stderr
     assert "Started a local Ray" not in out.stderr
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_trial_without_results_is_read_back_without_ray_s_missing_metrics_warning(finished_run, tmp_path):
+    """A trial a time budget stopped before its first result has no result file: Ray's reader warns "Failed to
+    fetch metrics" about it (Tune at the end of the search, then every read); ours reads it quietly, and the
+    quieting reaches neither Ray's errors nor anything outside the read."""
+    from ray.tune import ExperimentAnalysis
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    trial = sorted(run.glob("trial_*"))[0]
+    for name in ("result.json", "progress.csv"):
+        (trial / name).unlink()
+    logger, handler = logging.getLogger(RAY_ANALYSIS_LOGGER), _Records()
+    logger.addHandler(handler)
+    try:
+        ExperimentAnalysis(str(run))  # Ray's own reader: the warning this is about
+        assert any("Failed to fetch metrics for 1 trial" in r.getMessage() for r in handler.records)
+        handler.records.clear()
+        records = load_trials(run)
+        assert not handler.records, [r.getMessage() for r in handler.records]
+        assert trial.name.removeprefix("trial_") in {r.trial_id for r in records if r.epochs == 0}
+        with quiet_missing_metrics():
+            logger.error("a real error")
+        assert [r.getMessage() for r in handler.records] == ["a real error"]
+        assert logger.level == logging.NOTSET  # restored after the read
+    finally:
+        logger.removeHandler(handler)

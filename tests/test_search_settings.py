@@ -16,18 +16,12 @@ import pytest
 import yaml
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from search.driver import run_search
-from search.space import load_run_spec, parse_search, with_data, with_settings
-from search.trainable import FIT_DONE, TRIAL_ERROR
-from search.tuner import (
-    TUNE_TRIAL_ID,
-    SearchStopper,
-    asha_rungs,
-    compute_spent,
-    load_study,
-    make_sampler,
-    make_scheduler,
-)
+from search.raytune.driver import run_search
+from search.spec.space import load_run_spec, parse_search, with_data, with_settings
+from search.raytune.tuner import SearchStopper, asha_rungs, make_sampler, make_scheduler
+from search.store.results import compute_spent
+from search.store.schema import FIT_DONE, TRIAL_ERROR
+from search.store.study import TUNE_TRIAL_ID, load_study
 from sensorium.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,10 +126,10 @@ def test_every_metric_a_search_reads_is_one_of_fit_s_epoch_metrics():
     """The per-epoch metric names live in one schema (EpochMetrics); the search's choices name its fields."""
     from typing import get_args, get_type_hints
 
-    from search.callbacks import HPARAM_METRICS
-    from search.results import COSTS
-    from search.settings import SearchSettings
-    from search.tuner import RANK_METRIC
+    from search.raytune.callbacks import HPARAM_METRICS
+    from search.store.results import COSTS
+    from search.spec.settings import SearchSettings
+    from search.store.study import RANK_METRIC
     from sensorium.training.rundir import CURVE_FIELDS
 
     asha = get_args(get_type_hints(SearchSettings)["metric"])

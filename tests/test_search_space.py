@@ -9,8 +9,9 @@ import yaml
 
 import optuna
 
-from search.space import active_params, load_search, parse_search, point_problem, resolve, with_settings
-from search.tuner import TreeSpace, distributions_for
+from search.spec.space import active_params, load_search, parse_search, point_problem, resolve, with_settings
+from search.raytune.tuner import TreeSpace
+from search.store.study import distributions_for
 from sensorium.config import ExperimentConfig, load_config
 from sensorium.errors import ConfigError
 
@@ -263,4 +264,21 @@ def test_points_of_a_conditional_space():
 def test_invalid_conditional_spaces_are_refused(changes, message):
     with pytest.raises(ConfigError) as err:
         parse_search(_families(**changes))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"low": 0.001, "high": 0.01, "role": "nuisance"},
+         "parameters.train.lr.type: missing; expected one of ['uniform', 'loguniform', 'int', 'categorical']"),
+        ({"type": "uniform", "low": 0.001, "high": 0.01}, "parameters.train.lr.role: missing; expected one of"),
+        ({"type": "uniform", "low": "small", "high": 0.01, "role": "nuisance"},
+         "parameters.train.lr.low='small': expected a number"),
+    ],
+)
+def test_a_parameter_entry_is_read_by_the_config_reader_naming_what_is_missing_or_wrong(entry, message):
+    """Parameter entries go through sensorium.typed, the reader of every config (required fields, field texts)."""
+    with pytest.raises(ConfigError) as err:
+        parse_search(_search(**{"param:train.lr": entry}))
     assert message in str(err.value)

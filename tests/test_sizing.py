@@ -46,11 +46,11 @@ def test_cpu_only_nodes_run_cpu_trials():
 
 
 def test_trials_per_card_from_memory_follow_the_search_s_auto_rule():
-    """The stdlib rule here and the search's ``gpus_per_trial: auto`` (search/gpu_share.py) choose the same k on
+    """The stdlib rule here and the search's ``gpus_per_trial: auto`` (search/spec/gpu_share.py) choose the same k on
     one node whose trials fill it (1 CPU each, as many at once as fit)."""
-    from search.gpu_share import GB, MAX_TRIALS_PER_CARD, USABLE, Card, MemoryPlan, choose_gpus_per_trial
-    from search.preflight import NodeInfo
-    from search.settings import SearchSettings
+    from search.spec.gpu_share import GB, MAX_TRIALS_PER_CARD, USABLE, Card, MemoryPlan, choose_gpus_per_trial
+    from search.raytune.preflight import NodeInfo
+    from search.spec.settings import SearchSettings
     from sensorium.memory import MemoryEstimate
 
     import cluster.sizing as sizing

@@ -1,4 +1,4 @@
-"""What the Optuna study is told about each trial (``tuner.StudySearch``, ``tuner.close_orphans``).
+"""What the Optuna study is told about each trial (``tuner.StudySearch``, ``study.close_orphans``).
 
 A trial that trained to its end is COMPLETE with its best score, one stopped early (ASHA, a budget) is PRUNED
 with its per-epoch validation correlations as intermediate values (step = epoch), one that failed by itself
@@ -18,16 +18,17 @@ import optuna
 import pytest
 import yaml
 
-from search.driver import run_search
-from search.export import _warm_start
-from search.report import write_report
-from search.results import TrialRecord
-from search.space import load_run_spec, parse_search, with_data, with_settings
-from search.trainable import FIT_DONE, TRIAL_ERROR
-from search.tuner import (
-    SOURCE_TRIAL, STUDY_FILE, TUNE_TRIAL_ID, close_orphans, journal_storage, load_study, make_searcher, trial_best,
+from search.raytune.driver import run_search
+from search.products.export import _warm_start
+from search.products.report import write_report
+from search.store.results import TrialRecord
+from search.spec.space import load_run_spec, parse_search, with_data, with_settings
+from search.raytune.tuner import make_searcher
+from search.store.schema import FIT_DONE, TRIAL_ERROR
+from search.store.study import (
+    SOURCE_TRIAL, STUDY_FILE, TUNE_TRIAL_ID, close_orphans, journal_storage, load_study, trial_best,
 )
-from search.warm_start import plan_warm_start
+from search.store.warm_start import plan_warm_start
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPLETE, PRUNED, FAIL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,

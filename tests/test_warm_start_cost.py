@@ -17,17 +17,17 @@ import optuna
 import pytest
 import yaml
 
-from search.driver import resume_search, run_search
-from search.export import export_best, read_best_config
-from search.report import pareto_front, write_report
-from search.results import TrialRecord, load_trials, parse_pick, pick_trial, trial_cost
-from search.space import parse_search, with_data
-from search.trainable import FIT_DONE
-from search.tuner import (
+from search.raytune.driver import resume_search, run_search
+from search.products.export import export_best, read_best_config
+from search.products.report import pareto_front, write_report
+from search.store.results import TrialRecord, load_trials, parse_pick, pick_trial, trial_cost
+from search.spec.space import parse_search, with_data
+from search.raytune.tuner import make_searcher
+from search.store.schema import FIT_DONE
+from search.store.study import (
     SOURCE_TRIAL, STUDY_FILE, TUNE_TRIAL_ID, WARM_START_FROM, close_orphans, journal_storage, load_study,
-    make_searcher,
 )
-from search.warm_start import OUTSIDE, plan_warm_start
+from search.store.warm_start import OUTSIDE, plan_warm_start
 from sensorium.cli import main
 from sensorium.errors import UserError
 
@@ -255,7 +255,7 @@ def test_two_objective_searcher_and_orphans_need_both_values(tmp_path):
 
 
 def test_objective_and_cost_settings_are_checked():
-    from search.settings import build_settings
+    from search.spec.settings import build_settings
     from sensorium.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"search.objective='cost': expected one of \['val_corr', 'val_corr\+cost'\]"):

@@ -2,7 +2,7 @@
 
 The earlier run must have searched the same keys (its ranges may differ). Each of its finished trials is
 added to the new study, before any trial starts, in the state it had there, with the new space's distributions
-(``tuner.distributions_for``), so TPE's startup phase and model count it at once: a COMPLETE trial (trained
+(``study.distributions_for``), so TPE's startup phase and model count it at once: a COMPLETE trial (trained
 to its end) as COMPLETE, a PRUNED one (stopped early by ASHA or a budget) as PRUNED, with its per-epoch
 intermediate values, which TPE ranks pruned trials by (none in a two-objective study, where Optuna keeps
 none). Left out, and counted: points outside the new space (``space.point_problem``, or off a new ``step``
@@ -33,10 +33,10 @@ from typing import Any
 
 import optuna
 
-from search.results import COSTS, read_results, trial_cost
-from search.settings import gpus_text
-from search.space import SEARCH_FILE, SearchSpec, load_run_spec, point_problem
-from search.tuner import (
+from search.spec.settings import gpus_text
+from search.spec.space import SEARCH_FILE, SearchSpec, load_run_spec, point_problem
+from search.store.results import COSTS, read_results, trial_cost
+from search.store.study import (
     SOURCE_TRIAL, STUDY_FILE, TUNE_TRIAL_ID, WARM_START_FROM, distributions_for, load_study, trial_folder,
 )
 from sensorium.errors import UserError

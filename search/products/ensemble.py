@@ -22,13 +22,12 @@ predictions are averaged in the model's normalised response units, as retrain's 
 Writes into ``RUN/ensemble/`` (or ``--out``): the official CSVs ``<data key>/submission_file_{live,final}_test.csv``,
 the best single trial's under ``best_trial/``, ``ensemble.json`` and ``ensemble.md``. With ground truth (found
 next to the data, or ``--ground-truth``: matched to the scans by trial ids as retrain matches it,
-``search.retrain.ground_truth_files``) both are scored next to the oracle and to the seed ensemble of the
+``search.products.scoring.ground_truth_files``) both are scored next to the oracle and to the seed ensemble of the
 best config (``--retrain DIR``; default ``RUN/retrain`` when it holds a retrain.json).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from search.products.scoring import ground_truth_files, read_oracle, score_all_files, score_table
 from sensorium.atomic import atomic_write, exclusive_lock, write_text
 from sensorium.errors import UserError
 from sensorium.metrics import zscore
@@ -53,32 +53,6 @@ CACHE_FORMAT = 1
 LOCK = ".ensemble.lock"
 
 Slot = tuple[str, str]  # (data key, tier)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, help="a search run folder")
-    parser.add_argument("--max-members", type=int, default=MAX_MEMBERS,
-                        help=f"most members, a trial counted as often as it is chosen (default {MAX_MEMBERS})")
-    parser.add_argument("--out", type=Path, help="output folder (default: RUN/ensemble)")
-    parser.add_argument("--retrain", type=Path,
-                        help="retrain's output folder to compare with (default: RUN/retrain, when it holds one)")
-    parser.add_argument("--ground-truth", type=Path, help="folder of ground-truth CSVs to score against (any layout: "
-                        "each file is matched to a scan's test tier by its trial ids)")
-    parser.add_argument("--data", nargs="+", metavar="PATH", help="scans to use instead of the search's data.scans")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-
-
-def run(args: argparse.Namespace) -> int:
-    from search.retrain import score_table
-
-    summary = build_ensemble(args.run_dir, max_members=args.max_members, out=args.out, retrain_dir=args.retrain,
-                             ground_truth=args.ground_truth, data=args.data, device=args.device,
-                             progress=not args.quiet)
-    print(format_steps(summary))
-    print(score_table(summary))
-    print(f"submissions, ensemble.json and ensemble.md in {summary['out']}")
-    return 0
 
 
 # ------------------------------------------------------------------------------------------ selection
@@ -174,7 +148,7 @@ def _finite_or_worst(score: float) -> float:
 
 def split_candidates(records: Sequence[Any]) -> tuple[list[Any], dict[str, int]]:
     """(trials that finished with a best.pt, in the given order; skipped counts: failed, unfinished,
-    no_checkpoint). ``records``: ``search.results.TrialRecord``s."""
+    no_checkpoint). ``records``: ``search.store.results.TrialRecord``s."""
     chosen, skipped = [], {"failed": 0, "unfinished": 0, "no_checkpoint": 0}
     for r in records:
         if r.status in ("failed", "error"):
@@ -188,14 +162,13 @@ def split_candidates(records: Sequence[Any]) -> tuple[list[Any], dict[str, int]]
     return chosen, skipped
 
 
-# ------------------------------------------------------------------------------------------ the command
+# ------------------------------------------------------------------------------------------ build
 def build_ensemble(run_dir: Path, *, max_members: int = MAX_MEMBERS, out: Path | None = None,
                    retrain_dir: Path | None = None, ground_truth: Path | None = None,
                    data: list[str] | None = None, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Predict (or read the cache), select, write and score; returns what ensemble.json holds. ``data``
     replaces the search's data.scans; ``device`` runs the predictions (auto: a GPU when visible)."""
-    from search.results import load_run
-    from search.retrain import ground_truth_files, read_oracle, score_all_files
+    from search.store.results import load_run
     from sensorium.config import set_value
     from sensorium.predict import competition_keys
     from sensorium.runtime import resolve_device
@@ -400,8 +373,6 @@ def format_steps(summary: Mapping[str, Any]) -> str:
 
 
 def _markdown(summary: Mapping[str, Any]) -> str:
-    from search.retrain import score_table
-
     members = len(summary["steps"])
     lines = [
         f"# Trial ensemble of `{summary['run']}`", "",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sensorium.errors import ConfigError, UserError
 
 if TYPE_CHECKING:  # imported where used: the probe task runs this module on every node, without torch
-    from search.gpu_share import Card, MemoryPlan
+    from search.spec.gpu_share import Card, MemoryPlan
 
 # URI schemes Ray Tune can store a run under (through pyarrow.fs); the run folder is then not a local path.
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
@@ -126,8 +126,8 @@ def check_memory(plan: MemoryPlan, share: float, card: Card) -> None:
     just the largest point does not fit: the trials near it fail with CUDA out of memory, each recorded as a
     failed trial that TPE learns to avoid, while the rest of the space runs.
     """
-    from search.gpu_share import GB, SIZE_KEYS
-    from search.settings import gpus_text
+    from search.spec.gpu_share import GB, SIZE_KEYS
+    from search.spec.settings import gpus_text
     from sensorium.memory import CUDA_CONTEXT_BYTES
 
     sizes = " ".join(f"{key}={value}" for key, value in plan.point.items()

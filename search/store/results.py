@@ -1,24 +1,31 @@
 """Read a search run back: one record per trial, ranked by each trial's best epoch (``best_val_corr``).
 
 Works on a finished, running or interrupted run folder, from Tune's experiment state and each trial's
-``result.json``; no Ray cluster is needed.
+``result.json``; no Ray cluster is needed. Importing this module imports no Ray: only ``load_trials`` does, when
+called, to read Tune's experiment state with Tune's own reader.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.space import SearchSpec, load_run_spec
-from search.trainable import TRIAL_ERROR, TRIAL_METRICS, ran_to_end
+from search.spec.space import SearchSpec, load_run_spec
+from search.store.schema import TRIAL_ERROR, TRIAL_METRICS, ran_to_end
 from sensorium.errors import UserError
 
 # search.cost -> (the per-epoch result field it is computed from, how the report and export name its unit)
 COSTS = {"train_seconds": ("train_seconds", "train s/epoch (median)"), "parameters": ("n_parameters", "parameters")}
+# The logger of Ray Tune's ExperimentAnalysis (the reader of a run's trials, which Tune also builds at the end of a
+# search); see ``quiet_missing_metrics``.
+RAY_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 PICK_HELP = "best, cheapest or cheapest:TOL (TOL >= 0: how far below the best val corr a trial may be)"
 DEFAULT_TOLERANCE = 0.01
 
@@ -79,11 +86,28 @@ def load_trials(run_dir: Path, max_t: int | None = None) -> list[TrialRecord]:
     run_dir = Path(run_dir).resolve()
     if not list(run_dir.glob("experiment_state-*.json")):
         raise UserError(f"{run_dir}: no Ray Tune experiment state here (is it a search run folder?)")
-    analysis = ExperimentAnalysis(str(run_dir))
+    with quiet_missing_metrics():
+        analysis = ExperimentAnalysis(str(run_dir))
     if max_t is None:
         max_t = load_run_spec(run_dir).settings.asha.max_t
     records = [_record(trial, run_dir, max_t) for trial in analysis.trials]
     return sorted(records, key=lambda r: (not r.ranked, -(r.best_val_corr or 0.0) if r.ranked else 0.0, r.trial_id))
+
+
+@contextmanager
+def quiet_missing_metrics() -> Iterator[None]:
+    """Inside: Ray Tune's ExperimentAnalysis logs only errors, so not its warning "Failed to fetch metrics for N
+    trial(s)" about a trial without a result file: one that a time budget stopped before its first epoch. Its
+    record says so (``stopped``, no epochs); Tune would print the warning once at the end of the search and again
+    each time the run is read. Only that reader's logger is quieted, and only inside: our own warnings, Ray's
+    errors and every other Ray logger are untouched."""
+    logger = logging.getLogger(RAY_ANALYSIS_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 ENDED = ("done", "stopped", "failed", "error")  # statuses of trials that will not run again
@@ -93,6 +117,12 @@ def status_counts(records: list[TrialRecord]) -> dict[str, int]:
     """How many trials have each status, plus ``retries``: restarts after a lost worker or node, summed."""
     counts = {status: sum(r.status == status for r in records) for status in (*ENDED, "running", "pending")}
     return {**counts, "retries": sum(r.retries for r in records)}
+
+
+def compute_spent(records: list[TrialRecord]) -> tuple[float, int]:
+    """(summed train_seconds, trial-epochs) of a search's trials, as ``SearchStopper`` counts them."""
+    rows = [row for r in records for row in r.curve]
+    return sum(float(row.get("train_seconds", 0.0)) for row in rows), len(rows)
 
 
 def load_run(run_dir: Path) -> tuple[Path, SearchSpec, list[TrialRecord]]:

@@ -16,16 +16,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search.prepare import absolute_data_paths, prepare_caches
-from search.results import ENDED, TrialRecord, load_trials, status_counts
-from search.settings import AUTO
-from search.space import SearchSpec, with_settings
+from search.raytune.prepare import absolute_data_paths, prepare_caches
+from search.spec.settings import AUTO
+from search.spec.space import SearchSpec, with_settings
+from search.store.results import (
+    ENDED, TrialRecord, compute_spent, load_trials, quiet_missing_metrics, status_counts,
+)
 from sensorium.atomic import exclusive_lock
 from sensorium.config import ExperimentConfig
 from sensorium.errors import SearchInterrupted, UserError
 
 if TYPE_CHECKING:
-    from search.warm_start import WarmStart
+    from search.store.warm_start import WarmStart
 
 # In the run folder, held by the driver for a whole run or resume: a second driver there is refused (one
 # line naming the folder and the holder's pid); the kernel frees it when the holder dies, killed or not.
@@ -65,8 +67,8 @@ def run_search(spec: SearchSpec, run_dir: Path, *, address: str | None = None, p
                live_every_s: float = 20.0, warm_start: WarmStart | None = None) -> list[TrialRecord]:
     """Prepare, check and run a new search into ``run_dir``; returns the ranked trial records.
 
-    ``warm_start`` (``search.warm_start.plan_warm_start``): earlier trials added to the study first."""
-    from search.tuner import new_tuner
+    ``warm_start`` (``search.store.warm_start.plan_warm_start``): earlier trials added to the study first."""
+    from search.raytune.tuner import new_tuner
 
     run_dir = Path(run_dir).resolve()
     base = absolute_data_paths(spec.base)
@@ -85,8 +87,8 @@ def run_search(spec: SearchSpec, run_dir: Path, *, address: str | None = None, p
 
 def resume_search(run_dir: Path, *, address: str | None = None, progress: bool = True) -> list[TrialRecord]:
     """Continue an interrupted search: completed trials are kept, unfinished ones resume from checkpoints."""
-    from search.space import load_run_spec
-    from search.tuner import restored_tuner
+    from search.spec.space import load_run_spec
+    from search.raytune.tuner import restored_tuner
 
     run_dir = Path(run_dir).resolve()
     spec = load_run_spec(run_dir)
@@ -100,10 +102,10 @@ def resume_search(run_dir: Path, *, address: str | None = None, progress: bool =
 
 
 def _prepare_and_check(spec: SearchSpec, base: ExperimentConfig, run_dir: Path, progress: bool) -> SearchSpec:
-    """Build the caches, settle ``gpus_per_trial`` (``auto``: ``search.gpu_share``) and run the pre-flight
+    """Build the caches, settle ``gpus_per_trial`` (``auto``: ``search.spec.gpu_share``) and run the pre-flight
     checks; returns ``spec`` with its GPUs per trial as the trials will get them."""
-    from search.gpu_share import card_memory, choose_gpus_per_trial, memory_plan
-    from search.preflight import alive_nodes, check_memory, preflight
+    from search.spec.gpu_share import card_memory, choose_gpus_per_trial, memory_plan
+    from search.raytune.preflight import alive_nodes, check_memory, preflight
     from sensorium.data import load_data
     from sensorium.memory import ScanShape
 
@@ -135,7 +137,7 @@ def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str, address: str
     A search that ran out of its time or compute budget ended normally, with fewer trials than requested
     and the trials it stopped counted as stopped; anything else that ends it short is an interruption.
     """
-    from search.tuner import close_orphans, compute_spent
+    from search.store.study import close_orphans
 
     s = spec.settings
     print(
@@ -144,7 +146,7 @@ def _fit(tuner: object, run_dir: Path, spec: SearchSpec, what: str, address: str
         flush=True,
     )
     start = time.perf_counter()
-    with _sigterm_stops_tune():
+    with _sigterm_stops_tune(), quiet_missing_metrics():  # Tune reads the trials back when the search ends
         tuner.fit()  # type: ignore[attr-defined]
     records = load_trials(run_dir, s.asha.max_t)
     counts = status_counts(records)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from sensorium import typed
 from sensorium.errors import ConfigError
 
-AUTO = "auto"  # gpus_per_trial chosen by the driver (search.gpu_share)
+AUTO = "auto"  # gpus_per_trial chosen by the driver (search.spec.gpu_share)
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,9 @@ class SearchSettings:
     cpus_per_trial: float = 1.0
     # GPUs per trial: 0 (CPU trials), a fraction of one card (1/k: k trials share it, each capped at its share of
     # the card's memory), 1, or auto: chosen by the driver before trials start from the cluster's GPUs and the
-    # predicted memory of the largest point of the space (search.gpu_share). A trial trains on one card.
-    gpus_per_trial: float | Literal["auto"] = "auto"
+    # predicted memory of the largest point of the space (search.spec.gpu_share). A trial trains on one card.
+    gpus_per_trial: float | Literal["auto"] = field(
+        default="auto", metadata={typed.EXPECTED: "auto or a number of GPUs (0, a fraction of a card, or 1)"})
     # The memory of the smallest card trials run on, in GB (10**9 bytes, as cards are labelled: 40, 80, 141), for
     # gpus_per_trial auto and the pre-flight memory check; null: the driver's own card, or 40 GB (the smallest
     # common one) when the driver has none
@@ -95,12 +96,6 @@ class SearchSettings:
 def build_settings(raw: Any) -> SearchSettings:
     """Validate the ``search:`` mapping of a search file (``sensorium.typed``, the reader of every config);
     errors name the key (``search.asha.max_t``)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"search: expected a mapping, got {raw!r}")
-    gpus = raw.get("gpus_per_trial", AUTO)
-    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) and gpus != AUTO:
-        raise ConfigError(f"search.gpus_per_trial={gpus!r}: expected auto or a number of GPUs (0, a fraction of "
-                          "a card, or 1)")
     s = typed.build(SearchSettings, raw, "search.")
     checks = [
         (s.num_trials >= 1, "num_trials", s.num_trials, ">= 1"),

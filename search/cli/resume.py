@@ -14,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.driver import resume_search
-    from search.results import best_trial
+    from search.raytune.driver import resume_search
+    from search.store.results import best_trial
 
     records = resume_search(args.run_dir, address=args.address, progress=not args.quiet)
     best = best_trial(records)

@@ -24,57 +24,24 @@ the search's best epoch (from the best config's provenance), with no lr schedule
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from search.products.scoring import ground_truth_files, read_oracle, score_all_files
 from sensorium.atomic import exclusive_lock, write_text
 from sensorium.config import ExperimentConfig, config_hash, load_config, set_value
 from sensorium.errors import UserError
 from sensorium.runtime import is_cuda_request
 
-if TYPE_CHECKING:
-    from sensorium.submission import GroundTruthMatch
-
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device accepts
 RETRAIN_LOCK = ".retrain.lock"  # in the output folder, held by the retrain writing it
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, help="a search run folder, its best_config.yaml, or any config")
-    parser.add_argument("--seeds", type=int, default=3, help="models in the ensemble (default 3)")
-    parser.add_argument("--train-on-validation", action="store_true",
-                        help="also train on the validation tier, for the search's best number of epochs")
-    parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/retrain or next to the config)")
-    parser.add_argument("--ground-truth", type=Path, help="folder of ground-truth CSVs to score against (any layout: "
-                        "each file is matched to a scan's test tier by its trial ids)")
-    parser.add_argument("--data", nargs="+", metavar="PATH", help="scans to use instead of the config's data.scans")
-    parser.add_argument("--device", help="train.device of every seed: auto, cpu, cuda or cuda:N (default: the config's)")
-    parser.add_argument("--cpus-per-seed", type=float,
-                        help="CPUs per seed, also its torch threads (default: the largest node's CPUs / seeds)")
-    parser.add_argument("--gpus-per-seed", type=float, help="GPUs per seed; a fraction shares one card (default: 1 "
-                        "when train.device is cuda, or auto on a cluster with GPUs; else 0)")
-    parser.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: local Ray)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing retrain folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-
-
-def run(args: argparse.Namespace) -> int:
-    summary = retrain(
-        args.source, out=args.out, seeds=args.seeds, train_on_validation=args.train_on_validation,
-        ground_truth=args.ground_truth, data=args.data, force=args.force, progress=not args.quiet,
-        device=args.device, cpus_per_seed=args.cpus_per_seed, gpus_per_seed=args.gpus_per_seed, address=args.address,
-    )
-    print(score_table(summary))
-    print(f"submissions and retrain.json in {summary['out']}")
-    return 0
 
 
 def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_validation: bool = False,
@@ -85,9 +52,9 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
     seed (None: the config's); ``cpus_per_seed``, ``gpus_per_seed``: one seed task's resources (None: see
     ``seed_resources``); ``address``: a Ray cluster to join (None: this process's Ray, else a local one).
     A folder another retrain is writing is refused (FolderInUse naming the folder and that process)."""
-    from search.driver import ensure_ray, release_ray
-    from search.preflight import preflight
-    from search.prepare import absolute_data_paths
+    from search.raytune.driver import ensure_ray, release_ray
+    from search.raytune.preflight import preflight
+    from search.raytune.prepare import absolute_data_paths
     from sensorium.data import load_data
     from sensorium.predict import competition_keys
 
@@ -154,7 +121,7 @@ def seed_resources(device: str, seeds: int, cpus: float | None, gpus: float | No
     one GPU when ``device`` asks for CUDA, or is auto and the cluster has GPUs (else none)."""
     import ray
 
-    from search.preflight import fitting_nodes, node_info
+    from search.raytune.preflight import fitting_nodes, node_info
 
     nodes = [node_info(raw) for raw in ray.nodes() if raw.get("Alive")]
     if cpus is None:
@@ -170,13 +137,13 @@ def seed_resources(device: str, seeds: int, cpus: float | None, gpus: float | No
 
 def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: float,
               progress: bool) -> tuple[list[dict[str, Any]], dict[int, dict[str, dict[str, str]]]]:
-    """Run seeds ``cfg.seed`` ... ``cfg.seed + seeds - 1`` as Ray tasks (``search.trainable.train_seed``) into
+    """Run seeds ``cfg.seed`` ... ``cfg.seed + seeds - 1`` as Ray tasks (``search.raytune.trainable.train_seed``) into
     ``out/seed_<s>``; returns the members (retrain.json entries, by seed) and where each seed saved its
     predictions (seed -> "<data key>/<file name>" -> {"values", "rows"} paths). The first failed seed
     cancels the others."""
     import ray
 
-    from search.trainable import train_seed
+    from search.raytune.trainable import train_seed
 
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(train_seed)
     pending = {}
@@ -266,7 +233,7 @@ def _print_epochs(out: Path, seeds: list[int], shown: dict[int, int]) -> None:
 def load_source(source: Path) -> tuple[ExperimentConfig, dict[str, Any] | None, Path]:
     """(config, search provenance or None, default output folder) of a run folder or a config file."""
     if source.is_dir():
-        from search.export import BEST_CONFIG, export_best
+        from search.products.export import BEST_CONFIG, export_best
 
         best = source / BEST_CONFIG
         if not best.is_file():
@@ -276,108 +243,13 @@ def load_source(source: Path) -> tuple[ExperimentConfig, dict[str, Any] | None, 
         default_out = source.parent / f"retrain-{source.stem}"
     if not source.is_file():
         raise UserError(f"{source}: no such run folder or config file")
-    from search.export import read_best_config
+    from search.products.export import read_best_config
 
     try:
         cfg, provenance = read_best_config(source)
     except UserError:
         cfg, provenance = load_config(source), None  # a plain experiment config (e.g. the baseline)
     return cfg, provenance, default_out
-
-
-def find_ground_truth(cfg: ExperimentConfig) -> Path | None:
-    """A ``ground_truth`` folder next to the data (synthetic layout: <out>/data/<scan>, <out>/ground_truth)."""
-    for scan in cfg.data.scans:
-        path = Path(scan).resolve()
-        for folder in (path.parent / "ground_truth", path.parent.parent / "ground_truth", path / "ground_truth"):
-            if folder.is_dir():
-                return folder
-    return None
-
-
-def ground_truth_files(given: Path | None, cfg: ExperimentConfig,
-                       scans: Mapping[str, Any]) -> GroundTruthMatch | None:
-    """The ground truth to score the competition scans' submissions against: the folder ``given`` (``--ground-truth``), else one found next
-    to the data (:func:`find_ground_truth`), its CSVs matched to each competition scan's test and final_test
-    trials (``scans``: data key -> ScanData) by their trial ids, whatever their names and folders.
-
-    None when there is no folder, or when a found one matches nothing (a warning line on stderr names the
-    files tried). A given one that is no folder or matches nothing is a UserError naming the files tried.
-    Used by ``retrain`` and ``ensemble``.
-    """
-    from sensorium.predict import competition_keys
-    from sensorium.submission import SUBMISSION_FILES, match_ground_truth
-
-    root = Path(given) if given else find_ground_truth(cfg)
-    if root is None:
-        return None
-    if not root.is_dir():
-        raise UserError(f"--ground-truth {given}: no such folder")
-    keys = competition_keys(scans)
-    trials = {(key, tier): np.asarray(scans[key].trial_ids)[scans[key].tier_indices(tier)]
-              for key in keys for tier in SUBMISSION_FILES.values()}
-    found = match_ground_truth(root, trials)
-    if found.files:
-        return found
-    problem = (f"{root}: no ground-truth CSV there holds the test or final_test trials of scan "
-               f"{', '.join(keys)}; {found.tried_text()}")
-    if given:
-        raise UserError(f"--ground-truth {problem}")
-    print(f"warning: ground truth found next to the data, {problem}: submissions not scored",
-          file=sys.stderr, flush=True)
-    return None
-
-
-def score_all_files(files: Mapping[str, str], truth: Mapping[tuple[str, str], Path]
-                    ) -> dict[str, dict[str, dict[str, float]]]:
-    """key -> tier -> scores of every submission file ("<data key>/<file name>" -> path) whose ground truth is
-    in ``truth`` ((data key, tier) -> CSV, ``GroundTruthMatch.files``)."""
-    from sensorium.submission import SUBMISSION_FILES, score_files
-
-    scores: dict[str, dict[str, dict[str, float]]] = {}
-    for rel, path in files.items():
-        key, name = rel.split("/")
-        tier = SUBMISSION_FILES[name]
-        if (key, tier) in truth:
-            scores.setdefault(key, {})[tier] = {k: float(v) for k, v in score_files(path, truth[key, tier]).items()}
-    return scores
-
-
-def read_oracle(gt: Path, keys: list[str]) -> dict[str, Any]:
-    """key -> tier -> oracle scores (noise-free expected vs noisy responses), where the generator wrote them."""
-    found = {}
-    for key in keys:
-        path = gt / key / "oracle.json"
-        if path.is_file():
-            found[key] = json.loads(path.read_text())
-    return found
-
-
-def score_table(summary: dict[str, Any]) -> str:
-    """A plain-text table: each scored model (``summary["scores"]``: the ensemble and each seed for retrain)
-    next to the oracle, per competition scan and tier."""
-    scores = summary.get("scores")
-    if not scores:
-        return "no ground truth found: submissions written, not scored (pass --ground-truth DIR)"
-    w = max(12, *(len(model) + 2 for model in scores))  # the model column
-    lines = [f"{'model':<{w}}{'scan':<14}{'tier':<12}{'single-trial':>13}{'corr-to-avg':>13}{'FEVE':>10}"]
-    rows = list(scores.items())
-    for model, per_key in rows:
-        for key, tiers in per_key.items():
-            for tier, s in tiers.items():
-                lines.append(f"{model:<{w}}{key:<14}{tier:<12}{s['single_trial_correlation']:>13.4f}"
-                             f"{s['correlation_to_average']:>13.4f}{_f(s.get('feve')):>10}")
-    for key, tiers in (summary.get("oracle") or {}).items():
-        for tier in ("test", "final_test"):
-            if tier in tiers:
-                o = tiers[tier]
-                lines.append(f"{'oracle':<{w}}{key:<14}{tier:<12}{o['single_trial_correlation']:>13.4f}"
-                             f"{o['correlation_to_average']:>13.4f}{'-':>10}")
-    return "\n".join(lines)
-
-
-def _f(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) and np.isfinite(value) else "-"
 
 
 def _jsonable(value: Any) -> Any:

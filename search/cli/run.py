@@ -44,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.driver import run_search
-    from search.results import best_trial
-    from search.space import load_search, with_data, with_settings
+    from search.raytune.driver import run_search
+    from search.store.results import best_trial
+    from search.spec.space import load_search, with_data, with_settings
 
     spec = load_search(args.search_file)
     if args.data:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     )
     warm_start = None
     if args.warm_start:  # read and checked before Ray starts
-        from search.warm_start import plan_warm_start
+        from search.store.warm_start import plan_warm_start
 
         warm_start = plan_warm_start(args.warm_start, spec)
     out = args.out or Path("runs") / f"search-{args.search_file.stem}"

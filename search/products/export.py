@@ -17,7 +17,6 @@ export it from (``provenance.warm_start.best_imported``).
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -29,38 +28,11 @@ from sensorium.errors import UserError
 BEST_CONFIG = "best_config.yaml"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, help="the run folder of a search")
-    parser.add_argument("--out", type=Path, help=f"where to write (default: RUN_DIR/{BEST_CONFIG})")
-    parser.add_argument("--pick", default="best", metavar="best|cheapest[:TOL]",
-                        help="best: highest best val corr (default); cheapest:TOL: the lowest cost (search.cost) "
-                             "within TOL of it (default TOL 0.01)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from search.results import COSTS
-
-    path = export_best(args.run_dir, args.out, pick=args.pick)
-    prov = read_best_config(path)[1]
-    cost = prov["cost"]
-    cost_text = f", {cost['kind']} {cost['value']:.4g} {COSTS[cost['kind']][1]}" if cost["value"] is not None else ""
-    print(
-        f"{prov['pick']} trial {prov['trial_id']}: best val corr {prov['best_val_corr']:.4f} at epoch "
-        f"{prov['best_epoch']}{cost_text} (config {prov['config_hash']}) -> {path}"
-    )
-    imported = (prov.get("warm_start") or {}).get("best_imported")
-    if imported and imported["best_val_corr"] > prov["best_val_corr"]:
-        print(f"note: trial {imported['source_trial']} of {imported['run']} (imported by the warm start) scored "
-              f"higher, {imported['best_val_corr']:.4f}; export it from there: sensorium-search export {imported['run']}")
-    print(f"next: sensorium-search train {path}   |   sensorium-search retrain {args.run_dir}")
-    return 0
-
-
 def export_best(run_dir: Path, out: Path | None = None, pick: str = "best") -> Path:
     """Write the config of the trial ``pick`` chooses (``best`` or ``cheapest[:TOL]``, see the module docstring)
     with provenance; returns the file's path. UserError for a bad ``pick``, before anything is read."""
-    from search.results import COSTS, load_run, parse_pick, pick_trial
-    from search.space import active_params
+    from search.store.results import COSTS, load_run, parse_pick, pick_trial
+    from search.spec.space import active_params
     from sensorium.runtime import git_sha, library_versions
 
     how = parse_pick(pick)
@@ -101,7 +73,7 @@ def _warm_start(run_dir: Path) -> dict[str, Any] | None:
     """The run's warm start (study.json) and its best imported trial, or None for a run without one."""
     import json
 
-    from search.tuner import SOURCE_TRIAL, STUDY_FILE, WARM_START_FROM, load_study, trial_best
+    from search.store.study import SOURCE_TRIAL, STUDY_FILE, WARM_START_FROM, load_study, trial_best
 
     info = json.loads((run_dir / STUDY_FILE).read_text()).get("warm_start") if (run_dir / STUDY_FILE).is_file() else None
     if not info:

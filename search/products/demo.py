@@ -15,7 +15,6 @@ Everything lands under ``--out`` (default ``runs/demo``); ``demo.md`` holds the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -27,45 +26,20 @@ import yaml
 from sensorium.atomic import write_text
 from sensorium.errors import UserError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    parser.add_argument("--trials", type=int, help="search trials (default 12; smoke 3)")
-    parser.add_argument("--concurrent", type=int, default=2, help="trials at a time (default 2)")
-    parser.add_argument("--seeds", type=int, default=2, help="models in the retrained ensemble (default 2)")
-    parser.add_argument("--time-budget", type=float, default=420.0, metavar="S",
-                        help="search time budget in seconds (default 420; trials still running are stopped)")
-    parser.add_argument("--smoke", action="store_true", help="the same path on tiny data in about a minute")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the sampler")
-
-
-def run(args: argparse.Namespace) -> int:
-    summary = run_demo(args.out, trials=args.trials, concurrent=args.concurrent, seeds=args.seeds,
-                       time_budget=args.time_budget, smoke=args.smoke, seed=args.seed)
-    print(summary["table"])
-    run_dir = summary["search_run"]
-    print(f"\nwall time {summary['seconds']['total']:.0f} s: "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items() if k != "total"))
-    print(f"summary: {summary['demo_md']}")
-    print(f"TensorBoard:      tensorboard --logdir {run_dir} --host 127.0.0.1")
-    print(f"optuna-dashboard: pip install optuna-dashboard && optuna-dashboard --host 127.0.0.1 "
-          f"{run_dir}/optuna_journal.log")
-    return 0
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def run_demo(out: Path, *, trials: int | None = None, concurrent: int = 2, seeds: int = 2,
              time_budget: float | None = 420.0, smoke: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run all stages into ``out``; returns the summary written to ``out/demo.json``."""
-    from search.driver import ensure_ray, release_ray, run_search
-    from search.ensemble import build_ensemble, format_steps
-    from search.export import export_best, read_best_config
-    from search.report import write_report
-    from search.results import status_counts
-    from search.retrain import retrain, score_table
-    from search.space import load_search, with_settings
-    from search.tuner import compute_spent
+    from search.products.ensemble import build_ensemble, format_steps
+    from search.products.export import export_best, read_best_config
+    from search.products.report import write_report
+    from search.products.retrain import retrain
+    from search.products.scoring import score_table
+    from search.raytune.driver import ensure_ray, release_ray, run_search
+    from search.spec.space import load_search, with_settings
+    from search.store.results import compute_spent, status_counts
     from sensorium.config import load_config, save_config, set_value
     from sensorium.data.synth import SynthConfig, generate
 

@@ -24,16 +24,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from search.settings import SearchSettings
-from search.space import Param, SearchSpec
+from search.spec.settings import SearchSettings
+from search.spec.space import Param, SearchSpec
 from sensorium.config import ExperimentConfig
 from sensorium.errors import ConfigError
 from sensorium.memory import MemoryEstimate, ScanShape, estimate
-
-if TYPE_CHECKING:
-    from search.preflight import NodeInfo
 
 GB = 10**9  # card memory is given and printed in GB, as cards are labelled (an H100 80GB: 80)
 USABLE = 0.9  # of a card's memory planned for trials: the rest covers the memory model's error
@@ -93,6 +90,16 @@ class Card:
         return self.total / GB
 
 
+class Node(Protocol):
+    """What the choice reads of a Ray node (``search.raytune.preflight.NodeInfo``): its total CPUs and GPUs."""
+
+    @property
+    def cpus(self) -> float: ...
+
+    @property
+    def gpus(self) -> float: ...
+
+
 def largest_points(spec: SearchSpec) -> list[dict[str, Any]]:
     """Candidates for the point of ``spec``'s space that needs the most memory: every ``SIZE_KEYS`` parameter
     at its hungry end, one point per combination of the options of family choices (categoricals with options
@@ -146,7 +153,7 @@ def card_memory(setting_gb: float | None) -> Card:
                                            "sees no GPU and search.gpu_memory_gb is not set")
 
 
-def choose_gpus_per_trial(settings: SearchSettings, nodes: Sequence[NodeInfo], card: Card | None,
+def choose_gpus_per_trial(settings: SearchSettings, nodes: Sequence[Node], card: Card | None,
                           plan: MemoryPlan | None) -> tuple[float, str]:
     """``gpus_per_trial`` for ``auto`` on a cluster of ``nodes`` (see the module docstring), and the one line
     that says what was chosen and why. ``card`` and ``plan`` are needed only when some node has a GPU."""

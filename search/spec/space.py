@@ -9,7 +9,7 @@ gauss_type that does not exist) up front.
 
 The parameters form a tree: a categorical parameter's ``choices`` may be a mapping from each option to the
 parameters (distributions) and fixed values that option brings, searched only in trials that choose it.
-``search.tuner`` compiles the tree into an Optuna define-by-run space. Example search file::
+``search.raytune.tuner`` compiles the tree into an Optuna define-by-run space. Example search file::
 
     base: tiny.yaml                     # relative to this file, or an inline mapping
     overrides: {train.max_epochs: 6}    # fixed for this study
@@ -31,32 +31,44 @@ parameters (distributions) and fixed values that option brings, searched only in
           factorized: {model.shifter.enabled: false}      # a fixed value that comes with this option
     search: {num_trials: 4, max_concurrent: 2, asha: {grace_period: 2, max_t: 6}}
 
-No Ray or Optuna here: ``search.tuner`` turns a SearchSpec into their objects.
+No Ray or Optuna here: ``search.raytune.tuner`` turns a SearchSpec into their objects.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from search.settings import SearchSettings, build_settings, plain_settings
+from search.spec.settings import SearchSettings, build_settings, plain_settings
 from sensorium.config import (
     ExperimentConfig, family_of, field_types, get_value, read_yaml_mapping, set_value, set_values,
 )
 from sensorium.errors import ConfigError, UserError
 from sensorium.runtime import is_cuda_request
-from sensorium.typed import check_keys, number
+from sensorium.typed import EXPECTED, build, check_keys, number
 
 SEARCH_FILE = "search.yaml"  # the resolved search, saved in every run folder
 
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical")
-ROLES = ("scientific", "nuisance")
 _EXHAUSTIVE = 256  # integer ranges up to this many values are checked value by value
 # Searching these would let a study "tune" what should be fixed (playbook: keep the best checkpoint instead).
 _NOT_SEARCHABLE = {"train.max_epochs": "never tune the number of epochs; early stopping keeps the best one"}
+_NUMBER = {EXPECTED: "a number"}  # a range end or step: its errors say "expected a number", not the annotation
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One searched parameter as the search file writes it (``parameters.<key>``), read by ``sensorium.typed``
+    like every config; ``_parse_param`` then checks it against the config field and makes the ``Param``."""
+
+    type: Literal["uniform", "loguniform", "int", "categorical"]
+    role: Literal["scientific", "nuisance"]
+    low: float | None = field(default=None, metadata=_NUMBER)
+    high: float | None = field(default=None, metadata=_NUMBER)
+    step: float | None = field(default=None, metadata=_NUMBER)
+    choices: Any = None  # a list of options, or a mapping from each option to its own parameters
 
 
 @dataclass(frozen=True)
@@ -313,18 +325,14 @@ def _parse_param(key: str, raw: Any, prefix: str) -> Param:
         raise ConfigError(f"{where}: not searchable ({_NOT_SEARCHABLE[key]})")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with type, role and a range or choices")
-    check_keys(raw, ("type", "role", "low", "high", "step", "choices"), where + ".")
-    kind, role = raw.get("type"), raw.get("role")
-    if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}.type={kind!r}: expected one of {list(DISTRIBUTIONS)}")
-    if role not in ROLES:
-        raise ConfigError(f"{where}.role={role!r}: expected one of {list(ROLES)}")
+    entry = build(Entry, raw, where + ".")
+    kind, role = entry.type, entry.role
     tp = field_types(key)[key]
     if kind == "categorical":
         for extra in ("low", "high", "step"):
             if extra in raw:
                 raise ConfigError(f"{where}.{extra}: not used by a categorical parameter (give choices)")
-        choices = raw.get("choices")
+        choices = entry.choices
         branches: tuple[Branch, ...] = ()
         if isinstance(choices, dict) and choices:  # options with their own parameters
             branches = tuple(_parse_branch(key, value, sub, f"{where}.choices.{value}.")
@@ -344,7 +352,8 @@ def _parse_param(key: str, raw: Any, prefix: str) -> Param:
     if numeric not in (int, float) or (kind != "int" and numeric is int):
         wanted = "int" if numeric is int else "categorical"
         raise ConfigError(f"{where}.type={kind}: the field is {_type_name(tp)}; use type {wanted}")
-    low, high, step = (number(raw.get(n), f"{where}.{n}", kind == "int") for n in ("low", "high", "step"))
+    # the int distribution's ends and step must be whole: 2.0 reads as 2, 2.5 is refused
+    low, high, step = (number(getattr(entry, n), f"{where}.{n}", kind == "int") for n in ("low", "high", "step"))
     if low is None or high is None:
         raise ConfigError(f"{where}: expected both low and high")
     if low > high:

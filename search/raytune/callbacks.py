@@ -4,9 +4,12 @@ Both run in the driver process and see every trial's start, per-epoch results, c
 
 TensorBoard layout (``tensorboard --logdir RUN_DIR``): one run per trial folder, holding the per-epoch
 scalars (``val_corr``, ``best_val_corr``, ``train_loss``, ``lr``, ...) and the HParams session of the
-trial with *every* resolved config value, the searched keys first. The session-start entry is written when the trial starts, and
-the HParams table reads metric values from the latest scalars, so running and early-stopped trials show
-their current best validation correlation. One experiment entry at the root lists the columns.
+trial with every resolved config value but the machine's paths (``MACHINE_PATHS``), the searched keys first.
+The session-start entry is written when the trial starts, and the HParams table reads metric values from the
+latest scalars, so running and early-stopped trials show their current best validation correlation. One
+experiment entry at the root lists the columns. TensorBoard orders them itself: those marked as differing
+between trials first, each group by name; the searched keys are marked so (they do differ), so they are the
+table's first columns and the fixed ones follow.
 """
 
 from __future__ import annotations
@@ -18,18 +21,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ray import tune
+from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboardX import SummaryWriter
 from tensorboardX.proto.api_pb2 import Status
 from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
 from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.summary import hparams
 
-from search.space import SearchSpec
-from search.trainable import TRIAL_ERROR, TRIAL_METRICS, ran_to_end
+from search.spec.space import SearchSpec
+from search.store.schema import TRIAL_ERROR, TRIAL_METRICS, ran_to_end
 
 # Scalars written per epoch; the first ones are the HParams table's metric columns.
 HPARAM_METRICS = ("best_val_corr", "val_corr", "best_epoch", "epoch")
 SCALARS = tuple(dict.fromkeys((*HPARAM_METRICS, *TRIAL_METRICS)))  # every per-epoch metric, once
+# Config keys that say where things are on the machine that ran the trial, not what was trained: not hyperparameters.
+MACHINE_PATHS = ("data.scans", "data.cache_dir")
 
 
 def trial_hparams(spec: SearchSpec, params: dict[str, Any]) -> dict[str, Any]:
@@ -37,14 +43,29 @@ def trial_hparams(spec: SearchSpec, params: dict[str, Any]) -> dict[str, Any]:
     keys first (in the search file's order), then the fixed ones."""
     flat = _flat(spec.resolve(params).to_dict())
     searched = {k: flat[k] for k in spec.keys() if k in flat}
-    return {**searched, **{k: v for k, v in flat.items() if k not in searched}}
+    return {**searched, **{k: v for k, v in flat.items() if k not in searched and k not in MACHINE_PATHS}}
 
 
 def hparam_columns(spec: SearchSpec) -> dict[str, Any]:
     """The HParams table's columns with a value of each column's type: every searched key first (also those of
-    options a trial may not choose, e.g. an SE core's se_reduction), then the base config's fixed keys."""
+    options a trial may not choose, e.g. an SE core's se_reduction), then the base config's fixed keys (not the
+    ``MACHINE_PATHS``)."""
     searched = {key: p.edge_values()[0] for key, p in spec.first_params().items()}
-    return {**searched, **{k: v for k, v in _flat(spec.base.to_dict()).items() if k not in searched}}
+    fixed = {k: v for k, v in _flat(spec.base.to_dict()).items() if k not in searched and k not in MACHINE_PATHS}
+    return {**searched, **fixed}
+
+
+def experiment_summary(spec: SearchSpec, metrics: dict[str, float]) -> Summary:
+    """The HParams experiment entry: ``hparam_columns`` with the searched keys marked as differing between trials
+    (a field of TensorBoard's own HParamInfo that tensorboardX's lacks; TensorBoard lists those columns first)."""
+    experiment, _, _ = hparams(hparam_columns(spec), metrics)
+    plugin = experiment.value[0].metadata.plugin_data
+    content = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
+    searched = set(spec.keys())
+    for info in content.experiment.hparam_infos:
+        info.differs = info.name in searched
+    plugin.content = content.SerializeToString()
+    return experiment
 
 
 def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -157,9 +178,8 @@ class TensorBoardHParams(tune.Callback):
         metrics = {m: 0.0 for m in HPARAM_METRICS}
         _, session_start, _ = hparams(trial_hparams(self.spec, trial.config), metrics)
         if not self._experiment_written:  # the column list, once at the experiment root
-            experiment, _, _ = hparams(hparam_columns(self.spec), metrics)
             root = SummaryWriter(str(Path(_logdir(trial)).parent))
-            root.file_writer.add_summary(experiment)
+            root.file_writer.add_summary(experiment_summary(self.spec, metrics))
             root.close()
             self._experiment_written = True
         writer = self._writer(trial)

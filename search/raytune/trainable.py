@@ -31,24 +31,16 @@ import ray
 import torch
 from ray import tune
 
-from search.space import resolve
+from search.spec.space import resolve
+from search.store.schema import AFTER_TRAINING_ERROR, FIT_DONE, SCORING_ERROR, TRIAL_ERROR
 from sensorium.config import ExperimentConfig, set_value
 from sensorium.errors import one_line
 from sensorium.runtime import assigned_device, cap_gpu_memory, gpu_memory
 from sensorium.training.rundir import CURVE_FIELDS
 
-# What a trial reports per epoch: fit's metrics, the trial process's memory (memory_mb) and, on a GPU, the most
-# memory torch reserved on the card (the part the memory cap limits: runtime.gpu_memory).
-TRIAL_METRICS = (*CURVE_FIELDS, "rss_mb", "private_mb", "peak_gpu_reserved_mb")
 # A failure of the machine, not of the trial: disk or network file system trouble, a lost Ray connection.
 # Tune retries these from the trial's latest checkpoint; a killed worker or a lost node are retried too.
 INFRASTRUCTURE = (OSError, ray.exceptions.RayError)
-TRIAL_ERROR = "trial_error"  # result key of a trial's own failure: its reason (one line)
-FIT_DONE = "fit_done"  # result key of a trial whose fit ended by itself (early stopping or max_epochs): its epochs
-# Result keys of a trial whose training finished but something after it failed (the trial stands, with its
-# scores and checkpoint): fit's final scoring (recorded in metrics.json), and the trainable's own steps after fit.
-SCORING_ERROR = "scoring_error"
-AFTER_TRAINING_ERROR = "after_training_error"
 
 
 def train_trial(
@@ -216,10 +208,3 @@ def memory_mb() -> dict[str, float]:
                 fields[parts[0].rstrip(":")] = int(parts[1]) / 1024  # kB -> MB
     private = fields.get("Private_Clean", 0.0) + fields.get("Private_Dirty", 0.0)
     return {"rss_mb": fields.get("Rss", 0.0), "private_mb": private}
-
-
-def ran_to_end(last_result: dict[str, Any], max_t: int) -> bool:
-    """True when a trial that stopped was not cut short: its fit ended by itself (early stopping or
-    max_epochs: its last result carries FIT_DONE) or it reached ASHA's max_t (where ASHA always stops)."""
-    epochs = last_result.get("epoch")
-    return FIT_DONE in last_result or (isinstance(epochs, (int, float)) and epochs >= max_t)

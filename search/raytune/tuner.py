@@ -1,7 +1,8 @@
 """Ray Tune + Optuna wiring: a SearchSpec becomes a Tuner (OptunaSearch TPE or random + ASHA or FIFO, with a
 compute budget) over ``train_trial``.
 
-Run folder (``RUN_DIR``, Tune's experiment folder; the pieces this module adds are marked *):
+Run folder (``RUN_DIR``, Tune's experiment folder; the pieces this module adds are marked *; the study's own
+files are read back by ``search.store.study``, the trials' by ``search.store.results``):
 
     search.yaml*            the validated search, base config inlined with absolute data paths
     study.json*             Optuna study name and storage file, its objectives, and the warm start it had
@@ -13,26 +14,26 @@ Run folder (``RUN_DIR``, Tune's experiment folder; the pieces this module adds a
 
 Only the driver writes the Optuna storage (OptunaSearch runs in the driver), so one journal file suffices.
 
-What the study is told (``StudySearch``, ``close_orphans``): each epoch's val_corr as it trains (step = epoch),
-then COMPLETE with its best_val_corr for a trial that trained to its end, PRUNED for one that ASHA or a budget
-stopped early, FAIL for one that failed by itself; TPE thus never takes a score after one epoch for a final one.
+What the study is told (``StudySearch``; ``search.store.study.close_orphans`` for trials a budget stopped):
+each epoch's val_corr as it trains (step = epoch), then COMPLETE with its best_val_corr for a trial that trained
+to its end, PRUNED for one that ASHA or a budget stopped early, FAIL for one that failed by itself; TPE thus
+never takes a score after one epoch for a final one.
 
 With ``search.objective: val_corr+cost`` the study has two objectives, best_val_corr and the cost
 (``search.cost``), maximised and minimised (Optuna's multi-objective TPE; constant liar works there too);
 Optuna then keeps no intermediate values, a trial stopped early is PRUNED with no value, and the cost of a
 trial is computed from its per-epoch results (``results.trial_cost``) when it ends. A warm-started study
 (``run --warm-start``) holds the earlier run's finished trials first, COMPLETE and PRUNED as they were there,
-with no Tune trial in this run (``search.warm_start``).
+with no Tune trial in this run (``search.store.warm_start``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -43,25 +44,21 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
-from search.callbacks import LiveTable, TensorBoardHParams
-from search.settings import AUTO
-from search.space import SEARCH_FILE, Param, SearchSpec, active_params
-from search.results import COSTS, TrialRecord, is_finite_number, read_results, trial_cost
-from search.trainable import FIT_DONE, TRIAL_ERROR, ran_to_end, train_trial
+from search.raytune.callbacks import LiveTable, TensorBoardHParams
+from search.raytune.trainable import train_trial
+from search.spec.settings import AUTO
+from search.spec.space import SEARCH_FILE, Param, SearchSpec
+from search.store.results import COSTS, is_finite_number, read_results, trial_cost
+from search.store.schema import FIT_DONE, TRIAL_ERROR, ran_to_end
+from search.store.study import (
+    JOURNAL_FILE, RANK_METRIC, STUDY_FILE, TUNE_TRIAL_ID, epoch_scores, is_number, journal_storage, study_directions,
+    trial_folder,
+)
 from sensorium.atomic import write_text
 from sensorium.errors import UserError
 
 if TYPE_CHECKING:
-    from search.warm_start import WarmStart
-
-STUDY_FILE = "study.json"
-JOURNAL_FILE = "optuna_journal.log"
-TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna trial's user attribute naming its Tune trial
-RANK_METRIC = "best_val_corr"  # trials are ranked (and Optuna is told) by their best epoch, not their last
-EPOCH_METRIC = "val_corr"  # each epoch's score: the study's intermediate value at step = epoch
-# user attributes of a trial imported by a warm start: the run it was trained in, its Tune trial id there
-WARM_START_FROM = "warm_start_from"
-SOURCE_TRIAL = "source_trial"
+    from search.store.warm_start import WarmStart
 
 # Tune's own console output is replaced by LiveTable; its auto-added TensorBoard logger would write a
 # second, end-of-trial-only HParams entry with sampled values, so loggers are chosen explicitly below.
@@ -69,15 +66,6 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table reports trials
-
-
-def distribution(p: Param) -> optuna.distributions.BaseDistribution:
-    """The Optuna distribution of one searched parameter (a choice with branches: its options)."""
-    if p.type == "categorical":
-        return optuna.distributions.CategoricalDistribution(list(p.choices))
-    if p.type == "int":
-        return optuna.distributions.IntDistribution(int(p.low), int(p.high), step=int(p.step or 1))
-    return optuna.distributions.FloatDistribution(p.low, p.high, log=p.type == "loguniform", step=p.step)
 
 
 class TreeSpace:
@@ -108,105 +96,6 @@ class TreeSpace:
         return fixed
 
 
-def distributions_for(spec: SearchSpec, params: dict[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
-    """The distributions of one point's keys in ``spec``'s space: what a trial with these ``params`` is added
-    to the study with (a warm start): only the parameters of the options it chooses (``space.active_params``);
-    every key of ``params`` must be one of them (``space.point_problem``)."""
-    space = {p.key: distribution(p) for p in active_params(spec, params)}
-    return {key: space[key] for key in params}
-
-
-def study_directions(spec: SearchSpec) -> list[str]:
-    """Optuna directions of the study: best_val_corr up, and with ``objective: val_corr+cost`` the cost down."""
-    return ["maximize", "minimize"] if spec.settings.with_cost else ["maximize"]
-
-
-def journal_storage(run_dir: Path) -> optuna.storages.JournalStorage:
-    """The Optuna storage of a run: a journal file in the run folder."""
-    backend = optuna.storages.journal.JournalFileBackend(str(run_dir / JOURNAL_FILE))
-    return optuna.storages.JournalStorage(backend)
-
-
-def load_study(run_dir: Path, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
-    """The persisted Optuna study of a run (for the report, importances and the dashboard); ``storage``: the
-    run's journal storage when the caller holds it already (default: a new one)."""
-    info = json.loads((run_dir / STUDY_FILE).read_text())
-    return optuna.load_study(study_name=info["study_name"], storage=storage or journal_storage(run_dir))
-
-
-def trial_best(trial: optuna.trial.FrozenTrial) -> float | None:
-    """A finished trial's best validation correlation as its study holds it: a COMPLETE trial's first value
-    (best_val_corr, in a two-objective study too), a PRUNED trial's best intermediate value (its best epoch's
-    val_corr; a two-objective study holds none); None for other states, or when not finite.
-
-    >>> pruned = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.2, 2: 0.1})
-    >>> trial_best(pruned)
-    0.2
-    """
-    if trial.state == optuna.trial.TrialState.COMPLETE and trial.values:
-        value: float | None = trial.values[0]
-    elif trial.state == optuna.trial.TrialState.PRUNED:
-        value = max((v for v in trial.intermediate_values.values() if math.isfinite(v)), default=None)
-    else:
-        return None
-    return value if value is not None and math.isfinite(value) else None
-
-
-def close_orphans(run_dir: Path, records: list[TrialRecord], cost: str) -> int:
-    """Close the Optuna trials still RUNNING after the whole search ended; returns how many.
-
-    ``records``: the run's Tune trials (``results.load_trials``); ``cost``: ``search.cost``, read in a
-    two-objective study. A time or compute budget stops the trials still running without telling the
-    searcher; each is told here what ``StudySearch`` would have told it: the epochs of its results that the
-    study lacks become intermediate values (one objective: the result that spent the budget may have reached
-    no searcher), then COMPLETE with its best (and, with two objectives, its cost; FAIL without both) if it
-    had trained to its end (record status ``done``), else PRUNED. One that reported nothing, or that failed,
-    is marked FAIL: a driver killed right after the sampler proposed a trial, but before Tune saved that
-    trial, leaves such a trial in the journal (on resume the restored sampler proposes it again under a new
-    number). Call only when every Tune trial has ended (an interrupted run's RUNNING trials are still live).
-    Trials a warm start imported are finished: never touched.
-    """
-    storage = journal_storage(run_dir)
-    study = load_study(run_dir, storage)
-    study_id = storage.get_study_id_from_name(study.study_name)
-    two = len(study.directions) > 1
-    by_id = {r.trial_id: r for r in records}
-    orphans = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for trial in orphans:
-        record = by_id.get(trial.user_attrs.get(TUNE_TRIAL_ID, ""))
-        curve = record.curve if record is not None else []
-        if not two:  # Optuna keeps no intermediate values in a multi-objective study
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            for epoch, value in _epoch_scores(curve):
-                if epoch not in trial.intermediate_values:
-                    storage.set_trial_intermediate_value(trial_id, epoch, value)
-        values = _complete_values(record, cost if two else None) if record is not None else None
-        if record is not None and record.status == "done" and values is not None:
-            study.tell(trial.number, values)
-        elif (record is None or record.status == "stopped") and (curve or trial.intermediate_values):
-            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    return len(orphans)
-
-
-def _epoch_scores(rows: list[dict[str, Any]]) -> list[tuple[int, float]]:
-    """(epoch, val_corr) of the per-epoch results ``rows`` that hold both (NaN kept: Optuna ranks it last)."""
-    return [(int(row["epoch"]), float(row[EPOCH_METRIC])) for row in rows
-            if _is_number(row.get("epoch")) and _is_number(row.get(EPOCH_METRIC))]
-
-
-def _complete_values(record: TrialRecord, cost: str | None) -> list[float] | None:
-    """What a trial that trained to its end is told: [best_val_corr], or with ``cost`` (two objectives)
-    [best_val_corr, its cost]; None when one is missing or not finite."""
-    values = [record.best_val_corr] if cost is None else [record.best_val_corr, record.cost(cost)]
-    return values if all(is_finite_number(v) for v in values) else None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 class StudySearch(OptunaSearch):
     """OptunaSearch that tells the study how far each trial trained, so that TPE never takes a score after a
     few epochs for the score of a trial trained to its end.
@@ -218,7 +107,7 @@ class StudySearch(OptunaSearch):
     - each epoch's ``val_corr`` is reported as it trains, as the intermediate value at step = epoch; the
       result the scheduler stops a trial on reaches only ``on_trial_complete``, which reports it too; an epoch
       reported again after a restart from a checkpoint keeps its first value;
-    - a trial that trained to its end (``trainable.ran_to_end``: its fit ended by itself, its last result
+    - a trial that trained to its end (``schema.ran_to_end``: its fit ended by itself, its last result
       carrying ``FIT_DONE``, or it reached ``max_t`` epochs) is told COMPLETE with its best_val_corr;
     - a trial the scheduler stopped before its end (ASHA) is told PRUNED: Optuna takes its last intermediate value as
       its value, and TPE counts it, in its startup phase and its model, behind every COMPLETE trial, pruned
@@ -263,14 +152,14 @@ class StudySearch(OptunaSearch):
         if self.cost is None:
             with warnings.catch_warnings():  # an epoch replayed after a restart: Optuna keeps its first value
                 warnings.filterwarnings("ignore", message=".*is already reported")
-                for epoch, value in _epoch_scores([result]):
+                for epoch, value in epoch_scores([result]):
                     self._ot_trials[trial_id].report(value, epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result is not None:
             self.on_trial_result(trial_id, result)  # the result the scheduler stopped on reaches only this hook
         epochs = list(self._epochs.pop(trial_id, {}).values())
-        if error or result is None or TRIAL_ERROR in result or not _is_number(result.get("epoch")):
+        if error or result is None or TRIAL_ERROR in result or not is_number(result.get("epoch")):
             super().on_trial_complete(trial_id, None, error=True)  # FAIL
             return
         if not (ran_to_end(result, self.max_t) if self.max_t is not None else FIT_DONE in result):
@@ -376,7 +265,7 @@ def make_trainable(spec: SearchSpec, checkpoint_epochs: Iterable[int] | None = N
     its last reported epoch (a scheduler that pauses and resumes trials at any epoch needs every epoch)."""
     s = spec.settings
     if s.gpus_per_trial == AUTO:
-        raise ValueError("gpus_per_trial auto is settled by the driver before trials start (search.driver)")
+        raise ValueError("gpus_per_trial auto is settled by the driver before trials start (search.raytune.driver)")
     epochs = asha_rungs(spec) if checkpoint_epochs is None else list(checkpoint_epochs)
     bound = tune.with_parameters(train_trial, base=spec.base.to_dict(), cpus=s.cpus_per_trial,
                                  checkpoint_epochs=epochs, gpus=s.gpus_per_trial)
@@ -425,20 +314,9 @@ class SearchStopper(Stopper, tune.Callback):
                 self(trial.trial_id, row)
 
 
-def compute_spent(records: list[TrialRecord]) -> tuple[float, int]:
-    """(summed train_seconds, trial-epochs) of a search's trials, as ``SearchStopper`` counts them."""
-    rows = [row for r in records for row in r.curve]
-    return sum(float(row.get("train_seconds", 0.0)) for row in rows), len(rows)
-
-
 def trial_name(trial: Any) -> str:
     """Trial folder and display name: ``trial_<id>`` (sampled values live in the HParams and the report)."""
     return trial_folder(trial.trial_id)
-
-
-def trial_folder(trial_id: str) -> str:
-    """The folder of Tune trial ``trial_id`` in its run folder."""
-    return f"trial_{trial_id}"
 
 
 def callbacks(spec: SearchSpec, live_every_s: float, stopper: SearchStopper) -> list[tune.Callback]:

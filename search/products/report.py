@@ -11,7 +11,6 @@ at all (:mod:`sensorium.atomic`).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import statistics
@@ -19,24 +18,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from search.results import COSTS, DEFAULT_TOLERANCE, TrialRecord, load_run, pick_trial, status_counts
-from search.space import Param, SearchSpec, active_params
+from search.spec.space import Param, SearchSpec, active_params
+from search.store.results import COSTS, DEFAULT_TOLERANCE, TrialRecord, load_run, pick_trial, status_counts
 from sensorium.atomic import atomic_write, save_figure, write_text
 from sensorium.errors import UserError
 
 EDGE = 0.1  # a best value within 10% of its range (log scale for loguniform) of an end is "at the edge"
 TOP = 5
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, help="the run folder of a search")
-    parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report)")
-
-
-def run(args: argparse.Namespace) -> int:
-    out = write_report(args.run_dir, args.out)
-    print(f"report: {out / 'report.md'} (+ trials.csv and PNGs in {out})")
-    return 0
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
@@ -191,7 +179,7 @@ def _rungs(spec: SearchSpec) -> list[int]:
 def _importances(run_dir: Path) -> tuple[dict[str, float], str]:
     import optuna
 
-    from search.tuner import load_study
+    from search.store.study import load_study
 
     try:
         study = load_study(run_dir)
@@ -269,10 +257,10 @@ def _plots(records: list[TrialRecord], spec: SearchSpec, importances: dict[str, 
 def _history(run_dir: Path, records: list[TrialRecord]) -> list[tuple[int, float, bool]]:
     """(Optuna trial number, best val corr, stopped early) of every finished trial of the study, imported ones
     too, in the order Optuna saw them: COMPLETE and PRUNED trials. The score is the study's
-    (``tuner.trial_best``), else the Tune record's (a PRUNED trial of a two-objective study holds none)."""
+    (``study.trial_best``), else the Tune record's (a PRUNED trial of a two-objective study holds none)."""
     import optuna
 
-    from search.tuner import TUNE_TRIAL_ID, load_study, trial_best
+    from search.store.study import TUNE_TRIAL_ID, load_study, trial_best
 
     try:
         study = load_study(run_dir)
@@ -351,7 +339,7 @@ def warm_start_section(run_dir: Path) -> list[str]:
     """Markdown lines on what a warm start imported (from study.json); nothing for a run without one."""
     import json
 
-    from search.tuner import STUDY_FILE
+    from search.store.study import STUDY_FILE
 
     path = run_dir / STUDY_FILE
     info = json.loads(path.read_text()).get("warm_start") if path.is_file() else None
