@@ -627,8 +627,8 @@ def real_spec(table: str, seed: int, budget_s: float, workers: int) -> SearchSpe
     reduction 3 on max_t = the table's epochs, until ``budget_s`` training seconds are spent."""
     import curves
 
-    from search.prepare import absolute_data_paths
-    from search.space import with_data, with_settings
+    from search.raytune.prepare import absolute_data_paths
+    from search.spec.space import with_data, with_settings
     from sensorium.config import set_values
 
     data_dir = curves.make_data(table, curves.WORK)
@@ -649,9 +649,8 @@ def validate(table_name: str, tables: Path, runs: int, budget: float, seeds: int
     of ``budget`` mean full trainings (training seconds), and replay the same search with ``seeds`` sampler
     seeds; returns the markdown lines: the replay's band (5-95%) of the best validation correlation at the
     budget, of the trials started and of the epochs trained, and each real search beside it."""
-    from search.driver import run_search
-    from search.results import load_trials
-    from search.tuner import compute_spent
+    from search.raytune.driver import run_search
+    from search.store.results import compute_spent, load_trials
 
     busy = os.getloadavg()[0]
     if busy > 0.5:  # the budget counts wall seconds of training: other work stretches them
