@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.products.retrain import retrain
+from search.products.retrain import labelled, retrain
 from search.products.scoring import score_table
+from sensorium.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,16 +26,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-seed", type=float, help="GPUs per seed; a fraction shares one card (default: 1 "
                         "when train.device is cuda, or auto on a cluster with GPUs; else 0)")
     parser.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: local Ray)")
+    parser.add_argument("--seed-set", nargs=2, action="append", default=[], metavar=("SEED", "KEY=VALUE"),
+                        help="override one config value for seed SEED only, e.g. --seed-set 1 train.lr=0.005 "
+                        "(repeatable; recorded in retrain.json)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing retrain folder")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
+    seed_overrides: dict[int, list[str]] = {}
+    for seed, item in args.seed_set:
+        try:
+            seed_overrides.setdefault(int(seed), []).append(item)
+        except ValueError:
+            raise UserError(f"--seed-set {seed} {item}: SEED must be an integer") from None
     summary = retrain(
         args.source, out=args.out, seeds=args.seeds, train_on_validation=args.train_on_validation,
         ground_truth=args.ground_truth, data=args.data, force=args.force, progress=not args.quiet,
         device=args.device, cpus_per_seed=args.cpus_per_seed, gpus_per_seed=args.gpus_per_seed, address=args.address,
+        seed_overrides=seed_overrides,
     )
-    print(score_table(summary))
-    print(f"submissions and retrain.json in {summary['out']}")
+    print(score_table(labelled(summary)))  # the ensemble's seeds and the left-out ones in the labels
+    seeds = summary["ensemble_seeds"]
+    print(f"submissions (the ensemble of seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}) and "
+          f"retrain.json in {summary['out']}")
     return 0

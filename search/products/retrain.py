@@ -17,6 +17,13 @@ once as the resources allow. The driver builds the memory-mapped data cache once
 are about 128 MB, too much for Ray's object store. The driver then averages them one file at a time from
 memory maps.
 
+A seed that collapsed (``collapse_reasons``: it kept the untrained model, learned nothing, or scores far below its
+best sibling) is left out of the ensemble: a line on stderr names it, its score and its siblings', and retrain.json
+(``ensemble_seeds``, ``collapsed``), ``OUT/<data key>/ensemble_members.json`` beside the ensemble CSVs and the
+score table's labels (``labelled``) say which seeds were averaged. A lone seed is kept, flagged, with a warning;
+when every one of several seeds collapsed, retrain stops (UserError) before writing the ensemble or retrain.json.
+``--seed-set S KEY=VALUE`` changes the config of seed S only (e.g. to try a suspect seed at a lower lr).
+
 ``--train-on-validation`` (a recorded choice) adds the validation tier to the training data; since early
 stopping on data the model trains on is meaningless, fit then trains exactly ``train.max_epochs``, set to
 the search's best epoch (from the best config's provenance), with no lr schedule, keeping the last weights.
@@ -27,8 +34,9 @@ from __future__ import annotations
 import json
 import re
 import sys
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +44,40 @@ import numpy as np
 
 from search.products.scoring import ground_truth_files, read_oracle, score_all_files
 from sensorium.atomic import exclusive_lock, write_text
-from sensorium.config import ExperimentConfig, config_hash, load_config, set_value
+from sensorium.config import ExperimentConfig, apply_overrides, config_hash, load_config, set_value
 from sensorium.errors import UserError
 from sensorium.runtime import is_cuda_request
 
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device accepts
 RETRAIN_LOCK = ".retrain.lock"  # in the output folder, held by the retrain writing it
+MEMBERS_FILE = "ensemble_members.json"  # beside each scan's ensemble CSVs: the seeds averaged and those left out
+
+# When a seed counts as collapsed (collapse_reasons), judged on its best validation correlation:
+# - not above COLLAPSE_FLOOR: a constant prediction scores exactly 0 (the dead output of a diverged model), so a best
+#   score at or below 0 means the model learned nothing. No higher absolute floor: what a good model scores depends
+#   on the data (about 0.3 on a real scan, 0.04 to 0.13 on the tiny test scans after 4 epochs).
+# - below COLLAPSE_FRACTION of its best sibling's: seeds of one config differ by a few percent on a real scan (0.285
+#   and 0.280), by up to 3x on the tiny test scans after a few epochs (0.04 to 0.126 over 6 seeds); a collapsed seed
+#   scores near 0 (0.003 against 0.285 in the case that motivated this). A fifth is far outside seed noise, far above
+#   a collapse.
+# - best epoch 0: no epoch beat the untrained model, which is what best.pt then holds (on the tiny scans an untrained
+#   model can score 0.08, so only this catches it there). Not with --train-on-validation: fit keeps the last epoch.
+COLLAPSE_FLOOR = 0.0
+COLLAPSE_FRACTION = 0.2
 
 
 def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_validation: bool = False,
             ground_truth: Path | None = None, data: list[str] | None = None, force: bool = False,
             progress: bool = True, device: str | None = None, cpus_per_seed: float | None = None,
-            gpus_per_seed: float | None = None, address: str | None = None) -> dict[str, Any]:
+            gpus_per_seed: float | None = None, address: str | None = None,
+            seed_overrides: Mapping[int, Sequence[str]] | None = None) -> dict[str, Any]:
     """Train, ensemble, write and score; returns what retrain.json holds. ``device``: train.device of every
     seed (None: the config's); ``cpus_per_seed``, ``gpus_per_seed``: one seed task's resources (None: see
-    ``seed_resources``); ``address``: a Ray cluster to join (None: this process's Ray, else a local one).
-    A folder another retrain is writing is refused (FolderInUse naming the folder and that process)."""
+    ``seed_resources``); ``address``: a Ray cluster to join (None: this process's Ray, else a local one);
+    ``seed_overrides``: seed -> ``KEY=VALUE`` strings applied to that seed's config only (``--seed-set``).
+    A folder another retrain is writing is refused (FolderInUse naming the folder and that process).
+    Collapsed seeds are left out of the ensemble (``collapse_reasons``, ``pick_members``); UserError when every one
+    of several seeds collapsed, before the ensemble or retrain.json is written."""
     from search.raytune.driver import ensure_ray, release_ray
     from search.raytune.preflight import preflight
     from search.raytune.prepare import absolute_data_paths
@@ -77,6 +103,10 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
             raise UserError(f"{source}: --train-on-validation needs the search's best epoch (a best_config.yaml)")
         cfg = set_value(set_value(cfg, "train.train_on_validation", True), "train.max_epochs", max(1, int(epochs)))
         choices["max_epochs"] = max(1, int(epochs))
+    overrides = check_seed_overrides(cfg, seeds, seed_overrides or {})
+    if overrides:
+        choices["seed_overrides"] = {str(seed): dict(kv.split("=", 1) for kv in items)
+                                     for seed, items in overrides.items()}
     if gpus_per_seed == 0 and is_cuda_request(cfg.train.device):
         raise UserError(f"train.device={cfg.train.device!r} needs a GPU, but --gpus-per-seed is 0")
     out = Path(out or default_out).resolve()
@@ -95,15 +125,21 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
             scans = load_data(run_cfg.data, progress=progress)
             competition = competition_keys(scans)
             truth = ground_truth_files(ground_truth, cfg, scans)  # a wrong --ground-truth fails before training
-            members, saved = run_seeds(run_cfg, seeds, out, cpus, gpus, progress)
+            members, saved = run_seeds(run_cfg, seeds, out, cpus, gpus, progress, overrides)
         finally:
             release_ray(started)
-        files = write_seed_average(out, saved, scans)
+        # Before anything is written: when every one of several seeds collapsed this raises, and the folder holds
+        # only the seeds' own runs.
+        collapsed = pick_members(members, collapse_reasons(members, train_on_validation), out, train_on_validation)
+        used = [m["seed"] for m in members if not collapsed.get(m["seed"], {}).get("left_out")]
+        files = write_seed_average(out, {s: saved[s] for s in used}, scans, collapsed)
 
         summary: dict[str, Any] = {
             "source": str(source), "out": str(out), "config_hash": config_hash(cfg),
             "seeds": [m["seed"] for m in members], "choices": choices, "search_provenance": provenance,
-            "members": members, "ensemble_files": files, "ground_truth": truth and str(truth.root),
+            "members": members, "ensemble_seeds": used, "collapsed": list(collapsed.values()),
+            "collapse_rule": collapse_rule(train_on_validation), "ensemble_files": files,
+            "ground_truth": truth and str(truth.root),
             "ground_truth_files": truth and truth.by_key(), "seconds": None,
         }
         if truth is not None:
@@ -135,10 +171,11 @@ def seed_resources(device: str, seeds: int, cpus: float | None, gpus: float | No
     return cpus, gpus
 
 
-def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: float,
-              progress: bool) -> tuple[list[dict[str, Any]], dict[int, dict[str, dict[str, str]]]]:
+def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: float, progress: bool,
+              overrides: Mapping[int, Sequence[str]] | None = None,
+              ) -> tuple[list[dict[str, Any]], dict[int, dict[str, dict[str, str]]]]:
     """Run seeds ``cfg.seed`` ... ``cfg.seed + seeds - 1`` as Ray tasks (``search.raytune.trainable.train_seed``) into
-    ``out/seed_<s>``; returns the members (retrain.json entries, by seed) and where each seed saved its
+    ``out/seed_<s>``, each seed's config with its ``overrides`` (seed -> ``KEY=VALUE`` strings) applied; returns the members (retrain.json entries, by seed) and where each seed saved its
     predictions (seed -> "<data key>/<file name>" -> {"values", "rows"} paths). The first failed seed
     cancels the others."""
     import ray
@@ -149,6 +186,7 @@ def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: f
     pending = {}
     for i in range(seeds):
         seed_cfg = set_value(cfg, "seed", cfg.seed + i)
+        seed_cfg = apply_overrides(seed_cfg, list((overrides or {}).get(seed_cfg.seed, ())))
         ref = task.remote(seed_cfg.to_dict(), str(out / f"seed_{seed_cfg.seed}"), cpus, gpus)
         pending[ref] = seed_cfg.seed
     if progress:
@@ -185,11 +223,14 @@ def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: f
 
 
 def write_seed_average(out: Path, saved: Mapping[int, Mapping[str, Mapping[str, str]]],
-                       scans: Mapping[str, Any]) -> dict[str, str]:
+                       scans: Mapping[str, Any], collapsed: Mapping[int, Mapping[str, Any]] | None = None,
+                       ) -> dict[str, str]:
     """The seed ensemble's official CSVs ``out/<data key>/<file name>``: per file, the seeds' saved predictions
     (memory-mapped) summed in float64 in seed order, divided by their number, keyed by trial and neuron id
-    through ``scans`` (data key -> ScanData). One file's sum is in memory at a time. Returns
-    "<data key>/<file name>" -> path. RuntimeError when the seeds predicted different trials."""
+    through ``scans`` (data key -> ScanData). One file's sum is in memory at a time. Beside them,
+    ``out/<data key>/ensemble_members.json``: the seeds averaged (those of ``saved``) and the collapsed ones
+    (``collapsed``: seed -> ``pick_members`` entry). Returns "<data key>/<file name>" -> path. RuntimeError when
+    the seeds predicted different trials."""
     from sensorium.predict import keyed
     from sensorium.submission import write_submission
 
@@ -211,7 +252,112 @@ def write_seed_average(out: Path, saved: Mapping[int, Mapping[str, Mapping[str, 
         path = write_submission(out / key / name, pred.trial_ids, pred.image_ids, pred.neuron_ids, pred.values,
                                 overwrite=True)
         files[rel] = str(path)
+    members = json.dumps({"seeds": sorted(saved), "collapsed": list((collapsed or {}).values())}, indent=2,
+                         default=_jsonable)
+    for key in sorted({rel.split("/")[0] for rel in files}):
+        write_text(out / key / MEMBERS_FILE, members)
     return files
+
+
+def collapse_reasons(members: Sequence[Mapping[str, Any]], train_on_validation: bool = False) -> dict[int, str]:
+    """seed -> why that member counts as collapsed, for each one that does. ``members``: retrain.json entries
+    (``seed``, ``best_val_corr``, ``best_epoch``). A member collapsed when its best validation correlation is not
+    finite or not above ``COLLAPSE_FLOOR``, when it is below ``COLLAPSE_FRACTION`` times its best sibling's (the
+    highest of the others; none with one member), or, unless ``train_on_validation``, when its best epoch is 0
+    (no epoch beat the untrained model). With ``train_on_validation`` the validation tier is training data: the
+    score compared is the last epoch's in-sample fit to it, which a collapsed model cannot raise either.
+
+    >>> collapse_reasons([{"seed": 0, "best_val_corr": 0.285, "best_epoch": 8},
+    ...                   {"seed": 1, "best_val_corr": 0.003, "best_epoch": 0}])[1]
+    'best epoch 0: no epoch beat the untrained model; best val corr 0.0030 < 0.2 x 0.2850 (seed 0, best sibling)'
+    """
+    reasons: dict[int, str] = {}
+    for m in members:
+        score, why = float(m["best_val_corr"]), []
+        siblings = [(float(o["best_val_corr"]), o["seed"]) for o in members
+                    if o["seed"] != m["seed"] and math.isfinite(o["best_val_corr"])]
+        if not train_on_validation and m["best_epoch"] == 0:
+            why.append("best epoch 0: no epoch beat the untrained model")
+        if not math.isfinite(score) or score <= COLLAPSE_FLOOR:
+            why.append(f"best val corr {score:.4f} <= {COLLAPSE_FLOOR:g}: no better than a constant prediction")
+        elif siblings and score < COLLAPSE_FRACTION * max(siblings)[0]:
+            best, seed = max(siblings)
+            why.append(f"best val corr {score:.4f} < {COLLAPSE_FRACTION:g} x {best:.4f} (seed {seed}, best sibling)")
+        if why:
+            reasons[m["seed"]] = "; ".join(why)
+    return reasons
+
+
+def pick_members(members: Sequence[Mapping[str, Any]], reasons: Mapping[int, str], out: Path,
+                 train_on_validation: bool = False) -> dict[int, dict[str, Any]]:
+    """seed -> {seed, best_val_corr, best_epoch, reason, left_out} for each collapsed member (``reasons``), with
+    one stderr line each naming it, its score and its siblings'. Collapsed members are left out of the ensemble,
+    except a lone one (nothing to replace it: kept, with a warning). UserError, one line naming every seed and
+    score, when several members all collapsed (``out``: where their runs are; ``train_on_validation``: which
+    rule judged them, for the message)."""
+    if len(members) > 1 and len(reasons) == len(members):
+        runs = "; ".join(f"seed {m['seed']} {m['best_val_corr']:.4f} at epoch {m['best_epoch']}" for m in members)
+        raise UserError(f"all {len(members)} seeds collapsed ({runs}): no ensemble written; their runs are in "
+                        f"{out}/seed_<s> (rule: {collapse_rule(train_on_validation)['text']})")
+    entries = {}
+    for m in members:
+        if m["seed"] not in reasons:
+            continue
+        left_out = len(members) > 1
+        entries[m["seed"]] = {"seed": m["seed"], "best_val_corr": m["best_val_corr"], "best_epoch": m["best_epoch"],
+                              "reason": reasons[m["seed"]], "left_out": left_out}
+        siblings = ", ".join(f"seed {o['seed']} {o['best_val_corr']:.4f}" for o in members if o is not m)
+        what = "left out of the ensemble" if left_out else "kept though collapsed (the only seed)"
+        print(f"warning: retrain: seed {m['seed']} {what}: best val corr {m['best_val_corr']:.4f} at epoch "
+              f"{m['best_epoch']}{f' (siblings: {siblings})' if siblings else ''}: {reasons[m['seed']]}",
+              file=sys.stderr, flush=True)
+    return entries
+
+
+def collapse_rule(train_on_validation: bool) -> dict[str, Any]:
+    """The collapse rule as retrain.json records it: its thresholds, what is compared, and one line of text."""
+    compared = ("the last epoch's correlation on the validation tier, trained on (in-sample fit)"
+                if train_on_validation else "the best epoch's correlation on the held-out validation tier")
+    text = (f"collapsed: best val corr not above {COLLAPSE_FLOOR:g}, or below {COLLAPSE_FRACTION:g} x the best "
+            f"sibling's" + ("" if train_on_validation else ", or best epoch 0"))
+    return {"floor": COLLAPSE_FLOOR, "fraction_of_best_sibling": COLLAPSE_FRACTION,
+            "best_epoch_0": not train_on_validation, "compared": compared, "text": text}
+
+
+def labelled(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary`` with its score labels saying what each model is, for ``scoring.score_table``: "ensemble of
+    seeds 0, 2" and "seed_1 (left out)" (or "(collapsed)" for a lone kept one)."""
+    entries = {c["seed"]: c for c in summary.get("collapsed") or []}
+    seeds = summary.get("ensemble_seeds", summary["seeds"])
+
+    def label(model: str) -> str:
+        if model == "ensemble":
+            return f"ensemble of seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+        seed = int(model.removeprefix("seed_"))
+        if seed in entries:
+            return f"{model} ({'left out' if entries[seed]['left_out'] else 'collapsed'})"
+        return model
+
+    scores = summary.get("scores")
+    return {**summary, "scores": scores and {label(model): s for model, s in scores.items()}}
+
+
+def check_seed_overrides(cfg: ExperimentConfig, seeds: int,
+                         overrides: Mapping[int, Sequence[str]]) -> dict[int, list[str]]:
+    """``overrides`` (seed -> ``KEY=VALUE`` strings, ``--seed-set``) checked before anything runs: each seed one of
+    the ``seeds`` trained from ``cfg.seed``, each override a valid config value, none setting ``seed`` or
+    ``data.scans`` (what makes the seeds one ensemble of the same data). UserError naming the bad one."""
+    valid = range(cfg.seed, cfg.seed + seeds)
+    checked = {}
+    for seed, items in sorted(overrides.items()):
+        if seed not in valid:
+            raise UserError(f"--seed-set {seed}: not a seed of this retrain (seeds {valid.start} to {valid.stop - 1})")
+        for item in items:
+            if item.split("=", 1)[0].strip() in ("seed", "data.scans"):
+                raise UserError(f"--seed-set {seed} {item}: the seed and data.scans are the same for every seed")
+        apply_overrides(set_value(cfg, "seed", seed), list(items))  # a bad key or value: ConfigError naming it
+        checked[seed] = list(items)
+    return checked
 
 
 def _print_epochs(out: Path, seeds: list[int], shown: dict[int, int]) -> None:
