@@ -658,6 +658,12 @@ def validate(table_name: str, tables: Path, runs: int, budget: float, seeds: int
               "work (stop it, e.g. kill -STOP the table's recorders, for a clean check)", file=sys.stderr)
     table = load_table(table_name, tables, cost="train_s")  # the real budget counts training seconds
     budget_s = budget * table.mean_full_cost()
+    first = work / f"validate_{table_name}_0"
+    if (first / "validated.json").is_file():  # searches run before (on a smaller table): replay their budget
+        from search.spec.space import load_run_spec
+
+        budget_s = load_run_spec(first).settings.compute_budget_s
+        budget = budget_s / table.mean_full_cost()
     spec0 = real_spec(table_name, 0, budget_s, 2)
     lookup = Lookup(spec0, table)
     replayed = []

@@ -152,8 +152,9 @@ def _table(tuned: dict[str, Any], baseline: dict[str, Any], ensemble: dict[str, 
             if tier in tiers:
                 rows.append(("oracle (noise-free truth)", key, tier, tiers[tier]))
     models = [("baseline, untuned (1 seed)", baseline, f"seed_{baseline['seeds'][0]}")]
-    models += [(f"tuned, seed {s}", tuned, f"seed_{s}") for s in tuned["seeds"]]
-    models += [(f"tuned, ensemble of {len(tuned['seeds'])}", tuned, "ensemble")]
+    used = tuned.get("ensemble_seeds", tuned["seeds"])  # retrain leaves collapsed seeds out of its ensemble
+    models += [(f"tuned, seed {s}" + ("" if s in used else " (left out)"), tuned, f"seed_{s}") for s in tuned["seeds"]]
+    models += [(f"tuned, ensemble of {len(used)}", tuned, "ensemble")]
     models += [("best single trial", ensemble, "best_trial"),
                (f"trial ensemble of {len(ensemble['members'])} trials", ensemble, "trial_ensemble")]
     for label, summary, model in models:
