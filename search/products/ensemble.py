@@ -231,7 +231,8 @@ def build_ensemble(run_dir: Path, *, max_members: int = MAX_MEMBERS, out: Path |
                          "search_best_val_corr": by_id[t].best_val_corr, "best_epoch": by_id[t].best_epoch,
                          "checkpoint": str(by_id[t].checkpoint / "best.pt")} for t, c in selection.counts.items()],
             "singles": selection.singles, "files": files, "best_trial_files": best_files,
-            "retrain": previous and previous["out"], "retrain_seeds": previous and previous.get("seeds"),
+            "retrain": previous and previous["out"],  # the seeds of retrain's ensemble (collapsed ones left out)
+            "retrain_seeds": previous and previous.get("ensemble_seeds", previous.get("seeds")),
             "ground_truth": truth and str(truth.root), "ground_truth_files": truth and truth.by_key(), "seconds": None,
         }
         if truth is not None:
@@ -393,7 +394,8 @@ def _markdown(summary: Mapping[str, Any]) -> str:
         "## Test scores", "",
     ]
     if summary.get("scores"):
-        seeds = (f"retrain's {len(summary['retrain_seeds'] or [])} seeds of the best config (`{summary['retrain']}`)"
+        seeds = (f"the {len(summary['retrain_seeds'] or [])} seeds of retrain's ensemble of the best config "
+                 f"(`{summary['retrain']}`)"
                  if summary["retrain"] else "none (no retrain folder found or given)")
         lines += [f"Ground truth: `{summary['ground_truth']}`. trial_ensemble: this ensemble; best_trial: its first "
                   f"member alone; seed_ensemble: {seeds}.", ""]
