@@ -705,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow-seeds", type=int, default=None, help="seeds of the slow methods (gp, bohb); default --seeds")
     ap.add_argument("--budget", type=float, default=100.0,
                     help="compute budget per search, in full trainings of the table's mean configuration")
+    ap.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     ap.add_argument("--quick", action="store_true", help="random, tpe+asha, tpe+asha (as it was); 5 seeds; 2 workers")
     ap.add_argument("--validate", type=int, default=0, metavar="N",
                     help="run N real searches of the default method on the table's data and check them against "
@@ -743,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     exact = exact_random(spec, table, Lookup(spec, table))
     notes.append(f"budget: {args.budget:g} x the mean full training ({full:.0f} s) per search")
+    notes += args.note
     text = report(table, outcomes, exact, budget, args.seeds, notes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.out, text)
