@@ -394,8 +394,7 @@ def _markdown(summary: Mapping[str, Any]) -> str:
         "## Test scores", "",
     ]
     if summary.get("scores"):
-        seeds = (f"the {len(summary['retrain_seeds'] or [])} seeds of retrain's ensemble of the best config "
-                 f"(`{summary['retrain']}`)"
+        seeds = (f"retrain's {len(summary['retrain_seeds'] or [])} seeds of the best config (`{summary['retrain']}`)"
                  if summary["retrain"] else "none (no retrain folder found or given)")
         lines += [f"Ground truth: `{summary['ground_truth']}`. trial_ensemble: this ensemble; best_trial: its first "
                   f"member alone; seed_ensemble: {seeds}.", ""]
