@@ -27,7 +27,8 @@ configurations comparable to the noise, which the 3-seed replicates measure.
 
 A recording process runs at nice 19, below Ray's trials (15): its costs are CPU seconds, which waiting does not
 change. Each finished run is one JSON under runs/curves/<table>/done/ (written atomically), so a stopped recording
-loses at most the runs in progress; ``collect`` assembles the table from the runs done so far.
+loses at most the runs in progress; ``collect`` assembles the table from the committed one and the runs done
+since, and ``record`` skips the runs the committed table holds: a fresh checkout resumes where it ended.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import io
 import json
 import math
 import os
@@ -51,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from search.spec.space import Param, SearchSpec, load_search  # noqa: E402
-from sensorium.atomic import write_text  # noqa: E402
+from sensorium.atomic import atomic_write, write_text  # noqa: E402
 from sensorium.config import set_values  # noqa: E402
 from sensorium.data.synth import SynthConfig, generate  # noqa: E402
 from sensorium.data.synth.config import DEMO_HISTORY  # noqa: E402
@@ -267,7 +269,9 @@ def record(table: str, work: Path, epochs: int, n_configs: int, n_replicated: in
     data_dir = make_data(table, WORK if work.parent == WORK else work.parent)
     spec = load_search(SEARCH_FILE)
     points = sobol_points(spec, n_configs)
-    todo = [j for j in jobs(n_configs, n_replicated) if not (done_dir / f"{j.name}.json").is_file()]
+    committed = committed_records(table, ROOT / "results")  # a new checkout resumes from the committed table
+    todo = [j for j in jobs(n_configs, n_replicated)
+            if (j.config, j.seed) not in committed and not (done_dir / f"{j.name}.json").is_file()]
     if limit is not None:
         todo = todo[:limit]
     data = load_data(job_config(spec, points[0], SEEDS[0], data_dir, work / "cache", epochs).data, progress=False)
@@ -286,28 +290,63 @@ def record(table: str, work: Path, epochs: int, n_configs: int, n_replicated: in
               file=sys.stderr, flush=True)
 
 
+FIELDS = ["config", "seed", "epoch", "val_corr", "best_val_corr", "best_epoch", "test_corr", "lr", "cpu_s", "wall_s",
+          "train_s"]
+
+
+def committed_records(table: str, results: Path) -> dict[tuple[int, int], dict[str, Any]]:
+    """The runs the committed table results/curves_<table>.csv.gz holds, as records like the done/ JSONs
+    (run folders are not kept between machines: a new checkout resumes from the committed table)."""
+    curves, configs = results / f"curves_{table}.csv.gz", results / f"curves_{table}_configs.csv"
+    if not (curves.is_file() and configs.is_file()):
+        return {}
+    with open(configs, newline="") as f:
+        meta = {int(row["config"]): row for row in csv.DictReader(f)}
+    records: dict[tuple[int, int], dict[str, Any]] = {}
+    with gzip.open(curves, "rt", newline="") as f:
+        for row in csv.DictReader(f):
+            key = (int(row["config"]), int(row["seed"]))
+            if key not in records:
+                m = meta[key[0]]
+                records[key] = {"config": key[0], "seed": key[1], "point": json.loads(m["point"]),
+                                "flops_per_epoch": float(m["gflops_per_epoch"]) * 1e9,
+                                "n_parameters": int(m["n_parameters"]), "failure": m["failure"] or None, "epochs": []}
+            records[key]["epochs"].append({k: _number(v) for k, v in row.items() if k not in ("config", "seed")})
+    return records
+
+
+def _number(text: str) -> float | int | None:
+    if text == "":
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
 def collect(table: str, work: Path, results: Path) -> tuple[Path, Path]:
-    """Write the runs done so far as results/curves_<table>.csv.gz (one row per run and epoch) and
-    results/curves_<table>_configs.csv (one row per configuration: its point, FLOPs per epoch, parameters)."""
-    done = sorted((work / table / "done").glob("c*_s*.json"))
-    if not done:
+    """Write the runs done so far (the committed table's and those under work/<table>/done) as
+    results/curves_<table>.csv.gz (one row per run and epoch) and results/curves_<table>_configs.csv (one row per
+    configuration: its point, FLOPs per epoch, parameters); both written atomically."""
+    by_key = committed_records(table, results)
+    for path in sorted((work / table / "done").glob("c*_s*.json")):
+        rec = json.loads(path.read_text())
+        by_key[(rec["config"], rec["seed"])] = rec
+    if not by_key:
         raise SystemExit(f"{work / table / 'done'}: no recorded runs yet (run: bench/curves.py record --table {table})")
-    records = [json.loads(p.read_text()) for p in done]
+    records = [by_key[k] for k in sorted(by_key)]
     curves = results / f"curves_{table}.csv.gz"
-    fields = ["config", "seed", "epoch", "val_corr", "best_val_corr", "best_epoch", "test_corr", "lr", "cpu_s",
-              "wall_s", "train_s"]
-    with gzip.open(curves, "wt", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+    with atomic_write(curves, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
+            io.TextIOWrapper(zipped, encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         for rec in records:
             for row in rec["epochs"]:
                 w.writerow({"config": rec["config"], "seed": rec["seed"], **{
-                    k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in row.items()}})
+                    k: (f"{v:.5g}" if isinstance(v, float) else ("" if v is None else v)) for k, v in row.items()}})
     configs = results / f"curves_{table}_configs.csv"
     seen: dict[int, dict[str, Any]] = {}
     for rec in records:
         seen.setdefault(rec["config"], rec)
-    with open(configs, "w", newline="") as f:
+    with atomic_write(configs, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["config", "gflops_per_epoch", "n_parameters", "failure", "point"])
         w.writeheader()
         for c, rec in sorted(seen.items()):

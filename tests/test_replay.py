@@ -5,6 +5,7 @@ exact expectation of random search. No training: the curves are a formula of the
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from collections import Counter
@@ -146,3 +147,28 @@ def test_real_search_spec_matches_the_recorded_runs(tmp_path, monkeypatch):
     assert base.data.scans and all(str(tmp_path) in scan for scan in base.data.scans)
     job = curves.job_config(spec, {}, 42, Path(base.data.scans[0]).parent, tmp_path / "cache", curves.EPOCHS)
     assert job.model == base.model and job.data.image_height == base.data.image_height
+
+
+def test_the_committed_table_is_where_a_new_checkout_resumes(tmp_path):
+    """collect writes the runs done so far; read back (committed_records) they give the same table again, and
+    a later collect keeps them beside newer runs: nothing recorded is lost with the run folders."""
+    done = tmp_path / "work" / "A" / "done"
+    done.mkdir(parents=True)
+    for config, seed in ((0, 42), (1, 42)):
+        rows = [{"epoch": e, "val_corr": 0.1 * e, "best_val_corr": 0.1 * e, "best_epoch": e, "test_corr": 0.05 * e,
+                 "lr": 0.009, "cpu_s": 1.25, "wall_s": 1.5, "train_s": 1.0} for e in (1, 2)]
+        record = {"config": config, "seed": seed, "point": {"train.lr": 0.009 + config}, "flops_per_epoch": 2.5e9,
+                  "n_parameters": 1000 + config, "failure": None, "epochs": rows}
+        (done / f"c{config:03d}_s{seed}.json").write_text(json.dumps(record))
+    results = tmp_path / "results"
+    first = curves.collect("A", tmp_path / "work", results)
+    text = [p.read_bytes() for p in first]
+    assert set(curves.committed_records("A", results)) == {(0, 42), (1, 42)}
+    for path in done.iterdir():
+        path.unlink()  # a new checkout: no run folders, only the committed table
+    again = curves.collect("A", tmp_path / "work", results)
+    assert [p.read_bytes() for p in again] == text
+    record["seed"] = 43
+    (done / "c001_s43.json").write_text(json.dumps(record))
+    curves.collect("A", tmp_path / "work", results)
+    assert set(curves.committed_records("A", results)) == {(0, 42), (1, 42), (1, 43)}
