@@ -470,16 +470,26 @@ def median_time(t: np.ndarray) -> float:
     return float(np.median(t)) if np.isfinite(t).mean() > 0.5 else math.inf
 
 
+def _ratio(r: float, m: float) -> float:
+    """random / method of two median times: 0 when the method never reached the target (in half its seeds),
+    inf when only the method did, NaN when neither did (no ratio)."""
+    if not math.isfinite(m):
+        return math.nan if not math.isfinite(r) else 0.0
+    return r / m
+
+
 def speedup_interval(random: np.ndarray, method: np.ndarray, rng: np.random.Generator, n: int = 2000
                      ) -> tuple[float, float, float]:
-    """(ratio of median times random / method, bootstrap 2.5% and 97.5% quantiles: seeds of each resampled)."""
-    point = median_time(random) / median_time(method)
-    boot = []
-    for _ in range(n):
-        r = median_time(rng.choice(random, len(random)))
-        m = median_time(rng.choice(method, len(method)))
-        boot.append(r / m if math.isfinite(m) else 0.0)
-    lo, hi = np.quantile(boot, [0.025, 0.975])
+    """(ratio of median times random / method, bootstrap 2.5% and 97.5% quantiles: seeds of each resampled;
+    resamples in which neither reached the target are left out, the quantiles are order statistics so that
+    an unbounded end reads inf)."""
+    point = _ratio(median_time(random), median_time(method))
+    boot = [_ratio(median_time(rng.choice(random, len(random))), median_time(rng.choice(method, len(method))))
+            for _ in range(n)]
+    boot = [b for b in boot if not math.isnan(b)]
+    if not boot:
+        return point, math.nan, math.nan
+    lo, hi = np.quantile(boot, [0.025, 0.975], method="inverted_cdf")
     return point, float(lo), float(hi)
 
 
@@ -575,6 +585,10 @@ def figure(outcomes: list[Outcome], budget_s: dict[int, float], path: Path) -> N
     plt.close(fig)
 
 
+def _x(ratio: float) -> str:
+    return "-" if math.isnan(ratio) else "∞" if math.isinf(ratio) else f"{ratio:.2f}x"
+
+
 def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], budget_s: dict[int, float],
            seeds: int, notes: list[str]) -> str:
     """The markdown table: per worker count, method x target: median compute to target (worker-seconds),
@@ -610,7 +624,7 @@ def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], bud
                     sp = ""
                 else:
                     point, lo, hi = speedup_interval(base.times[q] * w, t, rng)
-                    sp = f" · {point:.2f}x [{lo:.2f}, {hi:.2f}]" if math.isfinite(point) else " · -"
+                    sp = f" · {_x(point)} [{_x(lo)}, {_x(hi)}]"
                 cells.append(f"{med:.0f}{sp} · {reach:.0%}" if math.isfinite(med) else f"> budget{sp} · {reach:.0%}")
             lines.append(f"| {o.method} | {len(o.curves)} | " + " | ".join(cells) + " |")
         lines.append("")
