@@ -172,3 +172,21 @@ def test_the_committed_table_is_where_a_new_checkout_resumes(tmp_path):
     (done / "c001_s43.json").write_text(json.dumps(record))
     curves.collect("A", tmp_path / "work", results)
     assert set(curves.committed_records("A", results)) == {(0, 42), (1, 42), (1, 43)}
+
+
+def test_a_trial_start_cost_is_charged_once_per_trial(spec, table):
+    """With a start cost, a search of the same simulated time trains fewer epochs: each trial's first epoch
+    waits for its worker, data and model; later epochs of the trial do not."""
+    lookup = replay.Lookup(spec, table)
+    budget = 10 * table.mean_full_cost()
+    free = replay.simulate(spec, replay.METHODS["random"], table, lookup, 1, 0, budget)
+    stack = replay.Stack(spec, replay.METHODS["random"], table, lookup, 0)
+    paid = replay.simulate(spec, replay.METHODS["random"], table, lookup, 1, 0, budget, stack=stack,
+                           trial_start_s=5.0)
+    seen: set[int] = set()
+    charged = []
+    for number, *_, cost in stack.trace:  # one worker: the time is the sum of every job it ran
+        charged.append(cost + (5.0 if number not in seen else 0.0))
+        seen.add(number)
+    assert len(paid) < len(free)
+    assert paid[:, 0] == pytest.approx(np.cumsum(charged)[: len(paid)], rel=1e-4)  # + the sampler's time / 1000
