@@ -132,6 +132,8 @@ def sobol_points(spec: SearchSpec, n: int, seed: int = 0) -> list[dict[str, Any]
 
 @dataclass(frozen=True)
 class Job:
+    """One recorded run: a configuration of the table (its index in the Sobol sequence) and its seed."""
+
     config: int
     seed: int
 
