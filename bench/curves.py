@@ -162,10 +162,14 @@ def job_config(spec: SearchSpec, point: dict[str, Any], seed: int, data_dir: Pat
     """The experiment config of one recorded run: the point, on the CPU at 1 thread, ``epochs`` at most."""
     scans = sorted(str(p) for p in data_dir.iterdir() if p.is_dir())
     return set_values(spec.resolve(point), {
-        "seed": seed, "data.scans": scans, "data.cache_dir": str(cache), "train.max_epochs": epochs,
-        "train.device": "cpu", "train.threads": 1, "train.checkpoint_every_s": 0.0,
-        "data.image_height": RESOLUTION[0], "data.image_width": RESOLUTION[1],
-    })
+        "seed": seed, "data.scans": scans, "train.checkpoint_every_s": 0.0, **run_overrides(cache, epochs)})
+
+
+def run_overrides(cache: Path, epochs: int) -> dict[str, Any]:
+    """What every run of a table shares with the real searches checked against it: the cache, the epoch cap,
+    the CPU at 1 thread and the table's resolution."""
+    return {"data.cache_dir": str(cache), "train.max_epochs": epochs, "train.device": "cpu", "train.threads": 1,
+            "data.image_height": RESOLUTION[0], "data.image_width": RESOLUTION[1]}
 
 
 def epoch_flops(cfg, data) -> tuple[float, int]:

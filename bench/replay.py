@@ -180,17 +180,6 @@ class Lookup:
 
 # ---------------------------------------------------------------- the production stack, ask and tell
 
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "/"))
-        else:
-            out[key] = v
-    return out
-
-
 @dataclass
 class Method:
     """How a search runs: sampler settings, the scheduler, the searcher class (``study``: this tool's
@@ -312,11 +301,13 @@ class Stack:
 
     def _new_trial(self, number: int) -> SimpleNamespace:
         """Ask the searcher for trial ``number``'s point, look it up in the table, add it to the scheduler."""
+        from ray.tune.utils.util import flatten_dict
+
         tid = f"t{number:05d}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             config = self.searcher.suggest(tid)
-        c = self.lookup(_flat(config))
+        c = self.lookup(flatten_dict(config))  # Tune's nesting undone
         trial = SimpleNamespace(trial_id=tid, config=c, seed=int(self.rng.choice(sorted(self.table.curves[c]))))
         self.scheduler.on_trial_add(None, trial)
         return trial
@@ -659,11 +650,7 @@ def real_spec(table: str, seed: int, budget_s: float, workers: int) -> SearchSpe
     data_dir = curves.make_data(table, curves.WORK)
     scans = sorted(str(p) for p in data_dir.iterdir() if p.is_dir())
     spec = with_data(load_search(SEARCH_FILE), scans)
-    base = absolute_data_paths(set_values(spec.base, {
-        "data.cache_dir": str(curves.WORK / table / "cache"), "train.max_epochs": curves.EPOCHS,
-        "train.device": "cpu", "train.threads": 1,
-        "data.image_height": curves.RESOLUTION[0], "data.image_width": curves.RESOLUTION[1],
-    }))
+    base = absolute_data_paths(set_values(spec.base, curves.run_overrides(curves.WORK / table / "cache", curves.EPOCHS)))
     return with_settings(dataclasses.replace(spec, base=base), seed=seed, compute_budget_s=budget_s,
                          max_concurrent=workers, cpus_per_trial=1, gpus_per_trial=0, num_trials=100_000,
                          asha={"grace_period": 1, "reduction_factor": 3.0, "max_t": curves.EPOCHS})
