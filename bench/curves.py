@@ -296,6 +296,46 @@ def record(table: str, work: Path, epochs: int, n_configs: int, n_replicated: in
               file=sys.stderr, flush=True)
 
 
+# Checkpoint writes in each epoch's CPU seconds. The table trains with train.checkpoint_every_s=0 (best.pt must hold
+# every epoch's best weights for the test column), so every epoch writes last.pt (weights, best weights, Adam's two
+# moments: 4 copies) and, when it improved, best.pt; a search writes them once a minute. Measured on this machine
+# (`bench/curves.py checkpoint-cost`, 1 thread, median of 5): 1.6 ms at 50k parameters, 4.9 at 270k, 14.6 at 1M,
+# 65 at 3M: about 0.5 ms + 21 ms per million parameters; in table A's first 55 runs, a median 0.4% of an epoch's
+# CPU seconds, at most 4.8%. The replay subtracts it (``checkpoint_cpu_s``) to charge each epoch what a search would pay.
+CHECKPOINT_BASE_S = 0.0005
+CHECKPOINT_S_PER_PARAMETER = 21e-9
+
+
+def checkpoint_cpu_s(n_parameters: int) -> float:
+    """Estimated CPU seconds of one epoch's checkpoint writes (last.pt + best.pt) for a model of that size."""
+    return CHECKPOINT_BASE_S + CHECKPOINT_S_PER_PARAMETER * n_parameters
+
+
+def measure_checkpoint_cost(sizes: tuple[int, ...] = (50_000, 270_000, 1_000_000, 3_000_000)) -> list[tuple[int, float]]:
+    """(parameters, median CPU seconds over 5 tries) of writing a last.pt-like payload (4 copies of the weights) and
+    a best.pt (1 copy) with fit's own writer, for each size: what ``checkpoint_cpu_s`` approximates."""
+    import tempfile
+
+    import torch
+
+    from sensorium.training.checkpoint import save_atomic
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            weights = {"w": torch.randn(n)}
+            last = {"model": weights, "best_model": {"w": weights["w"].clone()},
+                    "optimizer": {"exp_avg": torch.randn(n), "exp_avg_sq": torch.rand(n)}}
+            times = []
+            for _ in range(5):
+                start = time.process_time()
+                save_atomic(last, Path(tmp) / "last.pt")
+                save_atomic({"model": weights}, Path(tmp) / "best.pt")
+                times.append(time.process_time() - start)
+            out.append((n, float(np.median(times))))
+    return out
+
+
 FIELDS = ["config", "seed", "epoch", "val_corr", "best_val_corr", "best_epoch", "test_corr", "lr", "cpu_s", "wall_s",
           "train_s"]
 
@@ -385,7 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     col.add_argument("--table", choices=sorted(TABLES), default="A")
     col.add_argument("--work", type=Path, default=WORK)
     col.add_argument("--results", type=Path, default=ROOT / "results")
+    sub.add_parser("checkpoint-cost", help="measure the CPU seconds of an epoch's checkpoint writes by model size")
     args = ap.parse_args(argv)
+    if args.command == "checkpoint-cost":
+        for n, seconds in measure_checkpoint_cost():
+            print(f"{n:>9,d} parameters: {seconds * 1000:6.1f} ms CPU (model: {checkpoint_cpu_s(n) * 1000:6.1f} ms)")
     if args.command == "collect":
         collect(args.table, args.work, args.results)
     if args.command == "record":

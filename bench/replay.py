@@ -14,7 +14,7 @@ here returns each epoch's own cost instead.)
 A configuration the searcher proposes is looked up in the table by its nearest recorded configuration
 (numeric keys on the unit scale of their range, log scale for loguniform; a categorical mismatch counts 1:
 the 1-nearest-neighbour surrogate Syne Tune uses for tabulated benchmarks). Its seed is drawn among the seeds
-recorded for it. An epoch's cost is its recorded CPU seconds (bench/curves.py).
+recorded for it. An epoch's cost is its recorded CPU seconds, less the recording's own checkpoint writes (bench/curves.py).
 
     .venv/bin/python bench/replay.py --table A --seeds 100 --workers 2 8 32
     .venv/bin/python bench/replay.py --table A --quick          # 3 methods x 5 seeds: a smoke test
@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # bench/curves.py, for the real searches' data and settings
 
+from curves import checkpoint_cpu_s  # noqa: E402
 from search.spec.space import Param, SearchSpec, load_search  # noqa: E402
 from sensorium.atomic import write_text  # noqa: E402
 
@@ -101,17 +102,22 @@ class Table:
 
 def load_table(name: str, results: Path = RESULTS, cost: str = "cpu_s") -> Table:
     """The committed table results/curves_<name>.csv.gz (+ _configs.csv); an epoch costs its ``cost`` column:
-    ``cpu_s`` (process CPU seconds, the default) or ``train_s`` (fit's training wall seconds, what a real
+    ``cpu_s`` (process CPU seconds less the recording's per-epoch checkpoint writes, the default) or ``train_s`` (fit's training wall seconds, what a real
     search's compute budget counts; runs recorded before it existed get their cpu_s times the median
     train_s / cpu_s ratio of the others)."""
     points: dict[int, dict[str, Any]] = {}
+    parameters: dict[int, int] = {}
     with open(results / f"curves_{name}_configs.csv", newline="") as f:
         for row in csv.DictReader(f):
             points[int(row["config"])] = json.loads(row["point"])
+            parameters[int(row["config"])] = int(row["n_parameters"])
     rows: dict[tuple[int, int], list[dict[str, str]]] = {}
     with gzip.open(results / f"curves_{name}.csv.gz", "rt", newline="") as f:
         for row in csv.DictReader(f):
             rows.setdefault((int(row["config"]), int(row["seed"])), []).append(row)
+    for (config, _seed), runs in rows.items():  # the recording's per-epoch checkpoint writes: a search's are rare
+        for r in runs:
+            r["cpu_s"] = max(float(r["cpu_s"]) - checkpoint_cpu_s(parameters[config]), 0.0)
     if cost != "cpu_s":
         ratios = [float(r[cost]) / float(r["cpu_s"]) for runs in rows.values() for r in runs
                   if r.get(cost) not in (None, "") and float(r["cpu_s"]) > 0]
