@@ -1,8 +1,8 @@
 """A recorded learning-curve table of our own model: the ground for replaying searches in simulated time.
 
-Configurations of ``configs/search_default.yaml``'s space (the modulator branch included) are drawn as a
-scrambled Sobol sequence over the unit cube (one coordinate per searched key, branch keys included; a branch
-key's coordinate is unused where its option is not chosen) and each is trained with the reference recipe for
+Configurations of ``configs/search_curves.yaml``'s space (the default search's, frozen for the tables; the
+modulator branch included) are drawn as a scrambled Sobol sequence over the unit cube (one coordinate per
+searched key, branch keys included; a branch key's coordinate is unused where its option is not chosen) and each is trained with the reference recipe for
 at most ``R`` epochs (``train.max_epochs = R``: the recipe's own early stopping still ends a run, as it would
 end a trial). Per epoch the table records the validation correlation, the best so far, the live-test
 single-trial correlation of the best weights so far (what a trial stopped at that epoch delivers), the learning
@@ -58,7 +58,7 @@ from sensorium.config import set_values  # noqa: E402
 from sensorium.data.synth import SynthConfig, generate  # noqa: E402
 from sensorium.data.synth.config import DEMO_HISTORY  # noqa: E402
 
-SEARCH_FILE = ROOT / "configs" / "search_default.yaml"
+SEARCH_FILE = ROOT / "configs" / "search_curves.yaml"  # the tables' frozen space
 WORK = ROOT / "runs" / "curves"
 EPOCHS = 27  # R: ASHA rungs at grace 1 / 3 / 9 and reduction factor 3 fall on recorded epochs
 N_CONFIGS = 256  # a power of 2: the Sobol points' balance properties hold

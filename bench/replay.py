@@ -52,7 +52,7 @@ from curves import checkpoint_cpu_s  # noqa: E402
 from search.spec.space import Param, SearchSpec, load_search  # noqa: E402
 from sensorium.atomic import write_text  # noqa: E402
 
-SEARCH_FILE = ROOT / "configs" / "search_default.yaml"
+SEARCH_FILE = ROOT / "configs" / "search_curves.yaml"  # the tables' frozen space
 RESULTS = ROOT / "results"
 TARGETS = (0.10, 0.05, 0.02)  # top fractions of the table's final scores
 # The simulator adds each ask's real wall time (the sampler's own work) to its clock. Here an epoch costs about a
@@ -606,7 +606,7 @@ def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], bud
     lines = [
         "# Search methods replayed on a recorded learning-curve table",
         "",
-        f"Table {table.name}: {len(table.configs)} configurations of configs/search_default.yaml's space, "
+        f"Table {table.name}: {len(table.configs)} configurations of configs/search_curves.yaml's space, "
         f"{table.epochs} epochs at most, {sum(len(v) for v in table.curves.values())} runs "
         f"(bench/curves.py). Targets: the top 10 / 5 / 2% of the configurations' final best validation "
         f"correlation = {', '.join(f'{th[q]:.4f}' for q in TARGETS)}. Up to {seeds} seeds per method and "
@@ -644,7 +644,7 @@ def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], bud
 # ---------------------------------------------------------------- validation against real searches
 
 def real_spec(table: str, seed: int, budget_s: float, workers: int) -> SearchSpec:
-    """``sensorium-search run configs/search_default.yaml`` as the table was recorded: its scans at the table's
+    """``sensorium-search run configs/search_curves.yaml`` (the table's space) as the table was recorded: its scans at the table's
     resolution and epoch count, 1 thread and 1 CPU per trial, ``workers`` at a time, ASHA at grace 1 and
     reduction 3 on max_t = the table's epochs, until ``budget_s`` training seconds are spent."""
     import curves
