@@ -1,5 +1,6 @@
 """Typed experiment configuration: one frozen dataclass per concern, composed into ExperimentConfig; each model
-component (core, readout, shifter) one frozen dataclass per family, chosen by its ``kind`` field.
+component (core, readout, shifter, modulator, link) one frozen dataclass per family, chosen by its ``kind`` field
+(each family's config lives in its file under ``sensorium.models``; they are all importable from here).
 
 Round-trips through YAML (read by ``sensorium.typed``). Unknown keys are errors that name the key and list the
 valid ones; values are checked against the field's type (ints are accepted where floats are expected, nothing

@@ -29,6 +29,7 @@ modulator   one ScanMeta                                rate (B, n), its reads  
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -115,7 +116,7 @@ class ShifterConfigBase(ComponentConfig):
     enabled: bool = True
 
     def unread(self) -> dict[str, str]:
-        names = [n for n in self.__dataclass_fields__ if n not in ("kind", "enabled")]
+        names = [f.name for f in dataclasses.fields(self) if f.name not in ("kind", "enabled")]
         return {} if self.enabled else dict.fromkeys(names, "enabled")
 
 
