@@ -87,3 +87,28 @@ def test_a_search_over_the_link_validates_and_resolves():
     raw["parameters"] = {"model.link.kind": {"type": "categorical", "choices": ["elu1", "softplus", "exp"],
                                              "role": "scientific"}}
     assert [p.key for p in parse_search(raw).params] == ["model.link.kind"]
+
+
+def test_a_checkpoint_written_before_links_were_a_family_loads(tmp_path):
+    """Its config says model.elu_offset and has no model.link; its scan_meta holds the two ScanMeta fields."""
+    import numpy as np
+
+    from sensorium.models import ScanMeta, build_model
+    from sensorium.models.model import Inputs
+    from sensorium.training.checkpoint import FORMAT, cpu_state, load_model, save_atomic
+
+    coords = np.random.default_rng(0).normal(0, 200, (4, 3)).astype(np.float32)
+    torch.manual_seed(0)
+    model = build_model(ExperimentConfig().model, {"scan-a": ScanMeta(4, coords)}, (4, 36, 64)).eval()
+    config = ExperimentConfig().to_dict()
+    config["train"]["channels_last"] = False
+    config["model"] = {**{k: v for k, v in config["model"].items() if k not in ("link", "modulator")},
+                       "elu_offset": 0.0}
+    old = {"format": FORMAT, "config": config, "model": cpu_state(model), "in_shape": [4, 36, 64], "epoch": 1,
+           "val_corr": 0.1, "scan_meta": {"scan-a": {"n_neurons": 4, "cell_motor_coordinates": torch.from_numpy(coords)}}}
+    save_atomic(old, tmp_path / "best.pt")
+    loaded, cfg = load_model(tmp_path / "best.pt", torch.device("cpu"))
+    assert cfg.model.link == Elu1LinkConfig(offset=0.0)
+    batch = Inputs(torch.randn(2, 1, 36, 64), pupil_center=torch.randn(2, 2), behavior=torch.randn(2, 3))
+    with torch.no_grad():
+        assert torch.equal(loaded(batch, "scan-a"), model(batch, "scan-a"))
