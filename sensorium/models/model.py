@@ -1,4 +1,5 @@
-"""The SENSORIUM+ encoding model: one shared core, and a readout and an optional shifter per scan.
+"""The SENSORIUM+ encoding model: one shared core and output link, and per scan a readout, an optional shifter and
+a modulator.
 
 The model sees its components only through their bases (:mod:`sensorium.models.component`) and takes a whole
 batch (:class:`BatchInputs`): each component gets the fields it declares, so a new input reaches the parts that
