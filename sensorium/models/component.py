@@ -7,7 +7,8 @@ one line in its kind's registry (:mod:`sensorium.models.registry`). The base say
 - ``Config``: its config class; the module's constructor takes an instance of it first, then the kind's
   metadata (below), so every default lives in the config;
 - ``reads``: the fields of the batch (:class:`sensorium.models.model.BatchInputs`) its ``forward`` takes, as
-  keyword arguments of those names; the model hands each component what it declares;
+  keyword arguments of those names; the model hands each component what it declares (the core always gets
+  the images and, when it expects more input channels than they have, the behaviour);
 - ``history_length``: how many previous trials of the session its reads need (the batches carry them);
 - :meth:`Component.param_groups`: its parameters as optimiser groups (``lr_scale`` times the learning rate,
   ``weight_decay``), which the model merges;
@@ -41,7 +42,8 @@ from torch import nn
 @dataclass(frozen=True)
 class ScanMeta:
     """What a per-scan component knows about its scan: the neuron count n and their cortical coordinates (n, 3)
-    in µm. A field added here reaches every builder and checkpoint (which stores the fields by name)."""
+    in µm. A field added here (filled from the loaded scan by ``sensorium.models.builder.scan_meta``) reaches
+    every per-scan constructor and every checkpoint, which stores the fields by name."""
 
     n_neurons: int
     cell_motor_coordinates: np.ndarray
