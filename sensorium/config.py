@@ -1,5 +1,6 @@
 """Typed experiment configuration: one frozen dataclass per concern, composed into ExperimentConfig; each model
-component (core, readout, shifter) one frozen dataclass per family, chosen by its ``kind`` field.
+component (core, readout, shifter, modulator, link) one frozen dataclass per family, chosen by its ``kind`` field
+(each family's config lives in its file under ``sensorium.models``; they are all importable from here).
 
 Round-trips through YAML (read by ``sensorium.typed``). Unknown keys are errors that name the key and list the
 valid ones; values are checked against the field's type (ints are accepted where floats are expected, nothing
@@ -22,13 +23,25 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import yaml
 
 from sensorium import typed
 from sensorium.atomic import write_text
 from sensorium.errors import ConfigError
+from sensorium.models.registry import CORES, LINKS, MODULATORS, READOUTS, REGISTRIES, SHIFTERS, registry_union
+# the families' configs, imported from here by the rest of the project (the defaults of ModelConfig among them)
+from sensorium.models.cores.se2d import SE2dCoreConfig  # noqa: F401
+from sensorium.models.cores.stacked2d import Stacked2dCoreConfig
+from sensorium.models.links.elu1 import Elu1LinkConfig
+from sensorium.models.links.exp import ExpLinkConfig  # noqa: F401
+from sensorium.models.links.softplus import SoftplusLinkConfig  # noqa: F401
+from sensorium.models.modulators.history import HistoryModulatorConfig  # noqa: F401
+from sensorium.models.modulators.none import NoModulatorConfig
+from sensorium.models.readouts.factorized import FactorizedReadoutConfig  # noqa: F401
+from sensorium.models.readouts.gaussian import GaussianReadoutConfig
+from sensorium.models.shifters.mlp import MLPShifterConfig
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -55,206 +68,31 @@ class DataConfig:
     responses_on_device: bool = False
 
     def __post_init__(self) -> None:
-        _positive(self, "data", "image_height", "image_width", "batch_size")
-        _non_negative(self, "data", "eval_batch_size")  # 0 = auto
+        typed.positive(self, "data", "image_height", "image_width", "batch_size")
+        typed.non_negative(self, "data", "eval_batch_size")  # 0 = auto
 
 
 # ---------------------------------------------------------------------------------------------- model
-# Each component of the model (core, readout, shifter, modulator) is a family: a frozen dataclass with a ``kind`` tag
-# and the fields that family reads. ModelConfig annotates a component with the union of its families; the
-# reader (sensorium.typed) builds the family that ``kind`` names. Adding a family = one dataclass here, added
-# to its union, and one builder registered in sensorium.models.builder (a test checks both lists agree).
-# ``unread()`` names the fields that this config's switches leave unread (a search must not search them).
-@dataclass(frozen=True)
-class _ConvCore:
-    """Fields shared by the convolutional cores of neuralpredictors (``Stacked2dCore`` and its subclasses)."""
-
-    kind: str = ""
-    layers: int = 4
-    hidden_channels: int = 64
-    input_kern: int = 9
-    hidden_kern: int = 7
-    depth_separable: bool = True
-    linear: bool = False  # True: no nonlinearities inside the core (the LN baseline)
-    gamma_input: float = 6.3831  # Laplace smoothness penalty on the first layer
-    pad_input: bool = False  # 36x64 -> 28x56 with input_kern 9
-    batch_norm: bool = True
-    momentum: float = 0.9
-    input_regularizer: Literal["LaplaceL2norm", "LaplaceL2", "GaussianLaplaceL2"] = "LaplaceL2norm"
-    stack: int = -1  # read out only the last layer
-
-    def __post_init__(self) -> None:
-        _positive(self, "model.core", "layers", "hidden_channels", "input_kern", "hidden_kern")
-        for name in ("input_kern", "hidden_kern"):
-            if getattr(self, name) % 2 == 0:
-                raise ConfigError(f"model.core.{name}={getattr(self, name)}: expected an odd kernel size")
-        _non_negative(self, "model.core", "gamma_input")
-        if not -self.layers <= self.stack < self.layers:
-            raise ConfigError(f"model.core.stack={self.stack}: expected a layer index in [-layers, layers) = "
-                              f"[{-self.layers}, {self.layers})")
-        if not 0.0 < self.momentum <= 1.0:
-            raise ConfigError(f"model.core.momentum={self.momentum}: expected 0 < value <= 1 (batch-norm momentum)")
-
-    def unread(self) -> dict[str, str]:
-        return {}
-
-
-@dataclass(frozen=True)
-class Stacked2dCoreConfig(_ConvCore):
-    """neuralpredictors ``Stacked2dCore`` (the SENSORIUM+ baseline core; defaults are the baseline's)."""
-
-    kind: Literal["stacked2d"] = "stacked2d"
-    gamma_hidden: float = 0.0  # group-sparsity penalty on hidden layers (full convolutions only)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _non_negative(self, "model.core", "gamma_hidden")
-
-    def unread(self) -> dict[str, str]:
-        return {"gamma_hidden": "depth_separable"} if self.depth_separable else {}
-
-
-@dataclass(frozen=True)
-class SE2dCoreConfig(_ConvCore):
-    """neuralpredictors ``SE2dCore``: the stacked core with squeeze-and-excitation blocks on its last layers."""
-
-    kind: Literal["se2d"] = "se2d"
-    n_se_blocks: int = 1  # SE blocks after the last n layers (0 = the stacked core without group sparsity)
-    se_reduction: int = 16  # channel reduction inside an SE block
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _positive(self, "model.core", "se_reduction")
-        if not 0 <= self.n_se_blocks < self.layers:
-            raise ConfigError(f"model.core.n_se_blocks={self.n_se_blocks}: expected 0 <= value < layers "
-                              f"({self.layers}; the first layer takes no SE block)")
-        if self.se_reduction > self.hidden_channels:
-            raise ConfigError(f"model.core.se_reduction={self.se_reduction}: expected at most hidden_channels "
-                              f"({self.hidden_channels})")
-
-    def unread(self) -> dict[str, str]:
-        return {"se_reduction": "n_se_blocks"} if self.n_se_blocks == 0 else {}
-
-
-CoreConfig = Stacked2dCoreConfig | SE2dCoreConfig
-
-
-@dataclass(frozen=True)
-class GaussianReadoutConfig:
-    """Per-scan Gaussian readout with K position samples (sensorium.models.readout; the baseline's)."""
-
-    kind: Literal["gaussian"] = "gaussian"
-    samples: int = 1  # K positions drawn per neuron and image in training mode, readouts averaged
-    gauss_type: Literal["full", "uncorrelated", "isotropic"] = "full"
-    init_sigma: float = 0.1
-    init_mu_range: float = 0.3
-    gamma_readout: float = 0.0076  # L1 penalty on readout features
-    bias: bool = True
-    grid_mean_predictor: bool = True  # predict positions from cortical x, y (type "cortex")
-    gmp_hidden_layers: int = 1
-    gmp_hidden_features: int = 30
-
-    takes_shift: ClassVar[bool] = True  # the shifter's (B, 2) shift moves its positions
-
-    def __post_init__(self) -> None:
-        _positive(self, "model.readout", "samples", "gmp_hidden_features", "init_sigma")
-        if not 0.0 < self.init_mu_range <= 1.0:
-            raise ConfigError(f"model.readout.init_mu_range={self.init_mu_range}: expected 0 < value <= 1")
-        _non_negative(self, "model.readout", "gamma_readout", "gmp_hidden_layers")
-
-    def unread(self) -> dict[str, str]:
-        if self.grid_mean_predictor:
-            return {"init_mu_range": "grid_mean_predictor"}
-        return {"gmp_hidden_layers": "grid_mean_predictor", "gmp_hidden_features": "grid_mean_predictor"}
-
-
-@dataclass(frozen=True)
-class FactorizedReadoutConfig:
-    """Per-scan factorised readout (neuralpredictors ``FullFactorized2d``): per neuron, a spatial mask over the
-    whole feature map times a feature vector. It takes no shift: use it with ``model.shifter.enabled: false``."""
-
-    kind: Literal["factorized"] = "factorized"
-    gamma_readout: float = 0.0076  # weight of the L1 penalty on |spatial| x |features|
-    bias: bool = True
-    normalize: bool = True  # spatial masks normalised to unit L2 norm
-    init_noise: float = 1e-3  # std of the initial spatial and feature weights
-    positive_weights: bool = False  # clamp feature weights at 0
-
-    takes_shift: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        _positive(self, "model.readout", "init_noise")
-        _non_negative(self, "model.readout", "gamma_readout")
-
-    def unread(self) -> dict[str, str]:
-        return {}
-
-
-ReadoutConfig = GaussianReadoutConfig | FactorizedReadoutConfig
-
-
-@dataclass(frozen=True)
-class ShifterConfig:
-    """Per-scan MLP on the normalised pupil centre giving one 2-D shift of all readout positions."""
-
-    kind: Literal["mlp"] = "mlp"
-    enabled: bool = True
-    hidden_channels: int = 5
-    layers: int = 3  # Linear(2,5)-Tanh-Linear(5,5)-Tanh-Linear(5,2)-Tanh
-
-    def __post_init__(self) -> None:
-        _positive(self, "model.shifter", "hidden_channels", "layers")
-
-    def unread(self) -> dict[str, str]:
-        return {} if self.enabled else {"hidden_channels": "enabled", "layers": "enabled"}
-
-
-@dataclass(frozen=True)
-class NoModulatorConfig:
-    """No modulator: the baseline's rate as it is (the default)."""
-
-    kind: Literal["none"] = "none"
-
-    def unread(self) -> dict[str, str]:
-        return {}
-
-
-@dataclass(frozen=True)
-class HistoryModulatorConfig:
-    """A gain per neuron and trial from the session's past (sensorium.models.modulator): filters over the
-    neuron's own responses on the last ``history_length`` trials, a ``state_dim``-dimensional behavioural state
-    of the previous trial, and a smooth gain over the session (Gaussian bumps ``time_kernel_width`` apart, in
-    session units 0-1); 0 switches a term off. ``gamma``: L2 penalty on its weights. ``lr_scale``: its weights'
-    learning rate as a multiple of ``train.lr`` (their own Adam parameter group)."""
-
-    kind: Literal["history"] = "history"
-    history_length: int = 5
-    state_dim: int = 2
-    time_kernel_width: float = 0.1
-    gamma: float = 1e-3
-    lr_scale: float = 0.1
-
-    def __post_init__(self) -> None:
-        _positive(self, "model.modulator", "history_length", "lr_scale")
-        _non_negative(self, "model.modulator", "state_dim", "time_kernel_width", "gamma")
-        if self.time_kernel_width > 1:
-            raise ConfigError(f"model.modulator.time_kernel_width={self.time_kernel_width}: expected a width in "
-                              "session units, 0 (off) to 1")
-
-    def unread(self) -> dict[str, str]:
-        return {}
-
-
-ModulatorConfig = NoModulatorConfig | HistoryModulatorConfig
+# Each component of the model (core, readout, shifter, modulator, link) is a family: a frozen dataclass with a
+# ``kind`` tag and the fields that family reads, kept in the family's one file next to its module
+# (sensorium.models.<component>s.<kind>). ModelConfig annotates a component with the union of its families,
+# derived from the component's registry (sensorium.models.registry); the reader (sensorium.typed) builds the
+# family that ``kind`` names. ``unread()`` names the fields that a config's switches leave unread (a search must
+# not search them).
+CoreConfig = registry_union(CORES)
+ReadoutConfig = registry_union(READOUTS)
+ShifterConfig = registry_union(SHIFTERS)
+ModulatorConfig = registry_union(MODULATORS)
+LinkConfig = registry_union(LINKS)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     core: CoreConfig = field(default_factory=Stacked2dCoreConfig)
     readout: ReadoutConfig = field(default_factory=GaussianReadoutConfig)
-    shifter: ShifterConfig = field(default_factory=ShifterConfig)
+    shifter: ShifterConfig = field(default_factory=MLPShifterConfig)
     modulator: ModulatorConfig = field(default_factory=NoModulatorConfig)  # off: the baseline stays the reference
-    elu_offset: float = 0.0  # output nonlinearity: elu(x + offset) + 1
+    link: LinkConfig = field(default_factory=Elu1LinkConfig)  # output nonlinearity: elu(x + offset) + 1
 
     def __post_init__(self) -> None:
         if self.shifter.enabled and not self.readout.takes_shift:
@@ -262,7 +100,7 @@ class ModelConfig:
                               "set model.shifter.enabled: false with it")
 
 
-COMPONENTS = ("core", "readout", "shifter", "modulator")  # the family-tagged parts of ModelConfig
+COMPONENTS = tuple(REGISTRIES)  # the family-tagged parts of ModelConfig
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -290,10 +128,11 @@ class TrainConfig:
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
-        _positive(self, "train", "lr", "max_epochs", "patience", "lr_decay_steps")
+        typed.positive(self, "train", "lr", "max_epochs", "patience", "lr_decay_steps")
         if not 0.0 < self.lr_decay_factor < 1.0:
             raise ConfigError(f"train.lr_decay_factor={self.lr_decay_factor}: expected 0 < value < 1")
-        _non_negative(self, "train", "max_batches_per_epoch", "threads", "min_lr", "tolerance", "checkpoint_every_s")
+        typed.non_negative(self, "train", "max_batches_per_epoch", "threads", "min_lr", "tolerance",
+                           "checkpoint_every_s")
 
 
 @dataclass(frozen=True)
@@ -309,7 +148,15 @@ class ExperimentConfig:
     # -- (de)serialisation ------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
-        """Build from nested plain data; unknown keys and wrong types raise ConfigError."""
+        """Build from nested plain data; unknown keys and wrong types raise ConfigError. ``model.elu_offset``
+        of configs (and checkpoints) written before output links were a family reads as ``model.link``
+        ``{kind: elu1, offset: ...}``."""
+        model = raw.get("model") if isinstance(raw, dict) else None
+        if isinstance(model, dict) and "elu_offset" in model:
+            if "link" in model:
+                raise ConfigError("model.elu_offset: replaced by model.link.offset (kind elu1); give model.link only")
+            model = {k: v for k, v in model.items() if k != "elu_offset"}
+            raw = {**raw, "model": {**model, "link": {typed.KIND: "elu1", "offset": raw["model"]["elu_offset"]}}}
         return typed.build(cls, raw, prefix="")
 
     def to_dict(self) -> dict[str, Any]:
@@ -432,7 +279,7 @@ def field_types(key: str | None = None) -> dict[str, Any]:
     leaves: dict[str, Any] = {}
 
     def walk(cls: type, prefix: str) -> None:
-        for name, tp in get_type_hints(cls).items():
+        for name, tp in typed.field_hints(cls).items():
             options = list(typed.families(tp).values()) or ([tp] if dataclasses.is_dataclass(tp) else [])
             if not options:
                 leaves[f"{prefix}{name}"] = tp
@@ -457,7 +304,7 @@ def family_of(key: str) -> tuple[str, tuple[str, ...]] | None:
     tagged = _component_families(".".join(parents))
     if not tagged or leaf == typed.KIND:
         return None
-    kinds = tuple(k for k, cls in tagged.items() if leaf in get_type_hints(cls))
+    kinds = tuple(k for k, cls in tagged.items() if leaf in typed.field_hints(cls))
     if len(kinds) == len(tagged):  # every family has it
         return None
     return ".".join(parents) + "." + typed.KIND, kinds
@@ -478,16 +325,3 @@ def _component_families(path: str) -> dict[str, type]:
     tp = get_type_hints(ModelConfig)[parts[1]]
     return typed.families(tp) or {typed.kind_of(tp): tp}
 
-
-def _positive(obj: Any, section: str, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value <= 0:
-            raise ConfigError(f"{section}.{name}={value}: expected a value > 0")
-
-
-def _non_negative(obj: Any, section: str, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value < 0:
-            raise ConfigError(f"{section}.{name}={value}: expected a value >= 0")

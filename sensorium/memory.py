@@ -123,7 +123,7 @@ class MemoryEstimate:
 def build_for(cfg: ExperimentConfig, shapes: Sequence[ScanShape]) -> torch.nn.Module:
     """The model of ``cfg`` for scans of ``shapes``, with random weights and coordinates, on the CPU."""
     from sensorium.models import build_model
-    from sensorium.models.builder import ScanMeta
+    from sensorium.models import ScanMeta
 
     rng = np.random.default_rng(0)
     meta = {s.key: ScanMeta(s.n_neurons, rng.normal(size=(s.n_neurons, 3)).astype(np.float32)) for s in shapes}

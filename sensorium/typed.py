@@ -37,7 +37,7 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
     """An instance of dataclass ``cls`` from the mapping ``raw``; ``prefix`` (``"model.core."``) names keys."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
-    hints = get_type_hints(cls)
+    hints = field_hints(cls)
     check_keys(raw, hints, prefix, family=_family_note(cls, prefix))
     for f in dataclasses.fields(cls):
         if f.name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -57,6 +57,28 @@ def check_keys(raw: dict[str, Any], allowed: typing.Iterable[str], prefix: str, 
 def unknown_key(key: str, valid: typing.Iterable[str], note: str = "") -> ConfigError:
     """The error for an unknown key: names it and lists the valid keys (``note``: which family's keys)."""
     return ConfigError(f"unknown key {key!r}{note}; valid keys here: {', '.join(valid)}")
+
+
+def field_hints(cls: type) -> dict[str, Any]:
+    """name -> resolved annotation of the dataclass's fields (its ClassVars, which are no keys, left out)."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def positive(obj: Any, section: str, *names: str) -> None:
+    """ConfigError naming ``section.name`` unless every named field of ``obj`` is > 0."""
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{section}.{name}={value}: expected a value > 0")
+
+
+def non_negative(obj: Any, section: str, *names: str) -> None:
+    """ConfigError naming ``section.name`` unless every named field of ``obj`` is >= 0."""
+    for name in names:
+        value = getattr(obj, name)
+        if value < 0:
+            raise ConfigError(f"{section}.{name}={value}: expected a value >= 0")
 
 
 def families(tp: Any) -> dict[str, type]:

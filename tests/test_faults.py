@@ -179,10 +179,10 @@ def test_sigterm_stops_the_search_cleanly_and_resume_finishes_it(tiny_data, tmp_
 def test_a_raising_trial_and_a_nan_trial_are_recorded_once_and_not_retried(ray_session, tiny_data, tmp_path):
     raw = _search_raw(epochs=2, num_trials=2, max_concurrent=2, max_retries=2)
     raw["parameters"]["model.core.input_kern"] = {"type": "categorical", "choices": [5, 41], "role": "scientific"}
-    raw["parameters"]["model.elu_offset"] = {"type": "categorical", "choices": [0.0, 1.0e38], "role": "nuisance"}
+    raw["parameters"]["model.link.offset"] = {"type": "categorical", "choices": [0.0, 1.0e38], "role": "nuisance"}
     raw["search"]["start_with"] = [
-        {"model.core.input_kern": 41, "model.elu_offset": 0.0},  # the model rejects it when it is built
-        {"model.core.input_kern": 5, "model.elu_offset": 1.0e38},  # rates of 1e38: the summed loss is inf
+        {"model.core.input_kern": 41, "model.link.offset": 0.0},  # the model rejects it when it is built
+        {"model.core.input_kern": 5, "model.link.offset": 1.0e38},  # rates of 1e38: the summed loss is inf
     ]
     spec = with_data(parse_search(raw), [str(tiny_data.data_dir)])
     run_dir = tmp_path / "run"

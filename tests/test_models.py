@@ -13,7 +13,9 @@ from neuralpredictors.layers.readouts import FullGaussian2d
 from sensorium import typed
 from sensorium.config import ExperimentConfig, ModelConfig, apply_overrides
 from sensorium.models import KSampleGaussian2d, ScanMeta, build_model
-from sensorium.models.builder import CORES, READOUTS, SHIFTERS, core_arguments
+from sensorium.models.cores.stacked2d import core_arguments
+from sensorium.models.readouts.gaussian import GaussianReadoutConfig
+from sensorium.models.registry import CORES, READOUTS, SHIFTERS
 from sensorium.models.model import Inputs
 
 IN_SHAPE = (6, 9, 11)  # (C, H, W) of a small feature map
@@ -28,12 +30,13 @@ def _pair(gauss_type: str, predicted: bool, samples: int = 1) -> tuple[FullGauss
     """The library readout and ours with identical parameters (sigma and features made non-trivial)."""
     source = _coords(N_NEURONS)[:, :2] if predicted else None
     gmp = {"hidden_layers": 1, "hidden_features": 30, "final_tanh": True} if predicted else None
+    cfg = GaussianReadoutConfig(samples=samples, gauss_type=gauss_type, grid_mean_predictor=predicted)
     torch.manual_seed(0)
     ref = FullGaussian2d(
         IN_SHAPE, N_NEURONS, bias=True, init_mu_range=0.3, init_sigma=0.1, gauss_type=gauss_type,
         grid_mean_predictor=gmp, source_grid=source, mean_activity=torch.zeros(N_NEURONS), feature_reg_weight=0.0076,
     )
-    ours = KSampleGaussian2d(IN_SHAPE, N_NEURONS, samples=samples, gauss_type=gauss_type, source_grid=source)
+    ours = KSampleGaussian2d(cfg, IN_SHAPE, ScanMeta(N_NEURONS, _coords(N_NEURONS)))
     with torch.no_grad():
         ref._features.normal_()
         ref.bias.normal_()
@@ -97,7 +100,7 @@ def test_readout_train_is_stochastic_eval_is_deterministic_and_independent_of_k(
 
 
 def test_readout_starts_with_zero_bias_and_normalised_cortex_grid():
-    readout = KSampleGaussian2d(IN_SHAPE, N_NEURONS, source_grid=_coords(N_NEURONS)[:, :2])
+    readout = KSampleGaussian2d(GaussianReadoutConfig(), IN_SHAPE, ScanMeta(N_NEURONS, _coords(N_NEURONS)))
     assert torch.count_nonzero(readout.bias) == 0
     grid = readout.source_grid  # cortical x, y centred and divided by max |value|
     torch.testing.assert_close(grid.mean(0), torch.zeros(2), atol=1e-6, rtol=0)

@@ -4,8 +4,9 @@ Both files hold only tensors, plain dicts, lists, numbers and strings, so ``torc
 weights_only=True)`` reads them:
 
 - ``best.pt``: ``format``, ``config`` (ExperimentConfig as a dict), ``model`` (state dict of the best
-  weights), ``scan_meta`` (data key -> {n_neurons, cell_motor_coordinates (n, 3)}), ``in_shape`` [C, H, W],
-  ``epoch`` (the best epoch) and ``val_corr``. It alone rebuilds the model (:func:`load_model`).
+  weights), ``scan_meta`` (data key -> the fields of its ScanMeta: n_neurons, cell_motor_coordinates (n, 3)),
+  ``in_shape`` [C, H, W], ``epoch`` (the best epoch) and ``val_corr``. It alone rebuilds the model
+  (:func:`load_model`).
 - ``last.pt``: the same keys for the current weights, plus ``best_model``, ``optimizer``, ``scheduler``,
   ``stopper`` and ``numpy_rng`` (batch shuffling) - the full state ``fit(resume=...)`` continues from
   (the readout's position draws are seeded per epoch, so they need no state). Every tensor is on the CPU.
@@ -13,6 +14,7 @@ weights_only=True)`` reads them:
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,16 +58,21 @@ def to_cpu(obj: Any) -> Any:
 
 
 def meta_dict(meta: Mapping[str, ScanMeta]) -> dict[str, dict[str, Any]]:
-    """ScanMeta as checkpoint-safe plain data."""
+    """ScanMeta as checkpoint-safe plain data: data key -> {field: value}, NumPy arrays as tensors."""
     return {
-        key: {"n_neurons": m.n_neurons, "cell_motor_coordinates": torch.from_numpy(np.array(m.cell_motor_coordinates))}
+        key: {name: torch.from_numpy(np.array(value)) if isinstance(value, np.ndarray) else value
+              for name, value in ((f.name, getattr(m, f.name)) for f in dataclasses.fields(m))}
         for key, m in meta.items()
     }
 
 
 def meta_from_dict(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, ScanMeta]:
+    """The inverse of :func:`meta_dict` (tensors back to NumPy arrays); a field a checkpoint lacks (written
+    before it was added) takes its default."""
     return {
-        key: ScanMeta(int(m["n_neurons"]), m["cell_motor_coordinates"].numpy()) for key, m in raw.items()
+        key: ScanMeta(**{name: value.numpy() if isinstance(value, torch.Tensor) else value
+                         for name, value in m.items()})
+        for key, m in raw.items()
     }
 
 

@@ -1,4 +1,4 @@
-"""The history and state modulator: a positive gain per neuron and trial from the session's recent past.
+"""The ``history`` modulator: a positive gain per neuron and trial from the session's recent past.
 
 What the winning SENSORIUM+ entry added to the baseline, as one model part that multiplies the baseline's
 predicted rate (``rate * gain``). Its inputs (:class:`sensorium.data.History`, built by the data layer from
@@ -31,37 +31,61 @@ noise in every prediction.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from sensorium.errors import ConfigError
+from sensorium.models.component import ComponentConfig, ModulatorBase, ScanMeta
+from sensorium.typed import non_negative, positive
 
 N_BEHAVIOR = 5  # the previous trial's behaviour (3) and pupil centre (2)
 TIME_GRID = 1001  # points of the uniform session grid over which each time bump's mean is taken
 
 
-class HistoryModulator(nn.Module):
-    """The gain of one scan's ``n_neurons`` neurons; see the module docstring.
+@dataclass(frozen=True)
+class HistoryModulatorConfig(ComponentConfig):
+    """A gain per neuron and trial from the session's past: filters over the neuron's own responses on the last
+    ``history_length`` trials, a ``state_dim``-dimensional behavioural state of the previous trial, and a smooth
+    gain over the session (Gaussian bumps ``time_kernel_width`` apart, in session units 0-1); 0 switches a term
+    off. ``gamma``: L2 penalty on its weights. ``lr_scale``: its weights' learning rate as a multiple of
+    ``train.lr`` (their own Adam parameter group)."""
 
-    Args:
-        n_neurons: n.
-        history_length: H, previous trials whose responses each neuron's filter reads.
-        state_dim: dimension of the behavioural state of the previous trial (0: no state term).
-        time_kernel_width: width of the Gaussian bumps over the session's time (in session units, 0-1);
-            the bumps' centres are spaced one width apart from 0 to 1 (0: no time term).
-        gamma: weight of the L2 penalty on all weights.
-        lr_scale: the learning rate of its weights as a multiple of the model's (see
-            :meth:`sensorium.models.model.SensoriumModel.param_groups`).
-    """
+    kind: Literal["history"] = "history"
+    history_length: int = 5
+    state_dim: int = 2
+    time_kernel_width: float = 0.1
+    gamma: float = 1e-3
+    lr_scale: float = 0.1
 
-    generator: torch.Generator | None = None  # nothing is drawn
+    def __post_init__(self) -> None:
+        positive(self, "model.modulator", "history_length", "lr_scale")
+        non_negative(self, "model.modulator", "state_dim", "time_kernel_width", "gamma")
+        if self.time_kernel_width > 1:
+            raise ConfigError(f"model.modulator.time_kernel_width={self.time_kernel_width}: expected a width in "
+                              "session units, 0 (off) to 1")
 
-    def __init__(self, n_neurons: int, *, history_length: int, state_dim: int, time_kernel_width: float,
-                 gamma: float, lr_scale: float = 0.1) -> None:
+
+class HistoryModulator(ModulatorBase):
+    """The gain of one scan's n neurons; see the module docstring. Built from its config (``history_length`` H,
+    previous trials whose responses each neuron's filter reads; ``state_dim``, the dimension of the behavioural
+    state of the previous trial, 0: no state term; ``time_kernel_width``, the width of the Gaussian bumps over
+    the session's time in session units 0-1, their centres one width apart from 0 to 1, 0: no time term;
+    ``gamma``, the weight of the L2 penalty on all weights; ``lr_scale``, the learning rate of its weights as a
+    multiple of the model's) and the scan's metadata (n)."""
+
+    Config = HistoryModulatorConfig
+    reads = ("history",)
+
+    def __init__(self, cfg: HistoryModulatorConfig, scan: ScanMeta) -> None:
         super().__init__()
+        n_neurons, history_length, state_dim = scan.n_neurons, cfg.history_length, cfg.state_dim
+        time_kernel_width = cfg.time_kernel_width
         self.history_length = history_length
-        self.gamma = gamma
-        self.lr_scale = lr_scale
+        self.gamma = cfg.gamma
+        self.lr_scale = cfg.lr_scale
         self.history = nn.Parameter(torch.zeros(n_neurons, history_length))  # (n, H)
         self.state = nn.Linear(N_BEHAVIOR, state_dim, bias=False) if state_dim else None
         if self.state is not None:
@@ -75,7 +99,11 @@ class HistoryModulator(nn.Module):
                              persistent=False)  # (K,), a function of the config: not in the state dict
         self.time = nn.Parameter(torch.zeros(n_neurons, n_bumps))  # (n, K)
 
-    def forward(self, history: Any) -> torch.Tensor:
+    def forward(self, rate: torch.Tensor, history: Any) -> torch.Tensor:
+        """rate (B, n) > 0 and ``history`` (:class:`sensorium.data.History` of the B trials) -> rate * gain."""
+        return rate * self.gain(history)
+
+    def gain(self, history: Any) -> torch.Tensor:
         """``history`` (:class:`sensorium.data.History` of B trials) -> gain (B, n) > 0."""
         responses = history.responses[:, : self.history_length]  # (B, H, n), zero where masked
         log_gain = torch.einsum("bhn,nh->bn", responses, self.history)

@@ -1,9 +1,5 @@
-"""Per-scan readouts: the Gaussian readout with K position samples (SENSORIUM.md §2, "readout samples") and
-the factorised readout.
-
-What the model needs of a readout (:class:`sensorium.models.model.Readout`): ``readout(features, shift=...)``
--> (B, n) before the output nonlinearity, ``regularizer(reduction="sum")`` and a ``generator`` attribute
-for its random draws in training mode (None when it draws nothing).
+"""The ``gaussian`` readout: per scan, a Gaussian readout with K position samples (SENSORIUM.md §2, "readout
+samples"); the baseline's.
 
 neuralpredictors' ``FullGaussian2d`` learns, for every neuron, a 2-D Gaussian N(mu, Sigma) over positions of
 the core's feature map. In training mode it draws ONE position per image and neuron, bilinearly samples the
@@ -18,79 +14,95 @@ contracted over channels without the library's (B, C, n) product tensor). In eva
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import sensorium.compat  # noqa: F401  (must precede neuralpredictors)
-from neuralpredictors.layers.readouts import FullFactorized2d, FullGaussian2d
+from neuralpredictors.layers.readouts import FullGaussian2d
 
-GAUSS_TYPES = ("full", "uncorrelated", "isotropic")
+from sensorium.errors import ConfigError
+from sensorium.models.component import ReadoutBase, ReadoutConfigBase, ScanMeta
+from sensorium.typed import non_negative, positive
 
 
-class KSampleGaussian2d(FullGaussian2d):
+@dataclass(frozen=True)
+class GaussianReadoutConfig(ReadoutConfigBase):
+    """Per-scan Gaussian readout with K position samples (the baseline's); the shifter's shift moves it."""
+
+    kind: Literal["gaussian"] = "gaussian"
+    samples: int = 1  # K positions drawn per neuron and image in training mode, readouts averaged
+    gauss_type: Literal["full", "uncorrelated", "isotropic"] = "full"
+    init_sigma: float = 0.1
+    init_mu_range: float = 0.3
+    gamma_readout: float = 0.0076  # L1 penalty on readout features
+    bias: bool = True
+    grid_mean_predictor: bool = True  # predict positions from cortical x, y (type "cortex")
+    gmp_hidden_layers: int = 1
+    gmp_hidden_features: int = 30
+
+    def __post_init__(self) -> None:
+        positive(self, "model.readout", "samples", "gmp_hidden_features", "init_sigma")
+        if not 0.0 < self.init_mu_range <= 1.0:
+            raise ConfigError(f"model.readout.init_mu_range={self.init_mu_range}: expected 0 < value <= 1")
+        non_negative(self, "model.readout", "gamma_readout", "gmp_hidden_layers")
+
+    def unread(self) -> dict[str, str]:
+        if self.grid_mean_predictor:
+            return {"init_mu_range": "grid_mean_predictor"}
+        return {"gmp_hidden_layers": "grid_mean_predictor", "gmp_hidden_features": "grid_mean_predictor"}
+
+
+class KSampleGaussian2d(FullGaussian2d, ReadoutBase):
     """Gaussian readout of one scan's neurons from a core feature map, averaging K sampled positions.
 
     Args:
+        cfg: its config; ``samples`` is K, positions drawn per image and neuron in training mode;
+            ``gauss_type`` ``full`` (Sigma = L L^T with a learned 2x2 L per neuron), ``uncorrelated``
+            (diagonal) or ``isotropic`` (one sigma per neuron); ``init_sigma`` the initial sigma (``full``: L
+            entries drawn uniformly from [-init_sigma, init_sigma]); ``init_mu_range``: initial positions
+            uniform in [-init_mu_range, init_mu_range] (free grid only); ``gamma_readout`` the weight of the L1
+            penalty on the feature weights (:meth:`regularizer`); ``bias``: one bias per neuron, starting at 0;
+            ``grid_mean_predictor``: mu predicted from the neurons' cortical x, y by an MLP (centred, divided
+            by max |value|, Linear(2,h)-ELU-...-Linear(h,2)-Tanh of ``gmp_hidden_layers`` hidden layers of
+            ``gmp_hidden_features``) instead of learned freely per neuron.
         in_shape: core output shape (C, H, W).
-        outdims: number of neurons n.
-        samples: K, positions drawn per image and neuron in training mode.
-        gauss_type: ``full`` (Sigma = L L^T with a learned 2x2 L per neuron), ``uncorrelated`` (diagonal)
-            or ``isotropic`` (one sigma per neuron).
-        init_sigma: initial sigma (``full``: L entries drawn uniformly from [-init_sigma, init_sigma]).
-        init_mu_range: initial positions uniform in [-init_mu_range, init_mu_range] (free grid only).
-        gamma_readout: weight of the L1 penalty on the feature weights (:meth:`regularizer`).
-        bias: learn one bias per neuron; it starts at 0.
-        source_grid: (n, 2) cortical x, y of the neurons; when given, mu is predicted from it by an MLP
-            (centred, divided by max |value|, Linear(2,h)-ELU-...-Linear(h,2)-Tanh) instead of learned
-            freely per neuron.
-        gmp_hidden_layers / gmp_hidden_features: depth and width of that MLP.
+        scan: the scan's neuron count n and cortical coordinates (n, 3).
 
     Positions live in the [-1, 1] coordinates of ``F.grid_sample`` (align_corners=True), as in the
     reference. ``generator``: an optional ``torch.Generator`` for the position draws (None: torch's global
     RNG, which is what ``FullGaussian2d`` uses); the training loop sets one so a resumed run draws the same.
     """
 
-    def __init__(
-        self,
-        in_shape: tuple[int, int, int],
-        outdims: int,
-        *,
-        samples: int = 1,
-        gauss_type: str = "full",
-        init_sigma: float = 0.1,
-        init_mu_range: float = 0.3,
-        gamma_readout: float = 0.0076,
-        bias: bool = True,
-        source_grid: np.ndarray | None = None,
-        gmp_hidden_layers: int = 1,
-        gmp_hidden_features: int = 30,
-    ) -> None:
-        if samples < 1:
-            raise ValueError(f"samples={samples}: expected K >= 1")
-        if gauss_type not in GAUSS_TYPES:
-            raise ValueError(f"gauss_type={gauss_type!r}: expected one of {list(GAUSS_TYPES)}")
-        predictor = None
-        if source_grid is not None:
+    Config = GaussianReadoutConfig
+
+    def __init__(self, cfg: GaussianReadoutConfig, in_shape: tuple[int, int, int], scan: ScanMeta) -> None:
+        outdims = scan.n_neurons
+        source_grid, predictor = None, None
+        if cfg.grid_mean_predictor:
+            source_grid = np.asarray(scan.cell_motor_coordinates, dtype=np.float32)[:, :2]  # cortical x, y
             predictor = {
-                "hidden_layers": gmp_hidden_layers,
-                "hidden_features": gmp_hidden_features,
+                "hidden_layers": cfg.gmp_hidden_layers,
+                "hidden_features": cfg.gmp_hidden_features,
                 "final_tanh": True,
             }
         super().__init__(
             in_shape=tuple(in_shape),
             outdims=outdims,
-            bias=bias,
-            init_mu_range=init_mu_range,
-            init_sigma=init_sigma,
-            gauss_type=gauss_type,
+            bias=cfg.bias,
+            init_mu_range=cfg.init_mu_range,
+            init_sigma=cfg.init_sigma,
+            gauss_type=cfg.gauss_type,
             grid_mean_predictor=predictor,
             source_grid=source_grid,
             # zeros, not None: same start (bias 0) without the library's "not initialised" warning
-            mean_activity=torch.zeros(outdims) if bias else None,
-            feature_reg_weight=gamma_readout,
+            mean_activity=torch.zeros(outdims) if cfg.bias else None,
+            feature_reg_weight=cfg.gamma_readout,
         )
-        self.samples = samples
+        self.samples = cfg.samples
         self.generator: torch.Generator | None = None
 
     def sample_grid(self, batch_size: int, sample: bool | None = None) -> torch.Tensor:
@@ -145,31 +157,3 @@ class KSampleGaussian2d(FullGaussian2d):
         if self.bias is not None:
             y = y + self.bias
         return y
-
-
-class Factorized2d(FullFactorized2d):
-    """neuralpredictors' ``FullFactorized2d`` with the readout protocol: per neuron a spatial mask over the whole
-    feature map (n, H, W) times a feature vector (n, C), plus a bias; deterministic, takes no shift.
-
-    Args: in_shape (C, H, W) of the core output, outdims n, and ``FactorizedReadoutConfig``'s fields
-    (``gamma_readout`` weighs the L1 penalty on |mask| x |features|). The bias starts at 0, as the Gaussian
-    readout's does.
-    """
-
-    generator: torch.Generator | None = None  # nothing is drawn
-
-    def __init__(
-        self, in_shape: tuple[int, int, int], outdims: int, *, gamma_readout: float, bias: bool, normalize: bool,
-        init_noise: float, positive_weights: bool,
-    ) -> None:
-        super().__init__(
-            in_shape=tuple(in_shape), outdims=outdims, bias=bias, normalize=normalize, init_noise=init_noise,
-            positive_weights=positive_weights, spatial_and_feature_reg_weight=gamma_readout,
-            mean_activity=torch.zeros(outdims) if bias else None,
-        )
-
-    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        """x (B, C, H, W) core features -> (B, n) (pre-nonlinearity). ``shift`` must be None."""
-        if shift is not None:
-            raise ValueError("the factorized readout takes no shift (model.shifter.enabled must be false)")
-        return super().forward(x)

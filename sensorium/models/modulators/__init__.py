@@ -1,0 +1,1 @@
+"""Modulator families: one module each (config and module), registered in sensorium.models.registry."""

@@ -1,0 +1,1 @@
+"""Readout families: one module each (config and module), registered in sensorium.models.registry."""

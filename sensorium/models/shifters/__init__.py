@@ -1,0 +1,1 @@
+"""Shifter families: one module each (config and module), registered in sensorium.models.registry."""
