@@ -130,8 +130,9 @@ def fit(
             payload = model_payload(best_state, cfg, meta, in_shape, stopper.best_epoch, stopper.best_score)
             save_atomic(payload, run.best)
     else:
-        stopper.start(_validation_corr(model, data, device, eval_size))
-        best_state = cpu_state(model)
+        with recipe.evaluated():  # the untrained weights (a weight average starts as them)
+            stopper.start(_validation_corr(model, data, device, eval_size))
+            best_state = cpu_state(model)
         save_atomic(model_payload(best_state, cfg, meta, in_shape, 0, stopper.best_score), run.best)
     best_saved = stopper.best_epoch  # the epoch whose weights best.pt holds
     last_checkpoint = time.monotonic()
