@@ -138,8 +138,8 @@ def search_file(work: Path, batches: int, cache: Path) -> Path:
         # one epoch, then early stopping ends the fit by itself (no epoch can beat a tolerance of 1), as it ends an
         # early-stopped trial: its final scoring runs. (A trial that reaches asha.max_t is stopped by Tune at that
         # report, before its final scoring.)
-        "overrides": {"train.max_epochs": 2, "train.patience": 1, "train.lr_decay_steps": 1, "train.tolerance": 1.0,
-                      "train.max_batches_per_epoch": batches, "data.cache_dir": str(cache)},
+        "overrides": {"train.max_epochs": 2, "train.recipe.patience": 1, "train.recipe.lr_decay_steps": 1,
+                      "train.recipe.tolerance": 1.0, "train.max_batches_per_epoch": batches, "data.cache_dir": str(cache)},
         "parameters": {"model.modulator.kind": {"type": "categorical", "choices": ["none", "history"],
                                                 "role": "scientific"}},
         "search": {"num_trials": 2, "max_concurrent": 2, "cpus_per_trial": 1, "gpus_per_trial": 0,

@@ -104,17 +104,73 @@ COMPONENTS = tuple(REGISTRIES)  # the family-tagged parts of ModelConfig
 
 
 # ------------------------------------------------------------------------------------------- training
+# The training recipe (optimiser, lr schedule, early stopping, which weights are evaluated) is a family like the
+# model's components: one frozen dataclass per recipe, chosen by ``train.recipe.kind``, each built into its
+# training objects by the recipe of that name in sensorium.training.recipes (a test checks both lists agree).
 @dataclass(frozen=True)
-class TrainConfig:
-    """The reference recipe (SENSORIUM.md §3); every constant has the reference value as default."""
+class ReferenceRecipeConfig:
+    """The reference recipe (SENSORIUM.md §3): Adam, ReduceLROnPlateau on validation correlation, early stopping
+    with lr-decay rounds, the best weights restored at the end of each round; defaults are the reference's."""
 
-    lr: float = 0.009
-    max_epochs: int = 200
+    kind: Literal["reference"] = "reference"
     patience: int = 5  # epochs without improvement before an lr decay (and for ReduceLROnPlateau)
     lr_decay_factor: float = 0.3
     lr_decay_steps: int = 4  # lr-decay rounds before early stopping ends the run
     tolerance: float = 1e-6  # absolute improvement that counts
-    min_lr: float = 1e-4
+    min_lr: float = 1e-4  # floor of the decayed lr (of train.lr's group; other groups in proportion)
+
+    def __post_init__(self) -> None:
+        typed.positive(self, "train.recipe", "patience", "lr_decay_steps")
+        if not 0.0 < self.lr_decay_factor < 1.0:
+            raise ConfigError(f"train.recipe.lr_decay_factor={self.lr_decay_factor}: expected 0 < value < 1")
+        typed.non_negative(self, "train.recipe", "min_lr", "tolerance")
+
+    def unread(self) -> dict[str, str]:
+        # one round: the run stops where the first decay would start, so no epoch trains at a decayed lr
+        return {"lr_decay_factor": "lr_decay_steps", "min_lr": "lr_decay_steps"} if self.lr_decay_steps == 1 else {}
+
+
+@dataclass(frozen=True)
+class ModernRecipeConfig:
+    """AdamW with decoupled ``weight_decay`` on the Linear and Conv weights, a linear warm-up over
+    ``warmup_epochs`` then a cosine decay to ``final_lr_fraction * train.lr`` at ``train.max_epochs`` (per
+    optimiser step), an exponential moving average of the weights (``ema_decay`` per step; 0 = off) that is what
+    gets validated, checkpointed and returned, global-norm gradient clipping (``clip_norm``; 0 = off), and
+    early stopping after ``patience`` epochs without improvement (0 = never: the whole schedule is trained).
+    See sensorium.training.recipes.modern."""
+
+    kind: Literal["modern"] = "modern"
+    weight_decay: float = 0.05
+    warmup_epochs: int = 5
+    final_lr_fraction: float = 0.01
+    ema_decay: float = 0.999
+    clip_norm: float = 0.0
+    patience: int = 0
+
+    def __post_init__(self) -> None:
+        typed.non_negative(self, "train.recipe", "weight_decay", "warmup_epochs", "clip_norm", "patience")
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ConfigError(f"train.recipe.final_lr_fraction={self.final_lr_fraction}: expected 0 <= value <= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.recipe.ema_decay={self.ema_decay}: expected 0 <= value < 1 (0 = no average)")
+
+    def unread(self) -> dict[str, str]:
+        return {}
+
+
+RecipeConfig = ReferenceRecipeConfig | ModernRecipeConfig
+TRAIN_COMPONENTS = ("recipe",)  # the family-tagged parts of TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a run trains: ``lr`` (the peak lr of every recipe) and the epoch cap are shared by every recipe; the
+    rest of the recipe is ``recipe`` (default: the reference, SENSORIUM.md §3); the remaining fields say where
+    and how fast it runs."""
+
+    lr: float = 0.009
+    max_epochs: int = 200  # epoch cap, and the length of a schedule that decays over the run (recipe modern)
+    recipe: RecipeConfig = field(default_factory=ReferenceRecipeConfig)
     loss_scale: bool = True  # multiply the summed Poisson loss by sqrt(n_trials_of_scan / batch_size)
     train_on_validation: bool = False  # also train on the validation tier (a recorded retrain choice)
     max_batches_per_epoch: int = 0  # 0 = all; >0 caps batches per scan and epoch (smoke runs)
@@ -128,11 +184,8 @@ class TrainConfig:
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
-        typed.positive(self, "train", "lr", "max_epochs", "patience", "lr_decay_steps")
-        if not 0.0 < self.lr_decay_factor < 1.0:
-            raise ConfigError(f"train.lr_decay_factor={self.lr_decay_factor}: expected 0 < value < 1")
-        typed.non_negative(self, "train", "max_batches_per_epoch", "threads", "min_lr", "tolerance",
-                           "checkpoint_every_s")
+        typed.positive(self, "train", "lr", "max_epochs")
+        typed.non_negative(self, "train", "max_batches_per_epoch", "threads", "checkpoint_every_s")
 
 
 @dataclass(frozen=True)
@@ -148,15 +201,13 @@ class ExperimentConfig:
     # -- (de)serialisation ------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
-        """Build from nested plain data; unknown keys and wrong types raise ConfigError. ``model.elu_offset``
-        of configs (and checkpoints) written before output links were a family reads as ``model.link``
-        ``{kind: elu1, offset: ...}``."""
-        model = raw.get("model") if isinstance(raw, dict) else None
-        if isinstance(model, dict) and "elu_offset" in model:
-            if "link" in model:
-                raise ConfigError("model.elu_offset: replaced by model.link.offset (kind elu1); give model.link only")
-            model = {k: v for k, v in model.items() if k != "elu_offset"}
-            raw = {**raw, "model": {**model, "link": {typed.KIND: "elu1", "offset": raw["model"]["elu_offset"]}}}
+        """Build from nested plain data; unknown keys and wrong types raise ConfigError. Configs (and
+        checkpoints) written before output links and training recipes were families read as they meant:
+        ``model.elu_offset`` as ``model.link`` ``{kind: elu1, offset: ...}``, ``train.patience`` (and the reference
+        recipe's other knobs, ``MOVED_TO_RECIPE``) as ``train.recipe`` ``{kind: reference, ...}``."""
+        if isinstance(raw, dict):
+            raw = _moved(raw, "model", ("elu_offset",), "link", "elu1", {"elu_offset": "offset"})
+            raw = _moved(raw, "train", MOVED_TO_RECIPE, "recipe", "reference", {})
         return typed.build(cls, raw, prefix="")
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,9 +218,11 @@ class ExperimentConfig:
         """Dotted keys whose values nothing reads in this config -> the switch that leaves them unread
         (e.g. ``model.readout.init_mu_range`` -> ``model.readout.grid_mean_predictor``)."""
         out = {}
-        for part in COMPONENTS:
-            prefix = f"model.{part}."
-            out.update({prefix + k: prefix + v for k, v in getattr(self.model, part).unread().items()})
+        for section, parts in (("model", COMPONENTS), ("train", TRAIN_COMPONENTS)):
+            for part in parts:
+                prefix = f"{section}.{part}."
+                component = getattr(getattr(self, section), part)
+                out.update({prefix + k: prefix + v for k, v in component.unread().items()})
         return out
 
 
@@ -235,7 +288,10 @@ def set_values(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfi
     """A copy of ``cfg`` with every dotted key of ``values`` set, then validated as a whole.
 
     A component's ``kind`` is set first: switching family keeps the fields the new family shares with the old
-    one and drops the others, so ``{"model.core.kind": "se2d", "model.core.se_reduction": 8}`` works.
+    one and drops the others, so ``{"model.core.kind": "se2d", "model.core.se_reduction": 8}`` works. A field
+    is shared when both families have it with the same default (the same knob, e.g. what every core inherits);
+    one that only has the same name starts at the new family's default (``train.recipe.patience``: 5 epochs
+    before an lr decay in the reference recipe, 0 = never stop in the modern one).
     """
     raw = cfg.to_dict()
     for key in sorted(values, key=lambda k: not k.endswith("." + typed.KIND)):  # kinds first
@@ -253,7 +309,8 @@ def set_values(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfi
         if leaf == typed.KIND and parents and node.get(leaf) != value:
             tagged = _component_families(".".join(parents))
             if value in tagged:  # else the reader names the valid kinds
-                shared = {f.name for f in dataclasses.fields(tagged[value])}
+                before, after = typed.plain(tagged[node[leaf]]()), typed.plain(tagged[value]())  # the defaults
+                shared = {n for n in after if n in before and before[n] == after[n]}
                 for name in [n for n in node if n not in shared]:
                     del node[name]
         node[leaf] = value
@@ -317,11 +374,32 @@ def config_hash(cfg: ExperimentConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+# train.* keys of configs written before the recipe was a family: the reference recipe's knobs now
+MOVED_TO_RECIPE = ("patience", "lr_decay_factor", "lr_decay_steps", "tolerance", "min_lr")
+
+
+def _moved(raw: dict[str, Any], section: str, keys: tuple[str, ...], component: str, kind: str,
+           renamed: dict[str, str]) -> dict[str, Any]:
+    """``raw`` with the old flat ``section.<key>`` fields moved into ``section.<component>`` of family ``kind``
+    (``renamed``: old name -> field name there); ConfigError when both the old keys and the component are given."""
+    node = raw.get(section)
+    if not isinstance(node, dict) or not any(k in node for k in keys):
+        return raw
+    old = [k for k in keys if k in node]
+    if component in node:
+        raise ConfigError(f"{section}.{old[0]}: replaced by {section}.{component}.{renamed.get(old[0], old[0])} "
+                          f"(kind {kind}); give {section}.{component} only")
+    moved = {typed.KIND: kind, **{renamed.get(k, k): node[k] for k in old}}
+    return {**raw, section: {**{k: v for k, v in node.items() if k not in keys}, component: moved}}
+
+
 def _component_families(path: str) -> dict[str, type]:
-    """kind -> dataclass for a dotted component path (``model.core``); empty for anything else."""
+    """kind -> dataclass for a dotted component path (``model.core``, ``train.recipe``); empty for anything else."""
+    sections = {"model": (ModelConfig, COMPONENTS), "train": (TrainConfig, TRAIN_COMPONENTS)}
     parts = path.split(".")
-    if len(parts) != 2 or parts[0] != "model" or parts[1] not in COMPONENTS:
+    if len(parts) != 2 or parts[0] not in sections or parts[1] not in sections[parts[0]][1]:
         return {}
-    tp = get_type_hints(ModelConfig)[parts[1]]
+    owner, _ = sections[parts[0]]
+    tp = get_type_hints(owner)[parts[1]]
     return typed.families(tp) or {typed.kind_of(tp): tp}
 

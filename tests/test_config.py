@@ -31,7 +31,7 @@ def test_defaults_are_the_reference_values():
     assert (cfg.model.core.input_kern, cfg.model.core.hidden_kern) == (9, 7)
     assert cfg.model.core.gamma_input == pytest.approx(6.3831)
     assert cfg.model.readout.gamma_readout == pytest.approx(0.0076)
-    assert (cfg.train.lr, cfg.data.batch_size, cfg.train.lr_decay_factor) == (0.009, 128, 0.3)
+    assert (cfg.train.lr, cfg.data.batch_size, cfg.train.recipe.lr_decay_factor) == (0.009, 128, 0.3)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_defaults_are_the_reference_values():
         ("model.core.stack=5", "model.core.stack=5: expected a layer index in [-layers, layers)"),
         ("model.core.input_regularizer=foo", "expected one of ['LaplaceL2norm'"),
         ("model.core.momentum=5", "model.core.momentum=5.0: expected 0 < value <= 1"),
-        ("train.min_lr=-1", "train.min_lr=-1.0: expected a value >= 0"),
+        ("train.recipe.min_lr=-1", "train.recipe.min_lr=-1.0: expected a value >= 0"),
             ("train.checkpoint_every_s=-5", "train.checkpoint_every_s=-5.0: expected a value >= 0"),
             ("train.channels_last=maybe", "train.channels_last='maybe'"),
         ("model.readout.gmp_hidden_layers=-1", "model.readout.gmp_hidden_layers=-1: expected a value >= 0"),

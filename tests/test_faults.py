@@ -43,7 +43,8 @@ def _search_raw(epochs: int = 12, **search) -> dict:
     """configs/search_tiny.yaml with trials long enough to be hit mid-run (no ASHA stop before the end)."""
     raw = yaml.safe_load((ROOT / "configs" / "search_tiny.yaml").read_text())
     raw["base"] = str((ROOT / "configs" / raw["base"]).resolve())
-    raw["overrides"].update({"train.max_epochs": epochs, "train.patience": epochs, "train.lr_decay_steps": 1})
+    raw["overrides"].update(
+        {"train.max_epochs": epochs, "train.recipe.patience": epochs, "train.recipe.lr_decay_steps": 1})
     raw["search"].update({"asha": {"grace_period": epochs, "reduction_factor": 2, "max_t": epochs}, **search})
     return raw
 
@@ -238,7 +239,7 @@ def test_a_failure_after_training_keeps_the_trial_done_exported_and_complete(tin
     raw = _search_raw(num_trials=2, max_concurrent=2)
     # No epoch counts as an improvement and one round has no patience left: fit ends by itself after epoch 1,
     # long before the epoch cap (where Tune would stop the trial before anything after training runs).
-    raw["overrides"].update({"train.tolerance": 1.0, "train.patience": 1})
+    raw["overrides"].update({"train.recipe.tolerance": 1.0, "train.recipe.patience": 1})
     search_file.write_text(yaml.safe_dump(raw))
     script.write_text(_AFTER_TRAINING_SCRIPT)
     run_dir = tmp_path / "run"

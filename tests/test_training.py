@@ -201,7 +201,7 @@ def test_resume_from_last_checkpoint_continues_exactly(tiny_run, tiny_cfg, tiny_
 def test_checkpoints_by_time_at_given_epochs_and_at_the_end(tiny_cfg, tiny_scans, tmp_path):
     """checkpoint_every_s: between checkpoints report gets None; given epochs and the last one always get one,
     and a resume from such a checkpoint replays the epochs after it to the same result."""
-    cfg = set_value(set_value(tiny_cfg, "train.checkpoint_every_s", 3600.0), "train.patience", 10)  # no decay
+    cfg = set_value(set_value(tiny_cfg, "train.checkpoint_every_s", 3600.0), "train.recipe.patience", 10)  # no decay
     seen = []
 
     def report(epoch, metrics, checkpoint_dir):
@@ -210,7 +210,8 @@ def test_checkpoints_by_time_at_given_epochs_and_at_the_end(tiny_cfg, tiny_scans
             last = torch.load(checkpoint_dir / "last.pt", weights_only=True)
             best = torch.load(checkpoint_dir / "best.pt", weights_only=True)
             assert last["epoch"] == epoch and best["epoch"] == metrics["best_epoch"]
-            assert all(t.device.type == "cpu" for s in last["optimizer"]["state"].values() for t in s.values()
+            optimizer = last["recipe"]["optimizer"]
+            assert all(t.device.type == "cpu" for s in optimizer["state"].values() for t in s.values()
                        if isinstance(t, torch.Tensor))
 
     run_dir = tmp_path / "interval"
@@ -252,7 +253,7 @@ def test_nan_loss_raises_with_epoch_and_scan(tiny_cfg, tiny_scans, tmp_path):
 
 def test_training_on_validation_runs_exactly_max_epochs_and_keeps_the_last_weights(tiny_cfg, tiny_scans, tmp_path):
     cfg = set_value(set_value(tiny_cfg, "train.train_on_validation", True), "train.max_epochs", 3)
-    cfg = set_value(cfg, "train.patience", 1)  # would stop or decay early if validation steered anything
+    cfg = set_value(cfg, "train.recipe.patience", 1)  # would stop or decay early if validation steered anything
     result = fit(cfg, tmp_path / "tov", data=tiny_scans, progress=False)
     curves = _curves(result.run_dir)
     assert (result.epochs_run, result.best_epoch) == (3, 3)

@@ -22,6 +22,12 @@ class AshaSettings:
 
     ``max_t`` is every trial's epoch cap under either scheduler (with ``scheduler: fifo`` there are no rungs,
     but a trial still stops at max_t epochs, or earlier by its own early stopping or train.max_epochs).
+
+    A recipe whose lr schedule spans the run (``train.recipe.kind: modern``: warm-up then cosine) spans
+    ``train.max_epochs``, which is fixed for a study: every trial runs the same schedule, so a rung compares
+    trials at the same point of it. max_t never shortens it (max_t <= train.max_epochs is required): with max_t
+    below train.max_epochs trials stop before the low-lr tail; fix train.max_epochs to max_t in the overrides
+    for schedules that end where the trials do.
     """
 
     grace_period: int = 2

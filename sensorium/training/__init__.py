@@ -1,4 +1,5 @@
-"""Training: the reference recipe (``fit``), early stopping, checkpoints and the run directory."""
+"""Training: ``fit``, its recipes (``train.recipe``: reference, modern), early stopping, checkpoints and the run
+directory."""
 
 from sensorium.training.checkpoint import load_model
 from sensorium.training.early_stopping import EarlyStopper, Step

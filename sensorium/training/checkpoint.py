@@ -7,9 +7,11 @@ weights_only=True)`` reads them:
   weights), ``scan_meta`` (data key -> the fields of its ScanMeta: n_neurons, cell_motor_coordinates (n, 3)),
   ``in_shape`` [C, H, W], ``epoch`` (the best epoch) and ``val_corr``. It alone rebuilds the model
   (:func:`load_model`).
-- ``last.pt``: the same keys for the current weights, plus ``best_model``, ``optimizer``, ``scheduler``,
-  ``stopper`` and ``numpy_rng`` (batch shuffling) - the full state ``fit(resume=...)`` continues from
-  (the readout's position draws are seeded per epoch, so they need no state). Every tensor is on the CPU.
+- ``last.pt``: the same keys for the current (trained, not averaged) weights and the epoch's validation score
+  (of the weights the recipe evaluates), plus ``best_model``, ``recipe`` (the training recipe's state:
+  ``optimizer``, ``scheduler``, ``stopper``, and the weight ``average`` of a recipe that keeps one) and
+  ``numpy_rng`` (batch shuffling) - the full state ``fit(resume=...)`` continues from (the readout's position
+  draws are seeded per epoch, so they need no state). Every tensor is on the CPU.
 """
 
 from __future__ import annotations

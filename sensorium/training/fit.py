@@ -1,10 +1,12 @@
-"""``fit``: one training run with the reference recipe (SENSORIUM.md §3). Knows nothing of Ray.
+"""``fit``: one training run with the recipe ``train.recipe`` names (default: the reference, SENSORIUM.md §3).
+Knows nothing of Ray.
 
 Per epoch: one batch of each scan in turn until the scan with most batches is exhausted (shorter scans start
-over: neuralpredictors ``LongCycler``); the gradients of one batch of every scan are accumulated, then Adam
-takes one step. Loss per batch = sqrt(n_trials_of_scan / batch_size) * Poisson loss (summed over trials and
-neurons) + the model's penalties for that scan. After the epoch: validation single-trial correlation (mean
-over all neurons of all scans, eval mode) drives ReduceLROnPlateau and early stopping with lr-decay rounds;
+over: neuralpredictors ``LongCycler``); the gradients of one batch of every scan are accumulated, then the
+recipe takes one optimiser step. Loss per batch = sqrt(n_trials_of_scan / batch_size) * Poisson loss (summed
+over trials and neurons) + the model's penalties for that scan. After the epoch: validation single-trial
+correlation (mean over all neurons of all scans, eval mode, of the weights the recipe evaluates) goes to the
+recipe (reference: ReduceLROnPlateau and early stopping with lr-decay rounds; see sensorium.training.recipes);
 the best weights are restored when a round ends and when the run ends.
 
     >>> result = fit(load_config("configs/tiny.yaml"), Path("runs/tiny"))  # doctest: +SKIP
@@ -38,9 +40,9 @@ from sensorium.runtime import (
     set_threads, use_channels_last,
 )
 from sensorium.training.checkpoint import (
-    DamagedCheckpoint, checkpoint_path, cpu_state, model_payload, read_checkpoint, save_atomic, to_cpu,
+    DamagedCheckpoint, checkpoint_path, cpu_state, model_payload, read_checkpoint, save_atomic,
 )
-from sensorium.training.early_stopping import EarlyStopper
+from sensorium.training.recipes import Recipe, build_recipe
 from sensorium.training.rundir import EpochMetrics, RunDir, write_json
 
 # (epoch 1-based, metrics, checkpoint_dir holding this epoch's best.pt + last.pt, or None when none was written)
@@ -80,7 +82,8 @@ def fit(
     train_loss, val_corr, best_val_corr, best_epoch, lr used in this epoch, epoch_seconds, train_seconds,
     data_seconds: the part of train_seconds spent assembling batches, n_parameters: the model's trainable
     parameters, peak_gpu_memory_mb on a GPU).
-    Checkpoints (best.pt, then last.pt, into ``checkpoint_dir``, default RUN_DIR/checkpoints) are written
+    Checkpoints (best.pt, then last.pt with the recipe's whole state, into ``checkpoint_dir``, default
+    RUN_DIR/checkpoints) are written
     when ``train.checkpoint_every_s`` has passed since the last one (0: every epoch), at the epochs in
     ``checkpoint_epochs`` (e.g. where a scheduler may stop the run), at the end of every lr-decay round and
     of the run; ``report`` gets the folder on those epochs and None on the others.
@@ -114,34 +117,23 @@ def fit(
     eval_size = cfg.data.eval_batch_size or scoring_chunk(model, data, device, cfg.data.batch_size)
     rng = np.random.default_rng(cfg.seed)  # batch shuffling
     t = cfg.train
-    groups = model.param_groups(t.lr)
-    optimizer = torch.optim.Adam(groups, lr=t.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(  # every group decays alike, floored in proportion
-        optimizer, mode="max", factor=t.lr_decay_factor, patience=t.patience,
-        threshold=t.tolerance, threshold_mode="abs", min_lr=[t.min_lr * g["lr"] / t.lr for g in groups],
-    )
-    if t.train_on_validation:
-        # Validation is training data here, so it cannot steer anything: no lr schedule, no early stopping;
-        # train exactly max_epochs (retrain sets it to the search's best epoch) and keep the last weights
-        # (a tolerance of -inf makes every finite epoch an "improvement").
-        stopper = EarlyStopper(t.max_epochs + 1, 1, -math.inf, t.max_epochs)
-    else:
-        stopper = EarlyStopper(t.patience, t.lr_decay_steps, t.tolerance, t.max_epochs)
+    recipe = build_recipe(t, model, steps_per_epoch(data, cfg))  # optimiser, schedules, weight average, stopper
+    stopper = recipe.stopper
 
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         best_state = ckpt["best_model"]
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        stopper.load_state_dict(ckpt["stopper"])
+        # a last.pt written before the recipe was a family holds the reference recipe's state at its top level
+        recipe.load_state_dict(ckpt.get("recipe") or {k: ckpt[k] for k in ("optimizer", "scheduler", "stopper")})
         rng.bit_generator.state = ckpt["numpy_rng"]
         run.truncate_curves(stopper.epoch)
         if not run.best.exists():  # resumed into a fresh folder (e.g. a restored Ray checkpoint)
             payload = model_payload(best_state, cfg, meta, in_shape, stopper.best_epoch, stopper.best_score)
             save_atomic(payload, run.best)
     else:
-        stopper.start(_validation_corr(model, data, device, eval_size))
-        best_state = cpu_state(model)
+        with recipe.evaluated():  # the untrained weights (a weight average starts as them)
+            stopper.start(_validation_corr(model, data, device, eval_size))
+            best_state = cpu_state(model)
         save_atomic(model_payload(best_state, cfg, meta, in_shape, 0, stopper.best_score), run.best)
     best_saved = stopper.best_epoch  # the epoch whose weights best.pt holds
     last_checkpoint = time.monotonic()
@@ -149,16 +141,15 @@ def fit(
     while not stopper.done:
         start = time.perf_counter()
         epoch = stopper.epoch + 1
-        lr = optimizer.param_groups[0]["lr"]
+        lr = recipe.lr  # at the epoch's first step
         generator.manual_seed(_epoch_seed(cfg.seed, epoch))
-        train_loss, data_seconds = _train_epoch(model, data, optimizer, cfg, rng, device, epoch, progress)
+        train_loss, data_seconds = _train_epoch(model, data, recipe, cfg, rng, device, epoch, progress)
         train_seconds = time.perf_counter() - start
-        val_corr = _validation_corr(model, data, device, eval_size)
-        if not t.train_on_validation:
-            scheduler.step(val_corr)
-        step = stopper.step(val_corr)
-        if step.improved:
-            best_state = cpu_state(model)
+        with recipe.evaluated():  # the weights the recipe validates and keeps (modern: the weight average)
+            val_corr = _validation_corr(model, data, device, eval_size)
+            step = recipe.end_epoch(val_corr)
+            if step.improved:
+                best_state = cpu_state(model)
         if step.action != "continue":  # end of an lr-decay round or of the run: back to the best weights
             model.load_state_dict(best_state)
         metrics = EpochMetrics(
@@ -178,10 +169,7 @@ def fit(
                 save_atomic(payload, run.best)
                 best_saved = stopper.best_epoch
             last = model_payload(cpu_state(model), cfg, meta, in_shape, epoch, val_corr)
-            last.update(
-                best_model=best_state, optimizer=to_cpu(optimizer.state_dict()), scheduler=scheduler.state_dict(),
-                stopper=stopper.state_dict(), numpy_rng=rng.bit_generator.state,
-            )
+            last.update(best_model=best_state, recipe=recipe.state_dict(), numpy_rng=rng.bit_generator.state)
             save_atomic(last, run.last)
             last_checkpoint = time.monotonic()
         if report is not None:
@@ -222,11 +210,9 @@ def cycle_batches(
     Each scan yields ``max_batches`` batches, ``max_batches`` being the largest scan's batch count (capped
     by train.max_batches_per_epoch when > 0); a scan that runs out starts over with a fresh shuffle.
     """
-    tiers = ("train", "validation") if cfg.train.train_on_validation else ("train",)
+    tiers = _training_tiers(cfg)
     size = cfg.data.batch_size
-    per_scan = max(scan.n_batches(tiers, size) for scan in data.values())
-    if cfg.train.max_batches_per_epoch > 0:
-        per_scan = min(per_scan, cfg.train.max_batches_per_epoch)
+    per_scan = steps_per_epoch(data, cfg)
 
     def batches() -> Iterator[tuple[str, Batch]]:
         streams = {key: scan.batches(tiers, size, rng, device, history=history) for key, scan in data.items()}
@@ -239,6 +225,20 @@ def cycle_batches(
                 yield key, batch
 
     return per_scan * len(data), batches()
+
+
+def steps_per_epoch(data: Mapping[str, ScanData], cfg: ExperimentConfig) -> int:
+    """Optimiser steps in one epoch = batches per scan (the largest scan's count, capped by
+    train.max_batches_per_epoch when > 0): each step takes one batch of every scan."""
+    tiers, size = _training_tiers(cfg), cfg.data.batch_size
+    per_scan = max(scan.n_batches(tiers, size) for scan in data.values())
+    if cfg.train.max_batches_per_epoch > 0:
+        per_scan = min(per_scan, cfg.train.max_batches_per_epoch)
+    return per_scan
+
+
+def _training_tiers(cfg: ExperimentConfig) -> tuple[str, ...]:
+    return ("train", "validation") if cfg.train.train_on_validation else ("train",)
 
 
 def batch_objective(model: SensoriumModel, key: str, batch: Batch, n_trials: int, loss_scale: bool) -> torch.Tensor:
@@ -257,7 +257,7 @@ def batch_objective(model: SensoriumModel, key: str, batch: Batch, n_trials: int
 def _train_epoch(
     model: SensoriumModel,
     data: Mapping[str, ScanData],
-    optimizer: torch.optim.Optimizer,
+    recipe: Recipe,
     cfg: ExperimentConfig,
     rng: np.random.Generator,
     device: torch.device,
@@ -275,7 +275,7 @@ def _train_epoch(
     losses: list[torch.Tensor] = []
     keys: list[str] = []
     data_seconds = 0.0
-    optimizer.zero_grad()
+    recipe.optimizer.zero_grad()
     bar = tqdm(total=total, desc=f"epoch {epoch}", file=sys.stderr, leave=False, disable=not progress)
     for i in range(total):
         tick = time.perf_counter()
@@ -284,8 +284,7 @@ def _train_epoch(
         loss = batch_objective(model, key, batch, data[key].scan.n_trials, cfg.train.loss_scale)
         loss.backward()
         if (i + 1) % n_scans == 0:  # one batch of every scan accumulated: one step
-            optimizer.step()
-            optimizer.zero_grad()
+            recipe.step()
         losses.append(loss.detach())
         keys.append(key)
         bar.update()
