@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from sensorium.config import DataConfig
+from search.products.retrain import MEMBERS_FILE, member_configs
+from sensorium.cli import main
+from sensorium.config import DataConfig, ExperimentConfig, load_config
 from sensorium.data import load_data
 from sensorium.data.dataset import VISIBLE_TIERS
 from sensorium.errors import ConfigError, UserError
+from sensorium.submission import read_submission
 
 
 def _splits(folder, tmp_path, folds, seed=0):
@@ -69,3 +74,59 @@ def test_more_folds_than_images_names_the_scan(make_scan, tmp_path):
                                         r"images, fewer than the 50 folds$"):
         load_data(cfg, progress=False)
 
+
+
+def test_members_of_a_split_ensemble_pair_folds_with_seeds():
+    cfg = ExperimentConfig(seed=5)
+    assert list(member_configs(cfg, 2)) == ["seed_5", "seed_6"]
+    per_fold = member_configs(cfg, None, 3)  # alone: fold k with seed seed + k
+    assert list(per_fold) == ["split_0_seed_5", "split_1_seed_6", "split_2_seed_7"]
+    assert [(c.data.split_folds, c.data.split_fold, c.seed) for c in per_fold.values()] == [(3, 0, 5), (3, 1, 6),
+                                                                                              (3, 2, 7)]
+    both = member_configs(cfg, 2, 2, {6: ["train.lr=0.001"]})  # every fold with every seed
+    assert list(both) == ["split_0_seed_5", "split_0_seed_6", "split_1_seed_5", "split_1_seed_6"]
+    assert [c.train.lr for c in both.values()] == [cfg.train.lr, 0.001, cfg.train.lr, 0.001]
+
+
+def test_retrain_splits_trains_one_member_per_fold_on_its_own_validation_set(finished_run, tiny_data, tmp_path,
+                                                                             capsys):
+    out = tmp_path / "r"
+    assert main(["retrain", str(finished_run), "--splits", "2", "--out", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads((out / "retrain.json").read_text())
+    names = ["split_0_seed_0", "split_1_seed_1"]
+    assert summary["ensemble_members"] == names and summary["seeds"] == [0, 1]
+    assert [(m["split_fold"], m["seed"]) for m in summary["members"]] == [(0, 0), (1, 1)]
+    assert summary["choices"] == {"train_on_validation": False, "splits": 2, "split_seed": 0}
+    held_out = []
+    for fold, name in enumerate(names):
+        cfg = load_config(out / name / "config.yaml")  # the split is part of the member's config
+        assert (cfg.data.split_folds, cfg.data.split_fold, cfg.seed) == (2, fold, fold)
+        held_out.append({key: scan.tier_indices("validation") for key, scan in load_data(cfg.data, False).items()})
+    official = load_data(DataConfig(scans=cfg.data.scans, cache_dir=cfg.data.cache_dir), False)
+    for key, scan in official.items():  # the two validation sets are complementary halves of the pooled rows
+        assert not np.intersect1d(held_out[0][key], held_out[1][key]).size
+        assert np.array_equal(np.union1d(held_out[0][key], held_out[1][key]),
+                              scan.tier_indices(("train", "validation")))
+    key = tiny_data.competition_keys[0]
+    beside = json.loads((out / key / MEMBERS_FILE).read_text())
+    assert beside["members"] == names and beside["split_folds"] == 2
+    for name in ("submission_file_live_test.csv", "submission_file_final_test.csv"):
+        ensemble = read_submission(out / key / name)[3].astype(np.float32)
+        members = [read_submission(out / m / "submission" / key / name)[3].astype(np.float32) for m in names]
+        np.testing.assert_array_equal(ensemble, ((members[0].astype(np.float64) + members[1]) / 2).astype(np.float32))
+    assert set(summary["scores"]) == {"ensemble", *names}
+    assert "ensemble of split_0_seed_0, split_1_seed_1" in captured.out
+    assert captured.out.splitlines()[-1].startswith("submissions (the ensemble of split_0_seed_0, split_1_seed_1)")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--splits", "1"], "--splits 1: expected at least 2 folds"),
+    (["--splits", "2", "--train-on-validation"], "--splits and --train-on-validation exclude each other"),
+    (["--splits", "100000"], "--splits 100000: scan "),
+])
+def test_bad_splits_exit_with_one_line(finished_run, tmp_path, capsys, options, message):
+    assert main(["retrain", str(finished_run), "--out", str(tmp_path / "r"), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not list((tmp_path / "r").glob("split_*"))

@@ -102,6 +102,7 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int | None = None, 
     if splits == 1 or splits < 0:
         raise UserError(f"--splits {splits}: expected at least 2 folds")
     n_seeds = seeds or splits or DEFAULT_SEEDS  # the members' seeds: cfg.seed ... cfg.seed + n_seeds - 1
+    n_members = splits * (seeds or 1) if splits else n_seeds  # as member_configs pairs them
     if device is not None and not DEVICES.fullmatch(device):
         raise UserError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
     if cpus_per_seed is not None and cpus_per_seed <= 0:
@@ -135,15 +136,15 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int | None = None, 
             raise UserError(f"{out} already holds a retrain; pass --force to overwrite or choose --out")
         start = time.perf_counter()
         run_cfg = absolute_data_paths(cfg)  # tasks run in other folders, maybe on other nodes
-        jobs = member_configs(run_cfg, seeds, splits, overrides)
         started = ensure_ray(address)
         try:
-            cpus, gpus = seed_resources(run_cfg.train.device, len(jobs), cpus_per_seed, gpus_per_seed)
+            cpus, gpus = seed_resources(run_cfg.train.device, n_members, cpus_per_seed, gpus_per_seed)
             preflight(cpus, gpus, str(out), [Path(p) for p in run_cfg.data.scans])
             # Builds the memory-mapped cache here, once, before the tasks map it.
             scans = load_data(run_cfg.data, progress=progress)
             if splits:
-                check_folds(scans, splits, cfg.data.split_seed)
+                check_folds(scans, splits, cfg.data.split_seed)  # before building that many configs
+            jobs = member_configs(run_cfg, seeds, splits, overrides)
             competition = competition_keys(scans)
             truth = ground_truth_files(ground_truth, cfg, scans)  # a wrong --ground-truth fails before training
             members, saved = run_members(jobs, out, cpus, gpus, progress)
