@@ -244,11 +244,12 @@ def check_folds(scans: Mapping[str, Any], splits: int, seed: int) -> None:
 
 
 def run_members(jobs: Mapping[str, ExperimentConfig], out: Path, cpus: float, gpus: float, progress: bool,
-                ) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, str]]]]:
+                command: str = "retrain") -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, str]]]]:
     """Train every member of ``jobs`` (folder name -> config, from :func:`member_configs`) as a Ray task
     (``search.raytune.trainable.train_seed``) into ``out/<name>``; returns the members (retrain.json entries, in
     ``jobs`` order, with ``split_fold`` for a split member) and where each saved its predictions (name ->
-    "<data key>/<file name>" -> {"values", "rows"} paths). The first failed member cancels the others."""
+    "<data key>/<file name>" -> {"values", "rows"} paths). The first failed member cancels the others.
+    ``command`` starts the progress lines (``export --reseed-top`` runs its seeds here too)."""
     import ray
 
     from search.raytune.trainable import train_seed
@@ -257,7 +258,7 @@ def run_members(jobs: Mapping[str, ExperimentConfig], out: Path, cpus: float, gp
     pending = {task.remote(job.to_dict(), str(out / name), cpus, gpus): name for name, job in jobs.items()}
     if progress:
         device = next(iter(jobs.values())).train.device
-        print(f"retrain: {len(jobs)} {'member' if any(j.data.split_folds for j in jobs.values()) else 'seed'}(s) as "
+        print(f"{command}: {len(jobs)} {'member' if any(j.data.split_folds for j in jobs.values()) else 'seed'}(s) as "
               f"Ray tasks of {cpus:g} CPU + {gpus:g} GPU, train.device {device} -> {out}", file=sys.stderr, flush=True)
     done_by_name: dict[str, dict[str, Any]] = {}
     shown: dict[str, int] = {}  # member -> last epoch printed
@@ -265,7 +266,7 @@ def run_members(jobs: Mapping[str, ExperimentConfig], out: Path, cpus: float, gp
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
         if not ready:
             if progress:
-                _print_epochs(out, sorted(pending.values()), shown)
+                _print_epochs(out, sorted(pending.values()), shown, command)
             continue
         [ref] = ready
         name = pending.pop(ref)
@@ -284,7 +285,7 @@ def run_members(jobs: Mapping[str, ExperimentConfig], out: Path, cpus: float, gp
         m = done["member"]
         if progress:
             clock = time.strftime("%H:%M:%S", time.localtime(done["started"]))
-            print(f"retrain: {member_label(m)} on {done['host']} ({done['device']}) started {clock}, ended "
+            print(f"{command}: {name.replace('_', ' ')} on {done['host']} ({done['device']}) started {clock}, ended "
                   f"{time.strftime('%H:%M:%S')} ({m['seconds']:.0f} s): best val corr "
                   f"{m['best_val_corr']:.4f} at epoch {m['best_epoch']}", file=sys.stderr, flush=True)
     return [done_by_name[n]["member"] for n in jobs], {n: done_by_name[n]["predictions"] for n in jobs}
@@ -440,7 +441,7 @@ def check_seed_overrides(cfg: ExperimentConfig, seeds: int,
     return checked
 
 
-def _print_epochs(out: Path, names: list[str], shown: dict[str, int]) -> None:
+def _print_epochs(out: Path, names: list[str], shown: dict[str, int], command: str) -> None:
     """One line per member (folder ``out/<name>``) and newly finished epoch, read from its curves.csv (the tasks'
     own output does not reach the driver; the run folder is shared with every node)."""
     from sensorium.training.rundir import RunDir
@@ -451,7 +452,7 @@ def _print_epochs(out: Path, names: list[str], shown: dict[str, int]) -> None:
         except (OSError, ValueError):  # not written yet, or a row being appended
             continue
         for row in rows[shown.get(name, 0):]:
-            print(f"retrain: {name.replace('_', ' ')} epoch {int(row['epoch'])}: val corr {row['val_corr']:.4f} "
+            print(f"{command}: {name.replace('_', ' ')} epoch {int(row['epoch'])}: val corr {row['val_corr']:.4f} "
                   f"(best {row['best_val_corr']:.4f}) {row['epoch_seconds']:.0f} s", file=sys.stderr, flush=True)
         shown[name] = max(shown.get(name, 0), len(rows))
 
