@@ -66,10 +66,21 @@ class DataConfig:
     # GPU only: keep the train and validation responses on the device (False: they stay in host memory, shared by
     # every trial of a node through the page cache, and each batch's rows cross asynchronously)
     responses_on_device: bool = False
+    # K-fold re-split of each scan's pooled train + validation trials (sensorium.data.splits), by image: fold
+    # ``split_fold`` of ``split_folds`` is the validation tier, the others the train tier; test tiers untouched.
+    # 0 = the official tiers. ``split_seed`` seeds the assignment of images to folds.
+    split_folds: int = 0
+    split_fold: int = 0
+    split_seed: int = 0
 
     def __post_init__(self) -> None:
         typed.positive(self, "data", "image_height", "image_width", "batch_size")
-        typed.non_negative(self, "data", "eval_batch_size")  # 0 = auto
+        typed.non_negative(self, "data", "eval_batch_size", "split_folds", "split_seed")  # 0 = auto; 0 = official
+        if self.split_folds == 1:
+            raise ConfigError("data.split_folds=1: expected 0 (the official tiers) or at least 2 folds")
+        if not 0 <= self.split_fold < max(1, self.split_folds):
+            raise ConfigError(f"data.split_fold={self.split_fold}: expected a fold 0 to "
+                              f"{max(1, self.split_folds) - 1} (data.split_folds={self.split_folds})")
 
 
 # ---------------------------------------------------------------------------------------------- model

@@ -18,7 +18,7 @@ from search.products.report import boundary_check, write_report
 from search.store.results import best_trial, load_trials
 from search.products.retrain import retrain
 from search.raytune.trainable import train_seed
-from search.spec.space import parse_search
+from search.spec.space import load_run_spec, parse_search
 from sensorium.cli import main
 from sensorium.config import config_hash, load_config, set_value
 from sensorium.data import load_data
@@ -39,6 +39,54 @@ def test_export_then_train_reproduces_the_config_hash(finished_run, tmp_path):
     # the file goes straight back to `train`, which writes the same resolved config
     assert main(["train", str(path), "--out", str(tmp_path / "again"), "--quiet"]) == 0
     assert config_hash(load_config(tmp_path / "again" / "config.yaml")) == prov["config_hash"]
+
+
+def test_export_reseed_top_picks_the_best_mean_over_seeds_and_records_it(finished_run, tmp_path, capsys):
+    out = tmp_path / "best_config.yaml"
+    assert main(["export", str(finished_run), "--out", str(out), "--reseed-top", "2", "--seeds", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    cfg, prov = read_best_config(out)
+    reseed = prov["reseed"]
+    records = load_trials(finished_run)
+    single = best_trial(records)
+    rows = reseed["candidates"]
+    assert (reseed["top"], reseed["seeds"]) == (2, 2) and len(rows) == 2
+    assert sorted(row["single_seed_rank"] for row in rows) == [1, 2]
+    for row in rows:
+        record = next(r for r in records if r.trial_id == row["trial_id"])
+        own = row["search_run"]
+        assert own["counted"] == (record.status == "done") and own["best_val_corr"] == record.best_val_corr
+        reseeded = [s for s in row["scores"] if s != own["seed"]]
+        assert reseeded == [own["seed"] + 1, own["seed"] + 2]  # N more seeds, none the search's own
+        assert len(row["scores"]) == 2 + own["counted"]
+        for s in reseeded:  # each a real run of the trial's config with that seed
+            run = finished_run / "reseed" / f"{row['trial_id']}_seed_{s}"
+            assert load_config(run / "config.yaml").seed == s
+            assert row["scores"][s] == pytest.approx(json.loads((run / "metrics.json").read_text())["best_val_corr"])
+        assert row["mean"] == pytest.approx(np.mean(list(row["scores"].values())))
+        assert row["sd"] == pytest.approx(np.std(list(row["scores"].values()), ddof=1))
+    # the pick is the best mean, and its config is what best_config.yaml holds
+    assert rows[0]["mean"] >= rows[1]["mean"] and reseed["pick"] == rows[0]["trial_id"] == prov["trial_id"]
+    picked = next(r for r in records if r.trial_id == prov["trial_id"])
+    assert config_hash(cfg) == config_hash(load_run_spec(finished_run).resolve(picked.params))
+    # how far the search's single-seed pick was from the mean pick
+    where = [row["trial_id"] for row in rows].index(single.trial_id)
+    assert reseed["single_seed_pick"] == {"trial_id": single.trial_id, "rank_by_mean": where + 1,
+                                          "mean": rows[where]["mean"],
+                                          "below_pick": rows[0]["mean"] - rows[where]["mean"]}
+    assert single.trial_id in printed and f"{rows[0]['mean']:.4f}" in printed
+    assert ("also has the best mean" if where == 0 else "ranks 2 of 2 by mean") in printed
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--seeds", "3"], "--seeds: only with --reseed-top K"),
+    (["--reseed-top", "3"], "--reseed-top 3: only 2 trial(s) of "),
+    (["--reseed-top", "2", "--pick", "cheapest"], "--reseed-top and --pick cheapest exclude each other"),
+])
+def test_export_refuses_bad_reseed_options_with_one_line(finished_run, tmp_path, capsys, options, message):
+    assert main(["export", str(finished_run), "--out", str(tmp_path / "b.yaml"), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1 and not (tmp_path / "b.yaml").exists()
 
 
 def test_provenance_key_is_only_accepted_in_best_config_files(tmp_path):

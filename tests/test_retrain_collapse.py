@@ -49,28 +49,28 @@ def _members(*scores_and_epochs):
 ])
 def test_collapse_rule_on_numbers(members, train_on_validation, flagged):
     reasons = collapse_reasons(members, train_on_validation)
-    assert set(reasons) == set(flagged)
+    assert set(reasons) == {f"seed_{seed}" for seed in flagged}
     for seed, words in flagged.items():
-        assert words in reasons[seed]
+        assert words in reasons[f"seed_{seed}"]
 
 
 def test_the_best_member_is_never_below_its_siblings_and_the_bar_is_a_fraction_of_the_best():
     best = 0.3
     just_above, just_below = _members((best, 5), (COLLAPSE_FRACTION * best + 1e-9, 5)), _members(
         (best, 5), (COLLAPSE_FRACTION * best - 1e-9, 5))
-    assert collapse_reasons(just_above) == {} and set(collapse_reasons(just_below)) == {1}
+    assert collapse_reasons(just_above) == {} and set(collapse_reasons(just_below)) == {"seed_1"}
 
 
 def test_pick_members_leaves_collapsed_ones_out_keeps_a_lone_one_and_refuses_all(tmp_path, capsys):
     members = _members((0.285, 8), (0.003, 0), (0.279, 7))
     picked = pick_members(members, collapse_reasons(members), tmp_path)
-    assert list(picked) == [1] and picked[1]["left_out"] and "best epoch 0" in picked[1]["reason"]
+    assert list(picked) == ["seed_1"] and picked["seed_1"]["left_out"] and "best epoch 0" in picked["seed_1"]["reason"]
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: retrain: seed 1 left out of the ensemble: best val "
                                                    "corr 0.0030 at epoch 0 (siblings: seed 0 0.2850, seed 2 0.2790)")
     lone = _members((0.2, 0))
     picked = pick_members(lone, collapse_reasons(lone), tmp_path)
-    assert picked[0]["left_out"] is False  # nothing to replace it with
+    assert picked["seed_0"]["left_out"] is False  # nothing to replace it with
     assert "seed 0 kept though collapsed (the only seed)" in capsys.readouterr().err
     both = _members((0.01, 0), (0.0, 0))
     with pytest.raises(UserError, match=r"^all 2 seeds collapsed \(seed 0 0.0100 at epoch 0; seed 1 0.0000 at "

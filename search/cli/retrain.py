@@ -6,14 +6,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.products.retrain import labelled, retrain
+from search.products.retrain import DEFAULT_SEEDS, ensemble_label, labelled, retrain
 from search.products.scoring import score_table
 from sensorium.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="a search run folder, its best_config.yaml, or any config")
-    parser.add_argument("--seeds", type=int, default=3, help="models in the ensemble (default 3)")
+    parser.add_argument("--seeds", type=int, help=f"seeds in the ensemble (default {DEFAULT_SEEDS}); with --splits, "
+                        "seeds per fold (default: one per fold, fold k with seed seed + k)")
+    parser.add_argument("--splits", type=int, default=0, metavar="K",
+                        help="a split ensemble: member k trains on the pooled train + validation trials less fold k "
+                        "of K (by image) and early-stops on fold k; test tiers untouched (default 0: the official "
+                        "tiers)")
     parser.add_argument("--train-on-validation", action="store_true",
                         help="also train on the validation tier, for the search's best number of epochs")
     parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/retrain or next to the config)")
@@ -41,13 +46,11 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise UserError(f"--seed-set {seed} {item}: SEED must be an integer") from None
     summary = retrain(
-        args.source, out=args.out, seeds=args.seeds, train_on_validation=args.train_on_validation,
+        args.source, out=args.out, seeds=args.seeds, splits=args.splits, train_on_validation=args.train_on_validation,
         ground_truth=args.ground_truth, data=args.data, force=args.force, progress=not args.quiet,
         device=args.device, cpus_per_seed=args.cpus_per_seed, gpus_per_seed=args.gpus_per_seed, address=args.address,
         seed_overrides=seed_overrides,
     )
-    print(score_table(labelled(summary)))  # the ensemble's seeds and the left-out ones in the labels
-    seeds = summary["ensemble_seeds"]
-    print(f"submissions (the ensemble of seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}) and "
-          f"retrain.json in {summary['out']}")
+    print(score_table(labelled(summary)))  # the ensemble's members and the left-out ones in the labels
+    print(f"submissions (the {ensemble_label(summary)}) and retrain.json in {summary['out']}")
     return 0

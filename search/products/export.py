@@ -10,6 +10,11 @@ origin. ``sensorium-search train best_config.yaml`` reruns it; its run folder's 
 trial with the lowest cost (``search.cost``) among those within TOL (absolute) of that best, a point on
 the Pareto front of a cost-aware search (any search's trials report both costs, so it works on every run).
 
+``--reseed-top K --seeds N`` (``search.products.reseed``): the top K trials retrained with N more seeds each
+(Ray tasks, into ``RUN_DIR/reseed/``); the config with the best mean validation correlation over its seeds is
+written, and ``provenance.reseed`` records every candidate's per-seed scores, mean and sd, and where the search's
+single-seed pick ranks by mean. ``provenance.best_val_corr`` stays the picked trial's search score.
+
 A warm-started run's study also holds trials of an earlier run: export picks among this run's own trials
 (their checkpoints are here) and, when an imported trial scored higher, says so and names the run to
 export it from (``provenance.warm_start.best_imported``).
@@ -22,29 +27,43 @@ from pathlib import Path
 from typing import Any
 
 
+from search.products.reseed import RESEED_SEEDS, reseed_top as reseed_candidates
 from sensorium.config import BEST_CONFIG_KIND, ExperimentConfig, config_hash, save_config
 from sensorium.errors import UserError
 
 BEST_CONFIG = "best_config.yaml"
 
 
-def export_best(run_dir: Path, out: Path | None = None, pick: str = "best") -> Path:
+def export_best(run_dir: Path, out: Path | None = None, pick: str = "best", reseed_top: int = 0, seeds: int = RESEED_SEEDS,
+                *, cpus_per_seed: float | None = None, gpus_per_seed: float | None = None,
+                address: str | None = None, progress: bool = True) -> Path:
     """Write the config of the trial ``pick`` chooses (``best`` or ``cheapest[:TOL]``, see the module docstring)
-    with provenance; returns the file's path. UserError for a bad ``pick``, before anything is read."""
+    with provenance; returns the file's path. UserError for a bad ``pick``, before anything is read. With
+    ``reseed_top`` K > 0, the best mean over ``seeds`` more seeds of the top K trials picks instead
+    (``reseed.reseed_top``, with one seed's resources, the Ray cluster and progress lines as retrain takes them)."""
     from search.store.results import COSTS, load_run, parse_pick, pick_trial
     from search.spec.space import active_params
     from sensorium.runtime import git_sha, library_versions
 
     how = parse_pick(pick)
+    if reseed_top and how[0] != "best":
+        raise UserError(f"--reseed-top and --pick {pick} exclude each other: --reseed-top picks by the mean over seeds")
     run_dir, spec, records = load_run(run_dir)
     kind = spec.settings.cost
     best = pick_trial(records, how, kind)
+    reseed = None
+    if reseed_top:
+        configs = {r.trial_id: spec.resolve(r.params) for r in records if r.ranked}
+        reseed = reseed_candidates(run_dir, configs, records, reseed_top, seeds, cpus_per_seed=cpus_per_seed,
+                                   gpus_per_seed=gpus_per_seed, address=address, progress=progress)
+        best = next(r for r in records if r.trial_id == reseed["pick"])
     cfg = spec.resolve(best.params)
     provenance: dict[str, Any] = {
         "kind": BEST_CONFIG_KIND,
         "search_run": str(run_dir),
         "trial_id": best.trial_id,
-        "pick": how[0] if how[0] == "best" else f"cheapest:{how[1]:g}",
+        "pick": (f"best mean of {reseed_top} trials over seeds" if reseed else how[0] if how[0] == "best"
+                 else f"cheapest:{how[1]:g}"),
         "cost": {"kind": kind, "value": best.cost(kind), "unit": COSTS[kind][1]},
         "origin": "this run",
         "trial_status": best.status,
@@ -61,6 +80,8 @@ def export_best(run_dir: Path, out: Path | None = None, pick: str = "best") -> P
         "versions": library_versions(),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if reseed:
+        provenance["reseed"] = reseed
     warm_start = _warm_start(run_dir)
     if warm_start:
         provenance["warm_start"] = warm_start

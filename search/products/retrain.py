@@ -24,6 +24,14 @@ score table's labels (``labelled``) say which seeds were averaged. A lone seed i
 when every one of several seeds collapsed, retrain stops (UserError) before writing the ensemble or retrain.json.
 ``--seed-set S KEY=VALUE`` changes the config of seed S only (e.g. to try a suspect seed at a lower lr).
 
+``--splits K`` trains a split ensemble: member ``k`` trains on the pooled train + validation trials of every
+scan less fold ``k`` of K and early-stops on (keeps the best epoch of) that held-out fold (``data.split_folds``,
+``split_fold``, ``split_seed`` in its config: ``sensorium.data.splits``; folds are dealt per image; the test tiers
+are untouched). Alone, ``--splits K`` trains K members, member ``k`` with seed ``seed + k``; with ``--seeds N``, every
+fold with every seed (K x N members). A member's folder is ``OUT/split_<k>_seed_<s>`` (``OUT/seed_<s>`` without
+splits) and the ensemble, retrain.json (``ensemble_members``) and the score table name members that way. The
+collapse rule compares members validated on different folds alike: a collapse is far outside their differences.
+
 ``--train-on-validation`` (a recorded choice) adds the validation tier to the training data; since early
 stopping on data the model trains on is meaningless, fit then trains exactly ``train.max_epochs``, set to
 the search's best epoch (from the best config's provenance), with no lr schedule, keeping the last weights.
@@ -50,7 +58,8 @@ from sensorium.runtime import is_cuda_request
 
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device accepts
 RETRAIN_LOCK = ".retrain.lock"  # in the output folder, held by the retrain writing it
-MEMBERS_FILE = "ensemble_members.json"  # beside each scan's ensemble CSVs: the seeds averaged and those left out
+MEMBERS_FILE = "ensemble_members.json"  # beside each scan's ensemble CSVs: the members averaged and those left out
+DEFAULT_SEEDS = 3  # retrain's seeds without --seeds and --splits
 
 # When a seed counts as collapsed (collapse_reasons), judged on its best validation correlation:
 # - not above COLLAPSE_FLOOR: a constant prediction scores exactly 0 (the dead output of a diverged model), so a best
@@ -66,13 +75,14 @@ COLLAPSE_FLOOR = 0.0
 COLLAPSE_FRACTION = 0.2
 
 
-def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_validation: bool = False,
-            ground_truth: Path | None = None, data: list[str] | None = None, force: bool = False,
-            progress: bool = True, device: str | None = None, cpus_per_seed: float | None = None,
+def retrain(source: Path, *, out: Path | None = None, seeds: int | None = None, splits: int = 0,
+            train_on_validation: bool = False, ground_truth: Path | None = None, data: list[str] | None = None,
+            force: bool = False, progress: bool = True, device: str | None = None, cpus_per_seed: float | None = None,
             gpus_per_seed: float | None = None, address: str | None = None,
             seed_overrides: Mapping[int, Sequence[str]] | None = None) -> dict[str, Any]:
-    """Train, ensemble, write and score; returns what retrain.json holds. ``device``: train.device of every
-    seed (None: the config's); ``cpus_per_seed``, ``gpus_per_seed``: one seed task's resources (None: see
+    """Train, ensemble, write and score; returns what retrain.json holds. ``seeds``: seeds per fold (None: 3
+    without ``splits``, else one per fold, see the module docstring); ``splits``: folds of a split ensemble (0:
+    the official tiers); ``device``: train.device of every seed (None: the config's); ``cpus_per_seed``, ``gpus_per_seed``: one seed task's resources (None: see
     ``seed_resources``); ``address``: a Ray cluster to join (None: this process's Ray, else a local one);
     ``seed_overrides``: seed -> ``KEY=VALUE`` strings applied to that seed's config only (``--seed-set``).
     A folder another retrain is writing is refused (FolderInUse naming the folder and that process).
@@ -84,8 +94,15 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
     from sensorium.data import load_data
     from sensorium.predict import competition_keys
 
-    if seeds < 1:
+    if seeds is not None and seeds < 1:
         raise UserError(f"--seeds {seeds}: expected at least 1")
+    if splits and train_on_validation:
+        raise UserError("--splits and --train-on-validation exclude each other: a split member early-stops on its "
+                        "held-out fold")
+    if splits == 1 or splits < 0:
+        raise UserError(f"--splits {splits}: expected at least 2 folds")
+    n_seeds = seeds or splits or DEFAULT_SEEDS  # the members' seeds: cfg.seed ... cfg.seed + n_seeds - 1
+    n_members = splits * (seeds or 1) if splits else n_seeds  # as member_configs pairs them
     if device is not None and not DEVICES.fullmatch(device):
         raise UserError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
     if cpus_per_seed is not None and cpus_per_seed <= 0:
@@ -103,7 +120,9 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
             raise UserError(f"{source}: --train-on-validation needs the search's best epoch (a best_config.yaml)")
         cfg = set_value(set_value(cfg, "train.train_on_validation", True), "train.max_epochs", max(1, int(epochs)))
         choices["max_epochs"] = max(1, int(epochs))
-    overrides = check_seed_overrides(cfg, seeds, seed_overrides or {})
+    if splits:
+        choices.update(splits=splits, split_seed=cfg.data.split_seed)
+    overrides = check_seed_overrides(cfg, n_seeds, seed_overrides or {})
     if overrides:
         choices["seed_overrides"] = {str(seed): dict(kv.split("=", 1) for kv in items)
                                      for seed, items in overrides.items()}
@@ -119,32 +138,39 @@ def retrain(source: Path, *, out: Path | None = None, seeds: int = 3, train_on_v
         run_cfg = absolute_data_paths(cfg)  # tasks run in other folders, maybe on other nodes
         started = ensure_ray(address)
         try:
-            cpus, gpus = seed_resources(run_cfg.train.device, seeds, cpus_per_seed, gpus_per_seed)
+            cpus, gpus = seed_resources(run_cfg.train.device, n_members, cpus_per_seed, gpus_per_seed)
             preflight(cpus, gpus, str(out), [Path(p) for p in run_cfg.data.scans])
             # Builds the memory-mapped cache here, once, before the tasks map it.
             scans = load_data(run_cfg.data, progress=progress)
+            if splits:
+                check_folds(scans, splits, cfg.data.split_seed)  # before building that many configs
+            jobs = member_configs(run_cfg, seeds, splits, overrides)
             competition = competition_keys(scans)
             truth = ground_truth_files(ground_truth, cfg, scans)  # a wrong --ground-truth fails before training
-            members, saved = run_seeds(run_cfg, seeds, out, cpus, gpus, progress, overrides)
+            members, saved = run_members(jobs, out, cpus, gpus, progress)
         finally:
             release_ray(started)
-        # Before anything is written: when every one of several seeds collapsed this raises, and the folder holds
-        # only the seeds' own runs.
+        # Before anything is written: when every one of several members collapsed this raises, and the folder holds
+        # only the members' own runs.
         collapsed = pick_members(members, collapse_reasons(members, train_on_validation), out, train_on_validation)
-        used = [m["seed"] for m in members if not collapsed.get(m["seed"], {}).get("left_out")]
-        files = write_seed_average(out, {s: saved[s] for s in used}, scans, collapsed)
+        used = [m for m in members if not collapsed.get(member_name(m), {}).get("left_out")]
+        record = {"seeds": [m["seed"] for m in used], "members": [member_name(m) for m in used],
+                  **({"split_folds": splits, "split_seed": cfg.data.split_seed} if splits else {}),
+                  "collapsed": list(collapsed.values())}
+        files = write_seed_average(out, {member_name(m): saved[member_name(m)] for m in used}, scans, record)
 
         summary: dict[str, Any] = {
             "source": str(source), "out": str(out), "config_hash": config_hash(cfg),
             "seeds": [m["seed"] for m in members], "choices": choices, "search_provenance": provenance,
-            "members": members, "ensemble_seeds": used, "collapsed": list(collapsed.values()),
+            "members": members, "ensemble_seeds": record["seeds"], "ensemble_members": record["members"],
+            "collapsed": record["collapsed"],
             "collapse_rule": collapse_rule(train_on_validation), "ensemble_files": files,
             "ground_truth": truth and str(truth.root),
             "ground_truth_files": truth and truth.by_key(), "seconds": None,
         }
         if truth is not None:
             summary["scores"] = {"ensemble": score_all_files(files, truth.files),
-                                 **{f"seed_{m['seed']}": score_all_files(m["files"], truth.files) for m in members}}
+                                 **{member_name(m): score_all_files(m["files"], truth.files) for m in members}}
             summary["oracle"] = read_oracle(truth.root, competition)
         summary["seconds"] = round(time.perf_counter() - start, 1)
         write_text(out / "retrain.json", json.dumps(summary, indent=2, default=_jsonable))
@@ -171,37 +197,79 @@ def seed_resources(device: str, seeds: int, cpus: float | None, gpus: float | No
     return cpus, gpus
 
 
-def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: float, progress: bool,
-              overrides: Mapping[int, Sequence[str]] | None = None,
-              ) -> tuple[list[dict[str, Any]], dict[int, dict[str, dict[str, str]]]]:
-    """Run seeds ``cfg.seed`` ... ``cfg.seed + seeds - 1`` as Ray tasks (``search.raytune.trainable.train_seed``) into
-    ``out/seed_<s>``, each seed's config with its ``overrides`` (seed -> ``KEY=VALUE`` strings) applied; returns the members (retrain.json entries, by seed) and where each seed saved its
-    predictions (seed -> "<data key>/<file name>" -> {"values", "rows"} paths). The first failed seed
-    cancels the others."""
+def member_configs(cfg: ExperimentConfig, seeds: int | None = None, splits: int = 0,
+                   overrides: Mapping[int, Sequence[str]] | None = None) -> dict[str, ExperimentConfig]:
+    """Member folder name -> its config, in ensemble order: without ``splits``, ``seed_<s>`` for the ``seeds``
+    (None: ``DEFAULT_SEEDS``) seeds ``cfg.seed`` ... ``cfg.seed + seeds - 1``; with ``splits`` K and ``seeds`` None,
+    one member per fold, ``split_<k>_seed_<cfg.seed + k>``; with both, every fold with every seed (K x N). A split
+    member's config says its fold (``data.split_folds``, ``data.split_fold``). ``overrides``: seed -> ``KEY=VALUE``
+    strings applied to the members of that seed."""
+    if not splits:
+        pairs = [(None, cfg.seed + i) for i in range(seeds or DEFAULT_SEEDS)]
+    elif seeds is None:
+        pairs = [(k, cfg.seed + k) for k in range(splits)]
+    else:
+        pairs = [(k, cfg.seed + i) for k in range(splits) for i in range(seeds)]
+    jobs = {}
+    for fold, seed in pairs:
+        member_cfg = set_value(cfg, "seed", seed)
+        if fold is not None:
+            member_cfg = set_value(set_value(member_cfg, "data.split_folds", splits), "data.split_fold", fold)
+        member = {"seed": seed} if fold is None else {"seed": seed, "split_fold": fold}
+        jobs[member_name(member)] = apply_overrides(member_cfg, list((overrides or {}).get(seed, ())))
+    return jobs
+
+
+def member_name(member: Mapping[str, Any]) -> str:
+    """A member's folder name and key in retrain.json's scores: ``seed_<s>``, or ``split_<k>_seed_<s>`` for a
+    member of a split ensemble (``member``: a retrain.json entry, with ``split_fold`` when it has one)."""
+    return f"split_{member['split_fold']}_seed_{member['seed']}" if "split_fold" in member else f"seed_{member['seed']}"
+
+
+def member_label(member: Mapping[str, Any]) -> str:
+    """A member as messages name it: ``seed 3`` or ``split 0 seed 3``."""
+    return member_name(member).replace("_", " ")
+
+
+def check_folds(scans: Mapping[str, Any], splits: int, seed: int) -> None:
+    """UserError naming ``--splits`` and the scan when a scan of ``scans`` (data key -> ScanData, official tiers)
+    has fewer distinct train + validation images than ``splits`` folds."""
+    from sensorium.data.splits import POOLED, fold_of_images
+
+    for key, scan in scans.items():
+        try:
+            fold_of_images(scan.image_ids[scan.tier_indices(POOLED)], splits, seed)
+        except UserError as err:
+            raise UserError(f"--splits {splits}: scan {key}: {err}") from None
+
+
+def run_members(jobs: Mapping[str, ExperimentConfig], out: Path, cpus: float, gpus: float, progress: bool,
+                command: str = "retrain") -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, str]]]]:
+    """Train every member of ``jobs`` (folder name -> config, from :func:`member_configs`) as a Ray task
+    (``search.raytune.trainable.train_seed``) into ``out/<name>``; returns the members (retrain.json entries, in
+    ``jobs`` order, with ``split_fold`` for a split member) and where each saved its predictions (name ->
+    "<data key>/<file name>" -> {"values", "rows"} paths). The first failed member cancels the others.
+    ``command`` starts the progress lines (``export --reseed-top`` runs its seeds here too)."""
     import ray
 
     from search.raytune.trainable import train_seed
 
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(train_seed)
-    pending = {}
-    for i in range(seeds):
-        seed_cfg = set_value(cfg, "seed", cfg.seed + i)
-        seed_cfg = apply_overrides(seed_cfg, list((overrides or {}).get(seed_cfg.seed, ())))
-        ref = task.remote(seed_cfg.to_dict(), str(out / f"seed_{seed_cfg.seed}"), cpus, gpus)
-        pending[ref] = seed_cfg.seed
+    pending = {task.remote(job.to_dict(), str(out / name), cpus, gpus): name for name, job in jobs.items()}
     if progress:
-        print(f"retrain: {seeds} seed(s) as Ray tasks of {cpus:g} CPU + {gpus:g} GPU, train.device "
-              f"{cfg.train.device} -> {out}", file=sys.stderr, flush=True)
-    done_by_seed: dict[int, dict[str, Any]] = {}
-    shown: dict[int, int] = {}  # seed -> last epoch printed
+        device = next(iter(jobs.values())).train.device
+        print(f"{command}: {len(jobs)} {'member' if any(j.data.split_folds for j in jobs.values()) else 'seed'}(s) as "
+              f"Ray tasks of {cpus:g} CPU + {gpus:g} GPU, train.device {device} -> {out}", file=sys.stderr, flush=True)
+    done_by_name: dict[str, dict[str, Any]] = {}
+    shown: dict[str, int] = {}  # member -> last epoch printed
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
         if not ready:
             if progress:
-                _print_epochs(out, sorted(pending.values()), shown)
+                _print_epochs(out, sorted(pending.values()), shown, command)
             continue
         [ref] = ready
-        seed = pending.pop(ref)
+        name = pending.pop(ref)
         try:
             done = ray.get(ref)
         except ray.exceptions.RayError as err:
@@ -209,107 +277,112 @@ def run_seeds(cfg: ExperimentConfig, seeds: int, out: Path, cpus: float, gpus: f
                 ray.cancel(other, force=True)
             cause = getattr(err, "cause", None)  # RayTaskError: the task's own exception
             if isinstance(cause, UserError):  # a bad config or device: one line, exit 2
-                raise UserError(f"seed {seed}: {cause}") from err
+                raise UserError(f"{name.replace('_', ' ')}: {cause}") from err
             raise
-        done_by_seed[seed] = done
+        if jobs[name].data.split_folds:
+            done["member"]["split_fold"] = jobs[name].data.split_fold
+        done_by_name[name] = done
         m = done["member"]
         if progress:
             clock = time.strftime("%H:%M:%S", time.localtime(done["started"]))
-            print(f"retrain: seed {seed} on {done['host']} ({done['device']}) started {clock}, ended "
+            print(f"{command}: {name.replace('_', ' ')} on {done['host']} ({done['device']}) started {clock}, ended "
                   f"{time.strftime('%H:%M:%S')} ({m['seconds']:.0f} s): best val corr "
                   f"{m['best_val_corr']:.4f} at epoch {m['best_epoch']}", file=sys.stderr, flush=True)
-    ordered = sorted(done_by_seed)
-    return [done_by_seed[s]["member"] for s in ordered], {s: done_by_seed[s]["predictions"] for s in ordered}
+    return [done_by_name[n]["member"] for n in jobs], {n: done_by_name[n]["predictions"] for n in jobs}
 
 
-def write_seed_average(out: Path, saved: Mapping[int, Mapping[str, Mapping[str, str]]],
-                       scans: Mapping[str, Any], collapsed: Mapping[int, Mapping[str, Any]] | None = None,
-                       ) -> dict[str, str]:
-    """The seed ensemble's official CSVs ``out/<data key>/<file name>``: per file, the seeds' saved predictions
-    (memory-mapped) summed in float64 in seed order, divided by their number, keyed by trial and neuron id
-    through ``scans`` (data key -> ScanData). One file's sum is in memory at a time. Beside them,
-    ``out/<data key>/ensemble_members.json``: the seeds averaged (those of ``saved``) and the collapsed ones
-    (``collapsed``: seed -> ``pick_members`` entry). Returns "<data key>/<file name>" -> path. RuntimeError when
-    the seeds predicted different trials."""
+def write_seed_average(out: Path, saved: Mapping[str, Mapping[str, Mapping[str, str]]],
+                       scans: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, str]:
+    """The ensemble's official CSVs ``out/<data key>/<file name>``: per file, the members' saved predictions
+    (``saved``: member name -> "<data key>/<file name>" -> {"values", "rows"} paths, memory-mapped) summed in
+    float64 in ``saved``'s order, divided by their number, keyed by trial and neuron id through ``scans`` (data
+    key -> ScanData). One file's sum is in memory at a time. Beside them, ``out/<data key>/ensemble_members.json``
+    holds ``record`` (the members averaged and those left out). Returns "<data key>/<file name>" -> path.
+    RuntimeError when the members predicted different trials."""
     from sensorium.predict import keyed
     from sensorium.submission import write_submission
 
     files = {}
-    for rel in saved[min(saved)]:
+    for rel in next(iter(saved.values())):
         total, rows = None, None
-        for seed in sorted(saved):
-            values = np.load(saved[seed][rel]["values"], mmap_mode="r")  # (trials, neurons)
-            seed_rows = np.load(saved[seed][rel]["rows"])
+        for name in saved:
+            values = np.load(saved[name][rel]["values"], mmap_mode="r")  # (trials, neurons)
+            member_rows = np.load(saved[name][rel]["rows"])
             if total is None:
-                total, rows = values.astype(np.float64), seed_rows
-            elif np.array_equal(rows, seed_rows):
+                total, rows = values.astype(np.float64), member_rows
+            elif np.array_equal(rows, member_rows):
                 total += values
             else:
                 raise RuntimeError(f"{rel}: ensemble members predicted different trials")
         total /= len(saved)
-        key, name = rel.split("/")
+        key, file_name = rel.split("/")
         pred = keyed(scans[key], rows, total)
-        path = write_submission(out / key / name, pred.trial_ids, pred.image_ids, pred.neuron_ids, pred.values,
+        path = write_submission(out / key / file_name, pred.trial_ids, pred.image_ids, pred.neuron_ids, pred.values,
                                 overwrite=True)
         files[rel] = str(path)
-    members = json.dumps({"seeds": sorted(saved), "collapsed": list((collapsed or {}).values())}, indent=2,
-                         default=_jsonable)
+    members = json.dumps(record, indent=2, default=_jsonable)
     for key in sorted({rel.split("/")[0] for rel in files}):
         write_text(out / key / MEMBERS_FILE, members)
     return files
 
 
-def collapse_reasons(members: Sequence[Mapping[str, Any]], train_on_validation: bool = False) -> dict[int, str]:
-    """seed -> why that member counts as collapsed, for each one that does. ``members``: retrain.json entries
-    (``seed``, ``best_val_corr``, ``best_epoch``). A member collapsed when its best validation correlation is not
-    finite or not above ``COLLAPSE_FLOOR``, when it is below ``COLLAPSE_FRACTION`` times its best sibling's (the
-    highest of the others; none with one member), or, unless ``train_on_validation``, when its best epoch is 0
-    (no epoch beat the untrained model). With ``train_on_validation`` the validation tier is training data: the
-    score compared is the last epoch's in-sample fit to it, which a collapsed model cannot raise either.
+def collapse_reasons(members: Sequence[Mapping[str, Any]], train_on_validation: bool = False) -> dict[str, str]:
+    """member name (``member_name``) -> why that member counts as collapsed, for each one that does. ``members``:
+    retrain.json entries (``seed``, ``best_val_corr``, ``best_epoch``, ``split_fold`` for a split member). A member
+    collapsed when its best validation correlation is not finite or not above ``COLLAPSE_FLOOR``, when it is below
+    ``COLLAPSE_FRACTION`` times its best sibling's (the highest of the others; none with one member), or, unless
+    ``train_on_validation``, when its best epoch is 0 (no epoch beat the untrained model). With
+    ``train_on_validation`` the validation tier is training data: the score compared is the last epoch's in-sample
+    fit to it, which a collapsed model cannot raise either.
 
     >>> collapse_reasons([{"seed": 0, "best_val_corr": 0.285, "best_epoch": 8},
-    ...                   {"seed": 1, "best_val_corr": 0.003, "best_epoch": 0}])[1]
+    ...                   {"seed": 1, "best_val_corr": 0.003, "best_epoch": 0}])["seed_1"]
     'best epoch 0: no epoch beat the untrained model; best val corr 0.0030 < 0.2 x 0.2850 (seed 0, best sibling)'
     """
-    reasons: dict[int, str] = {}
+    reasons: dict[str, str] = {}
     for m in members:
         score, why = float(m["best_val_corr"]), []
-        siblings = [(float(o["best_val_corr"]), o["seed"]) for o in members
-                    if o["seed"] != m["seed"] and math.isfinite(o["best_val_corr"])]
+        siblings = [(float(o["best_val_corr"]), member_label(o)) for o in members
+                    if o is not m and math.isfinite(o["best_val_corr"])]
         if not train_on_validation and m["best_epoch"] == 0:
             why.append("best epoch 0: no epoch beat the untrained model")
         if not math.isfinite(score) or score <= COLLAPSE_FLOOR:
             why.append(f"best val corr {score:.4f} <= {COLLAPSE_FLOOR:g}: no better than a constant prediction")
         elif siblings and score < COLLAPSE_FRACTION * max(siblings)[0]:
-            best, seed = max(siblings)
-            why.append(f"best val corr {score:.4f} < {COLLAPSE_FRACTION:g} x {best:.4f} (seed {seed}, best sibling)")
+            best, label = max(siblings)
+            why.append(f"best val corr {score:.4f} < {COLLAPSE_FRACTION:g} x {best:.4f} ({label}, best sibling)")
         if why:
-            reasons[m["seed"]] = "; ".join(why)
+            reasons[member_name(m)] = "; ".join(why)
     return reasons
 
 
-def pick_members(members: Sequence[Mapping[str, Any]], reasons: Mapping[int, str], out: Path,
-                 train_on_validation: bool = False) -> dict[int, dict[str, Any]]:
-    """seed -> {seed, best_val_corr, best_epoch, reason, left_out} for each collapsed member (``reasons``), with
-    one stderr line each naming it, its score and its siblings'. Collapsed members are left out of the ensemble,
-    except a lone one (nothing to replace it: kept, with a warning). UserError, one line naming every seed and
-    score, when several members all collapsed (``out``: where their runs are; ``train_on_validation``: which
-    rule judged them, for the message)."""
+def pick_members(members: Sequence[Mapping[str, Any]], reasons: Mapping[str, str], out: Path,
+                 train_on_validation: bool = False) -> dict[str, dict[str, Any]]:
+    """member name -> {seed, [split_fold,] best_val_corr, best_epoch, reason, left_out} for each collapsed member
+    (``reasons``), with one stderr line each naming it, its score and its siblings'. Collapsed members are left
+    out of the ensemble, except a lone one (nothing to replace it: kept, with a warning). UserError, one line
+    naming every member and score, when several members all collapsed (``out``: where their runs are;
+    ``train_on_validation``: which rule judged them, for the message)."""
+    split = any("split_fold" in m for m in members)
+    noun = "member" if split else "seed"
     if len(members) > 1 and len(reasons) == len(members):
-        runs = "; ".join(f"seed {m['seed']} {m['best_val_corr']:.4f} at epoch {m['best_epoch']}" for m in members)
-        raise UserError(f"all {len(members)} seeds collapsed ({runs}): no ensemble written; their runs are in "
-                        f"{out}/seed_<s> (rule: {collapse_rule(train_on_validation)['text']})")
+        runs = "; ".join(f"{member_label(m)} {m['best_val_corr']:.4f} at epoch {m['best_epoch']}" for m in members)
+        folder = "split_<k>_seed_<s>" if split else "seed_<s>"
+        raise UserError(f"all {len(members)} {noun}s collapsed ({runs}): no ensemble written; their runs are in "
+                        f"{out}/{folder} (rule: {collapse_rule(train_on_validation)['text']})")
     entries = {}
     for m in members:
-        if m["seed"] not in reasons:
+        name = member_name(m)
+        if name not in reasons:
             continue
         left_out = len(members) > 1
-        entries[m["seed"]] = {"seed": m["seed"], "best_val_corr": m["best_val_corr"], "best_epoch": m["best_epoch"],
-                              "reason": reasons[m["seed"]], "left_out": left_out}
-        siblings = ", ".join(f"seed {o['seed']} {o['best_val_corr']:.4f}" for o in members if o is not m)
-        what = "left out of the ensemble" if left_out else "kept though collapsed (the only seed)"
-        print(f"warning: retrain: seed {m['seed']} {what}: best val corr {m['best_val_corr']:.4f} at epoch "
-              f"{m['best_epoch']}{f' (siblings: {siblings})' if siblings else ''}: {reasons[m['seed']]}",
+        entries[name] = {"seed": m["seed"], **({"split_fold": m["split_fold"]} if "split_fold" in m else {}),
+                         "best_val_corr": m["best_val_corr"], "best_epoch": m["best_epoch"],
+                         "reason": reasons[name], "left_out": left_out}
+        siblings = ", ".join(f"{member_label(o)} {o['best_val_corr']:.4f}" for o in members if o is not m)
+        what = "left out of the ensemble" if left_out else f"kept though collapsed (the only {noun})"
+        print(f"warning: retrain: {member_label(m)} {what}: best val corr {m['best_val_corr']:.4f} at epoch "
+              f"{m['best_epoch']}{f' (siblings: {siblings})' if siblings else ''}: {reasons[name]}",
               file=sys.stderr, flush=True)
     return entries
 
@@ -324,18 +397,26 @@ def collapse_rule(train_on_validation: bool) -> dict[str, Any]:
             "best_epoch_0": not train_on_validation, "compared": compared, "text": text}
 
 
+def ensemble_label(summary: Mapping[str, Any]) -> str:
+    """What the ensemble of a retrain.json ``summary`` averages: "ensemble of seeds 0, 2", or of a split ensemble
+    "ensemble of split_0_seed_0, split_1_seed_1" (its members' folder names: fold and seed)."""
+    names = summary.get("ensemble_members") or []
+    if any(name.startswith("split_") for name in names):
+        return f"ensemble of {', '.join(names)}"
+    seeds = summary.get("ensemble_seeds", summary["seeds"])
+    return f"ensemble of seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+
+
 def labelled(summary: Mapping[str, Any]) -> dict[str, Any]:
     """``summary`` with its score labels saying what each model is, for ``scoring.score_table``: "ensemble of
-    seeds 0, 2" and "seed_1 (left out)" (or "(collapsed)" for a lone kept one)."""
-    entries = {c["seed"]: c for c in summary.get("collapsed") or []}
-    seeds = summary.get("ensemble_seeds", summary["seeds"])
+    seeds 0, 2" (``ensemble_label``) and "seed_1 (left out)" (or "(collapsed)" for a lone kept one)."""
+    entries = {member_name(c): c for c in summary.get("collapsed") or []}
 
     def label(model: str) -> str:
         if model == "ensemble":
-            return f"ensemble of seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
-        seed = int(model.removeprefix("seed_"))
-        if seed in entries:
-            return f"{model} ({'left out' if entries[seed]['left_out'] else 'collapsed'})"
+            return ensemble_label(summary)
+        if model in entries:
+            return f"{model} ({'left out' if entries[model]['left_out'] else 'collapsed'})"
         return model
 
     scores = summary.get("scores")
@@ -360,20 +441,20 @@ def check_seed_overrides(cfg: ExperimentConfig, seeds: int,
     return checked
 
 
-def _print_epochs(out: Path, seeds: list[int], shown: dict[int, int]) -> None:
-    """One line per seed and newly finished epoch, read from the seed's curves.csv (the tasks' own output
-    does not reach the driver; the run folder is shared with every node)."""
+def _print_epochs(out: Path, names: list[str], shown: dict[str, int], command: str) -> None:
+    """One line per member (folder ``out/<name>``) and newly finished epoch, read from its curves.csv (the tasks'
+    own output does not reach the driver; the run folder is shared with every node)."""
     from sensorium.training.rundir import RunDir
 
-    for seed in seeds:
+    for name in names:
         try:
-            rows = RunDir(out / f"seed_{seed}").read_curves()
+            rows = RunDir(out / name).read_curves()
         except (OSError, ValueError):  # not written yet, or a row being appended
             continue
-        for row in rows[shown.get(seed, 0):]:
-            print(f"retrain: seed {seed} epoch {int(row['epoch'])}: val corr {row['val_corr']:.4f} "
+        for row in rows[shown.get(name, 0):]:
+            print(f"{command}: {name.replace('_', ' ')} epoch {int(row['epoch'])}: val corr {row['val_corr']:.4f} "
                   f"(best {row['best_val_corr']:.4f}) {row['epoch_seconds']:.0f} s", file=sys.stderr, flush=True)
-        shown[seed] = max(shown.get(seed, 0), len(rows))
+        shown[name] = max(shown.get(name, 0), len(rows))
 
 
 def load_source(source: Path) -> tuple[ExperimentConfig, dict[str, Any] | None, Path]:

@@ -44,6 +44,7 @@ from sensorium.data.format import TIERS
 from sensorium.data.normalization import response_precision
 from sensorium.data.reader import resolve_scan_paths
 from sensorium.data.scan import Scan
+from sensorium.data.splits import split_tiers
 from sensorium.errors import DataError, UserError
 
 
@@ -180,7 +181,10 @@ class ScanData:
     """
 
     def __init__(self, scan: Scan, behavior_channels: bool, behavior_scaling: str = "reference",
-                 responses_on_device: bool = False) -> None:
+                 responses_on_device: bool = False, tiers: np.ndarray | None = None) -> None:
+        """``tiers``: (N,) the tier of each row as batches and scores see it; None: the scan's own (a
+        ``data.split_folds`` re-split: ``sensorium.data.splits.split_tiers``). What the history modulator may
+        read (``VISIBLE_TIERS``) always follows the scan's own tiers."""
         self.scan = scan
         self.responses_on_device = responses_on_device
         self.key = scan.key
@@ -192,7 +196,7 @@ class ScanData:
         self.cell_motor_coordinates = scan.cell_motor_coordinates
         self.trial_ids = scan.trial_idx
         self.image_ids = scan.image_ids
-        self.tiers = scan.tiers
+        self.tiers = scan.tiers if tiers is None else tiers
         self._response_precision = response_precision(scan.stats["responses"]["std"])  # (n,)
         self._behavior = behavior_transform(scan, behavior_scaling)  # (offset, precision, abs)
         order = np.argsort(scan.trial_ts, kind="stable")  # rows in session order
@@ -377,7 +381,9 @@ class ScanData:
 
 
 def load_data(cfg: DataConfig, progress: bool = True) -> dict[str, ScanData]:
-    """Open every scan of ``cfg.scans`` (cached after the first call), ordered by data key."""
+    """Open every scan of ``cfg.scans`` (cached after the first call), ordered by data key; with
+    ``cfg.split_folds`` each scan's train and validation tiers are those of fold ``cfg.split_fold``
+    (``sensorium.data.splits``)."""
     if not cfg.scans:
         raise DataError("data.scans is empty: give scan folders, official .zip files or directories holding them")
     scans: dict[str, Scan] = {}
@@ -387,8 +393,19 @@ def load_data(cfg: DataConfig, progress: bool = True) -> dict[str, ScanData]:
             other = scans[scan.key].source
             raise DataError(f"{path}: data key {scan.key} also belongs to {other}; expected unique scans")
         scans[scan.key] = scan
-    return {key: ScanData(scans[key], cfg.behavior_channels, cfg.behavior_scaling, cfg.responses_on_device)
-            for key in sorted(scans)}
+    return {key: ScanData(scans[key], cfg.behavior_channels, cfg.behavior_scaling, cfg.responses_on_device,
+                          _tiers(scans[key], cfg)) for key in sorted(scans)}
+
+
+def _tiers(scan: Scan, cfg: DataConfig) -> np.ndarray | None:
+    """The scan's tiers re-split as ``cfg`` asks (None: the official ones); UserError naming the setting and
+    the scan when it has fewer distinct train + validation images than folds."""
+    if not cfg.split_folds:
+        return None
+    try:
+        return split_tiers(scan.tiers, scan.image_ids, cfg.split_folds, cfg.split_fold, cfg.split_seed)
+    except UserError as err:
+        raise UserError(f"data.split_folds={cfg.split_folds}: scan {scan.key}: {err}") from None
 
 
 def behavior_transform(scan: Scan, scaling: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
