@@ -282,3 +282,33 @@ def test_a_modern_run_interrupted_and_resumed_gives_the_uninterrupted_curves(mod
     assert last["scheduler"]["last_epoch"] == again["scheduler"]["last_epoch"] == 4 * steps_per_epoch(tiny_scans,
                                                                                                       tiny_cfg)
     assert last["average"]["updates"] == again["average"]["updates"]
+
+
+def test_a_run_written_before_the_recipe_was_a_family_resumes_as_the_reference(tiny_cfg, tiny_scans, tmp_path):
+    """Its config's train.patience etc. read as train.recipe (kind reference), and its last.pt's optimizer, scheduler
+    and stopper at the top level resume the reference recipe: the same curves as a run never interrupted."""
+    cfg = set_values(tiny_cfg, {"train.recipe.kind": "reference", "train.max_epochs": 3})
+    whole = fit(cfg, tmp_path / "whole", data=tiny_scans, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_epoch_1(epoch, metrics, checkpoint_dir):
+        if epoch == 1:
+            raise Killed
+
+    run_dir = tmp_path / "old"
+    with pytest.raises(Killed):
+        fit(cfg, run_dir, data=tiny_scans, report=die_after_epoch_1, progress=False)
+    last_path = RunDir(run_dir).last
+    last = torch.load(last_path, weights_only=True)
+    old_config = last["config"]
+    old_config["train"].update(old_config["train"].pop("recipe"))
+    old_config["train"].pop("kind")
+    assert "patience" in old_config["train"]
+    last.update(last.pop("recipe"), config=old_config)
+    torch.save(last, last_path)
+    assert ExperimentConfig.from_dict(old_config) == cfg
+    resumed = fit(cfg, run_dir, data=tiny_scans, resume=run_dir, progress=False)
+    assert _curves(run_dir) == _curves(whole.run_dir)
+    assert (resumed.best_epoch, resumed.epochs_run) == (whole.best_epoch, whole.epochs_run)
