@@ -4,7 +4,9 @@ scripted nodes, cards and memory plans, and the driver's resolution before any t
 
 from __future__ import annotations
 
+
 import dataclasses
+import itertools
 from pathlib import Path
 
 import pytest
@@ -78,14 +80,18 @@ def test_gpu_memory_gb_must_be_positive():
 def test_largest_points_of_the_default_space_put_every_size_at_its_hungry_end():
     spec = load_search(CONFIGS / "search_default.yaml")
     points = largest_points(spec)
-    assert [p["model.modulator.kind"] for p in points] == ["none", "history"]  # one per option of the family
+    families = ("model.modulator.kind", "model.link.kind", "train.recipe.kind")
+    combos = [tuple(p[key] for key in families) for p in points]  # one per combination of the families' options
+    assert sorted(combos) == sorted(itertools.product(["none", "history"], ["elu1", "softplus", "exp"],
+                                                      ["reference", "modern"]))
     for point in points:
         assert point_problem(spec, point) is None  # a point the sampler could propose
         assert point["model.core.layers"] == 6 and point["model.core.hidden_channels"] == 128
         assert point["model.core.input_kern"] == 5 and point["model.core.hidden_kern"] == 11  # unpadded input
         assert point["model.core.depth_separable"] is True and point["model.readout.samples"] == 8
         assert point["data.batch_size"] == 128
-    assert points[1]["model.modulator.history_length"] == 8 and points[1]["model.modulator.state_dim"] == 4
+    history = next(p for p in points if p["model.modulator.kind"] == "history")
+    assert history["model.modulator.history_length"] == 8 and history["model.modulator.state_dim"] == 4
     assert all(points[0][key] == spec.first_params()[key].edge_values()[0]  # the rest at their first value
                for key in ("train.lr", "model.readout.gauss_type") if key not in SIZE_KEYS)
 
