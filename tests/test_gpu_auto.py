@@ -4,7 +4,6 @@ scripted nodes, cards and memory plans, and the driver's resolution before any t
 
 from __future__ import annotations
 
-
 import dataclasses
 import itertools
 from pathlib import Path
