@@ -73,6 +73,29 @@ def make_scan(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def interrupted_fit():
+    """``interrupted_fit(cfg, scans, run_dir, epoch)``: a fit killed right after ``epoch`` (its report raises), as a
+    crash would leave it: curves up to that epoch and the checkpoints written by then."""
+    from sensorium.training import fit
+
+    class Killed(Exception):
+        pass
+
+    def die_after(epoch: int):
+        def report(e, metrics, checkpoint_dir):
+            if e == epoch:
+                raise Killed
+
+        return report
+
+    def run(cfg, scans, run_dir, epoch: int) -> None:
+        with pytest.raises(Killed):
+            fit(cfg, run_dir, data=scans, report=die_after(epoch), progress=False)
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One real local Ray for the whole session: 2 CPUs, a small object store, no dashboard."""
     import ray

@@ -260,19 +260,10 @@ def test_without_an_average_the_trained_weights_are_evaluated(tiny_cfg, tiny_sca
 
 
 def test_a_modern_run_interrupted_and_resumed_gives_the_uninterrupted_curves(modern_run, tiny_cfg, tiny_scans,
-                                                                             tmp_path):
+                                                                             tmp_path, interrupted_fit):
     result, _ = modern_run
-
-    class Killed(Exception):
-        pass
-
-    def die_after_epoch_2(epoch, metrics, checkpoint_dir):
-        if epoch == 2:
-            raise Killed
-
     run_dir = tmp_path / "killed"
-    with pytest.raises(Killed):
-        fit(tiny_cfg, run_dir, data=tiny_scans, report=die_after_epoch_2, progress=False)
+    interrupted_fit(tiny_cfg, tiny_scans, run_dir, 2)
     resumed = fit(tiny_cfg, run_dir, data=tiny_scans, resume=run_dir, progress=False)
     assert _curves(run_dir) == _curves(result.run_dir)
     assert (resumed.best_epoch, resumed.epochs_run) == (result.best_epoch, result.epochs_run)
@@ -284,22 +275,14 @@ def test_a_modern_run_interrupted_and_resumed_gives_the_uninterrupted_curves(mod
     assert last["average"]["updates"] == again["average"]["updates"]
 
 
-def test_a_run_written_before_the_recipe_was_a_family_resumes_as_the_reference(tiny_cfg, tiny_scans, tmp_path):
+def test_a_run_written_before_the_recipe_was_a_family_resumes_as_the_reference(tiny_cfg, tiny_scans, tmp_path,
+                                                                              interrupted_fit):
     """Its config's train.patience etc. read as train.recipe (kind reference), and its last.pt's optimizer, scheduler
     and stopper at the top level resume the reference recipe: the same curves as a run never interrupted."""
     cfg = set_values(tiny_cfg, {"train.recipe.kind": "reference", "train.max_epochs": 3})
     whole = fit(cfg, tmp_path / "whole", data=tiny_scans, progress=False)
-
-    class Killed(Exception):
-        pass
-
-    def die_after_epoch_1(epoch, metrics, checkpoint_dir):
-        if epoch == 1:
-            raise Killed
-
     run_dir = tmp_path / "old"
-    with pytest.raises(Killed):
-        fit(cfg, run_dir, data=tiny_scans, report=die_after_epoch_1, progress=False)
+    interrupted_fit(cfg, tiny_scans, run_dir, 1)
     last_path = RunDir(run_dir).last
     last = torch.load(last_path, weights_only=True)
     old_config = last["config"]

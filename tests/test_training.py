@@ -176,19 +176,10 @@ def test_same_seed_same_curves(tiny_run, tiny_cfg, tiny_scans, tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_resume_from_last_checkpoint_continues_exactly(tiny_run, tiny_cfg, tiny_scans, tmp_path):
+def test_resume_from_last_checkpoint_continues_exactly(tiny_run, tiny_cfg, tiny_scans, tmp_path, interrupted_fit):
     result, _ = tiny_run
-
-    class Killed(Exception):
-        pass
-
-    def die_after_first_epoch(epoch, metrics, checkpoint_dir):
-        if epoch == 1:
-            raise Killed
-
     run_dir = tmp_path / "c"
-    with pytest.raises(Killed):
-        fit(tiny_cfg, run_dir, data=tiny_scans, report=die_after_first_epoch, progress=False)
+    interrupted_fit(tiny_cfg, tiny_scans, run_dir, 1)
     assert len(RunDir(run_dir).read_curves()) == 1
     resumed = fit(tiny_cfg, run_dir, data=tiny_scans, resume=run_dir, progress=False)
     assert len(json.loads(RunDir(run_dir).provenance.read_text())["resumed"]) == 1
