@@ -3,7 +3,7 @@ one lucky seed.
 
 A search ranks each configuration by one training run, one seed; seeds of one config differ by a few percent,
 about the gaps between the top trials. Here the top K trials' configs (by that single run) are trained again with
-N more seeds each, ``seed + 1`` ... ``seed + N`` of the trial's config, as Ray tasks (``retrain.run_members``, the
+N more seeds each, ``seed + 1`` ... ``seed + N`` of the trial's config, as Ray tasks (``members.run_members``, the
 same tasks as retrain's seeds) into ``RUN_DIR/reseed/<trial id>_seed_<s>``, and the config with the best MEAN
 validation correlation is picked.
 
@@ -35,7 +35,7 @@ def reseed_top(run_dir: Path, configs: dict[str, ExperimentConfig], records: lis
     mean, sd, the search's own run and whether it counted), ``pick`` (the trial id of the best mean) and
     ``single_seed_pick`` (the search's best trial: its rank by mean, its mean, and how far below the pick's mean it
     is). UserError for a bad ``top`` or ``seeds``, before anything trains."""
-    from search.products.retrain import run_members, seed_resources
+    from search.products.members import run_members, seed_resources
     from search.raytune.driver import ensure_ray, release_ray
     from search.raytune.preflight import preflight
     from search.raytune.prepare import absolute_data_paths
