@@ -14,7 +14,10 @@ here returns each epoch's own cost instead.)
 A configuration the searcher proposes is looked up in the table by its nearest recorded configuration
 (numeric keys on the unit scale of their range, log scale for loguniform; a categorical mismatch counts 1:
 the 1-nearest-neighbour surrogate Syne Tune uses for tabulated benchmarks). Its seed is drawn among the seeds
-recorded for it. An epoch's cost is its recorded CPU seconds, less the recording's own checkpoint writes (bench/curves.py).
+recorded for it. A sampler that concentrates its proposals meets the table's coarseness: on table A (111 runs)
+one TPE+ASHA search's 661 proposals fell on 25 configurations, 561 of them on one, whose recorded curve then
+repeats; a real search would try 561 distinct neighbours. ``--lookup fresh`` brackets it from the other side: the
+nearest configuration the search has not proposed before (while there is one), novelty without locality. An epoch's cost is its recorded CPU seconds, less the recording's own checkpoint writes (bench/curves.py).
 
     .venv/bin/python bench/replay.py --table A --seeds 100 --workers 2 8 32
     .venv/bin/python bench/replay.py --table A --quick          # 3 methods x 5 seeds: a smoke test
@@ -25,6 +28,7 @@ Writes results/bench_search_replay.md (``--out``) and its figure of anytime curv
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import dataclasses
 import gzip
@@ -59,6 +63,7 @@ TARGETS = (0.10, 0.05, 0.02)  # top fractions of the table's final scores
 # second and a proposal 30 ms (TPE at 300 trials) to 1 s (GP), on a real scan an epoch costs minutes: costs are
 # handed to the simulator in milliseconds, so that the sampler's time weighs as little as it does there.
 TIME_SCALE = 1000.0
+DRAIN_S = 1e9  # a drain job's cost (Stack.ask): beyond any budget
 
 
 # ---------------------------------------------------------------- the table
@@ -179,8 +184,11 @@ class Lookup:
         self.configs = np.array(table.configs)
         self.coords = np.stack([_encode(self.params, table.points[c]) for c in self.configs])
 
-    def __call__(self, point: dict[str, Any]) -> int:
+    def __call__(self, point: dict[str, Any], exclude: set[int] | frozenset[int] = frozenset()) -> int:
+        """The nearest configuration, or the nearest not in ``exclude`` while there is one."""
         d = ((self.coords - _encode(self.params, point)) ** 2).sum(axis=1)
+        if exclude and len(exclude) < len(self.configs):
+            d[np.isin(self.configs, list(exclude))] = np.inf
         return int(self.configs[int(np.argmin(d))])
 
 
@@ -226,10 +234,6 @@ METHODS: dict[str, Method] = {
 }
 
 
-class Reached(Exception):
-    """Raised by Stack.tell when a result reaches the stack's ``until``."""
-
-
 def make_stack(spec: SearchSpec, method: Method, table: Table, lookup: Lookup, seed: int, **kwargs: Any):
     """The ask-and-tell optimizer of ``method``: this tool's stack, or Syne Tune's BOHB."""
     return (SyneStack if method.bohb else Stack)(spec, method, table, lookup, seed, **kwargs)
@@ -239,7 +243,7 @@ class Stack:
     """One search of ``method`` as an ask-and-tell optimizer of mfhpo-simulator (jobs = one epoch of a trial)."""
 
     def __init__(self, spec: SearchSpec, method: Method, table: Table, lookup: Lookup, seed: int, *,
-                 start_with: bool = True, until: float | None = None) -> None:
+                 start_with: bool = True, until: float | None = None, fresh: bool = False) -> None:
         import optuna
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
         from ray.tune.search.optuna import OptunaSearch
@@ -276,11 +280,20 @@ class Stack:
         self.table, self.lookup, self.rng = table, lookup, np.random.default_rng(seed)
         self.trials: dict[int, SimpleNamespace] = {}
         self.next: tuple[int, int] | None = None  # (trial, epoch) the worker just told continues with
-        self.until = until  # stop (raise Reached) once a result reaches it
+        self.until = until  # end the search once a result reaches it (``reached``; see ``ask``)
+        self.reached = False
+        self.fresh, self.used = fresh, set()  # fresh: no configuration twice while unused ones remain
         # per told epoch: trial number, configuration, its best_val_corr, test correlation, the epoch's cost
         self.trace: list[tuple[int, int, float, float, float]] = []
 
     def ask(self) -> tuple[dict[str, Any], dict[str, int], int]:
+        """The next job: the trial the worker just told continues, or a new trial. Once ``until`` is reached,
+        a drain job that ``objective`` charges past any budget, so that the simulator ends without asking the
+        sampler again (one per worker)."""
+        if self.reached:
+            number = len(self.trials)
+            self.trials[number] = SimpleNamespace(drain=True)
+            return {"config": self.table.configs[0], "seed": self.table.first_seed, "drain": True}, {"epoch": 1}, number
         if self.next is not None:
             number, epoch = self.next
             self.next = None
@@ -295,6 +308,8 @@ class Stack:
         from search.store.schema import FIT_DONE
 
         t = self.trials[config_id]
+        if getattr(t, "drain", False) or self.reached:  # after the end: results in flight are not told
+            return
         epoch = int(fidels["epoch"])
         curve = self.table.curves[t.config][t.seed]
         result = {"epoch": epoch, "training_iteration": epoch, "val_corr": float(curve.val[epoch - 1]),
@@ -305,7 +320,8 @@ class Stack:
         cost = float(curve.cost[epoch - 1] - (curve.cost[epoch - 2] if epoch > 1 else 0.0))
         self.trace.append((config_id, t.config, result["best_val_corr"], float(curve.test[epoch - 1]), cost))
         if self.until is not None and result["best_val_corr"] >= self.until:
-            raise Reached
+            self.reached = True
+            return
         if not self._decide(t, result, last or epoch >= self.table.epochs):
             self.next = (config_id, epoch + 1)
 
@@ -317,10 +333,17 @@ class Stack:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             config = self.searcher.suggest(tid)
-        c = self.lookup(flatten_dict(config))  # Tune's nesting undone
+        c = self._look_up(flatten_dict(config))  # Tune's nesting undone
         trial = SimpleNamespace(trial_id=tid, config=c, seed=int(self.rng.choice(sorted(self.table.curves[c]))))
         self.scheduler.on_trial_add(None, trial)
         return trial
+
+    def _look_up(self, point: dict[str, Any]) -> int:
+        """The table's configuration for a proposed point: the nearest (``fresh``: the nearest this search has not
+        proposed before, while there is one)."""
+        c = self.lookup(point, self.used if self.fresh else frozenset())
+        self.used.add(c)
+        return c
 
     def _decide(self, t: SimpleNamespace, result: dict[str, Any], last: bool) -> bool:
         """Tell the scheduler and the searcher one epoch's result as Tune does; True when the trial ends (the
@@ -366,7 +389,7 @@ class SyneStack(Stack):
     ask and tell: its own scheduler decides, Ray and Optuna take no part."""
 
     def __init__(self, spec: SearchSpec, method: Method, table: Table, lookup: Lookup, seed: int, *,
-                 start_with: bool = True, until: float | None = None) -> None:
+                 start_with: bool = True, until: float | None = None, fresh: bool = False) -> None:
         from syne_tune.optimizer.baselines import BOHB
 
         logging.getLogger("syne_tune").setLevel(logging.ERROR)  # "points_to_evaluate is passed in ..."
@@ -379,6 +402,8 @@ class SyneStack(Stack):
         self.trials = {}
         self.next = None
         self.until = until
+        self.reached = False
+        self.fresh, self.used = fresh, set()
         self.trace = []
 
     def _new_trial(self, number: int) -> SimpleNamespace:
@@ -387,7 +412,7 @@ class SyneStack(Stack):
         from syne_tune.backend.trial_status import Trial
 
         config = self.scheduler.suggest().config
-        c = self.lookup(_active(self.spec, config))
+        c = self._look_up(_active(self.spec, config))
         trial = Trial(trial_id=number, config=config, creation_time=datetime.now())
         self.scheduler.on_trial_add(trial)
         return SimpleNamespace(trial_id=number, config=c, seed=int(self.rng.choice(sorted(self.table.curves[c]))),
@@ -408,6 +433,8 @@ def objective(table: Table, trial_start_s: float = 0.0) -> Callable[..., dict[st
     building its model: wall time a compute budget does not count)."""
 
     def run(eval_config: dict[str, Any], fidels: dict[str, int], seed: int | None = None, **_: Any) -> dict:
+        if eval_config.get("drain"):  # the search has ended (Stack.ask): past any budget
+            return {"runtime": DRAIN_S * TIME_SCALE, "best": -1.0}
         curve = table.curves[eval_config["config"]][eval_config["seed"]]
         e = int(fidels["epoch"])
         start = trial_start_s if e == 1 else 0.0
@@ -458,23 +485,36 @@ class Outcome:
     method: str
     workers: int
     times: dict[float, np.ndarray]  # target fraction -> (seeds,) seconds
-    curves: np.ndarray  # (seeds, grid) best so far on a common time grid
+    curves: np.ndarray  # (full seeds, grid) best so far on a common time grid (seeds that ran the whole budget)
 
 
 def run_method(spec: SearchSpec, name: str, table: Table, workers: int, seeds: range, budget_s: float,
-               grid: np.ndarray, trial_start_s: float = 0.0) -> Outcome:
+               grid: np.ndarray, trial_start_s: float = 0.0, full_seeds: int | None = None,
+               fresh: bool = False) -> Outcome:
+    """Replay ``name`` with each of ``seeds``. The first ``full_seeds`` (default: all) run the whole budget and
+    give the anytime curves; the others end once they reach the highest target, which is all their times to
+    the targets need (the sampler's own work grows with the trials told: this halves a replay's cost)."""
     lookup = Lookup(spec, table)
     targets = table.thresholds()
+    full = len(seeds) if full_seeds is None else min(full_seeds, len(seeds))
     times = {q: np.full(len(seeds), math.inf) for q in TARGETS}
-    curves = np.full((len(seeds), len(grid)), np.nan)
+    curves = np.full((full, len(grid)), np.nan)
     for i, seed in enumerate(seeds):
-        trace = simulate(spec, METHODS[name], table, lookup, workers, seed, budget_s, trial_start_s=trial_start_s)
+        stack = make_stack(spec, METHODS[name], table, lookup, seed, until=None if i < full else max(targets.values()),
+                           fresh=fresh)
+        trace = simulate(spec, METHODS[name], table, lookup, workers, seed, budget_s, stack=stack,
+                         trial_start_s=trial_start_s)
         for q, target in targets.items():
             times[q][i] = time_to(trace, target)
-        if len(trace):
+        if i < full and len(trace):
             idx = np.searchsorted(trace[:, 0], grid, side="right") - 1
             curves[i] = np.where(idx >= 0, trace[np.maximum(idx, 0), 1], np.nan)
     return Outcome(name, workers, times, curves)
+
+
+def _method_job(job: tuple) -> Outcome:
+    """run_method(*job), in a process of the pool."""
+    return run_method(*job)
 
 
 def median_time(t: np.ndarray) -> float:
@@ -638,7 +678,7 @@ def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], bud
                     point, lo, hi = speedup_interval(base.times[q] * w, t, rng)
                     sp = f" · {_x(point)} [{_x(lo)}, {_x(hi)}]"
                 cells.append(f"{med:.0f}{sp} · {reach:.0%}" if math.isfinite(med) else f"> budget{sp} · {reach:.0%}")
-            lines.append(f"| {o.method} | {len(o.curves)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {o.method} | {len(o.times[TARGETS[0]])} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## The table", "", *[f"- {n}" for n in table_statistics(table)], "",
               "## Notes", "", *[f"- {n}" for n in notes], ""]
@@ -725,6 +765,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", nargs="+", type=int, default=[2, 8, 32])
     ap.add_argument("--seeds", type=int, default=100)
     ap.add_argument("--slow-seeds", type=int, default=None, help="seeds of the slow methods (gp, bohb); default --seeds")
+    ap.add_argument("--full-seeds", type=int, default=10,
+                    help="seeds per method that run the whole budget (the anytime curves); the others end at the "
+                         "highest target")
+    ap.add_argument("--lookup", choices=["nearest", "fresh"], default="nearest",
+                    help="a proposal's configuration: the nearest recorded one, or the nearest one the search has not "
+                         "proposed before (while there is one): see the module docstring")
+    ap.add_argument("--jobs", type=int, default=1, help="replay this many (method, workers) pairs at once, one "
+                    "process each")
     ap.add_argument("--budget", type=float, default=100.0,
                     help="compute budget per search, in full trainings of the table's mean configuration")
     ap.add_argument("--trial-start-s", type=float, default=0.0,
@@ -756,20 +804,22 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_search(SEARCH_FILE)
     full = table.mean_full_cost()
     budget = {w: args.budget * full / w for w in args.workers}
+    pairs = [(w, name) for w in args.workers for name in args.methods]
+    jobs = [(spec, name, table, w, range(args.slow_seeds if METHODS[name].slow and args.slow_seeds is not None
+                                         else args.seeds), budget[w], np.linspace(0, budget[w], 101),
+             args.trial_start_s, args.full_seeds, args.lookup == "fresh") for w, name in pairs]
     outcomes = []
-    for w in args.workers:
-        grid = np.linspace(0, budget[w], 101)
-        for name in args.methods:
-            start = time.perf_counter()
-            n = args.slow_seeds if METHODS[name].slow and args.slow_seeds is not None else args.seeds
-            o = run_method(spec, name, table, w, range(n), budget[w], grid, args.trial_start_s)
+    with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
+        for i, o in enumerate(pool.map(_method_job, jobs), 1):
             outcomes.append(o)
-            print(f"{w} workers, {name}: reached top 5% in {np.isfinite(o.times[0.05]).mean():.0%} of "
-                  f"{n} seeds, median {median_time(o.times[0.05]) * w:.0f} worker-s "
-                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+            print(f"[{i}/{len(jobs)}] {o.workers} workers, {o.method}: reached top 5% in "
+                  f"{np.isfinite(o.times[0.05]).mean():.0%} of {len(o.times[0.05])} seeds, median "
+                  f"{median_time(o.times[0.05]) * o.workers:.0f} worker-s", file=sys.stderr, flush=True)
     exact = exact_random(spec, table, Lookup(spec, table))
     notes.append(f"budget: {args.budget:g} x the mean full training ({full:.0f} s) per search; a trial's start "
-                 f"costs {args.trial_start_s:g} s")
+                 f"costs {args.trial_start_s:g} s; the first {args.full_seeds} seeds of a method run the whole "
+                 "budget (the anytime curves), the others end once they reach the top-2% target; lookup: "
+                 f"{args.lookup}")
     notes += args.note
     text = report(table, outcomes, exact, budget, args.seeds, notes)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -116,8 +116,9 @@ def test_exact_random_expectation_matches_the_replayed_mean(spec, table):
     times = []
     for seed in range(60):  # one worker: the time to the target is the cost of every epoch told until then
         stack = replay.Stack(spec, replay.METHODS["random"], table, lookup, seed, start_with=False, until=target)
-        with pytest.raises(replay.Reached):
-            replay.simulate(spec, replay.METHODS["random"], table, lookup, 1, seed, 1e9, stack=stack)
+        trace = replay.simulate(spec, replay.METHODS["random"], table, lookup, 1, seed, 1e9, stack=stack)
+        assert stack.reached and trace[-1, 1] >= target  # it ended there, far inside the budget
+        assert trace[-1, 0] == pytest.approx(sum(cost for *_, cost in stack.trace), rel=1e-6)
         times.append(sum(cost for *_, cost in stack.trace))
     exact = replay.exact_random(spec, table, lookup, n=4000)[0.10]
     mean, sem = np.mean(times), np.std(times) / math.sqrt(len(times))
@@ -190,3 +191,15 @@ def test_a_trial_start_cost_is_charged_once_per_trial(spec, table):
         seen.add(number)
     assert len(paid) < len(free)
     assert paid[:, 0] == pytest.approx(np.cumsum(charged)[: len(paid)], rel=1e-4)  # + the sampler's time / 1000
+
+
+def test_a_fresh_lookup_proposes_no_configuration_twice_while_unused_ones_remain(spec, table):
+    lookup = replay.Lookup(spec, table)
+    near = dict(table.points[3])
+    assert lookup(near, exclude={3}) != 3 and lookup(near, exclude=set(table.configs)) == 3  # all used: nearest
+    stack = replay.Stack(spec, replay.METHODS["tpe+asha"], table, lookup, 0, fresh=True)
+    replay.simulate(spec, replay.METHODS["tpe+asha"], table, lookup, 2, 0, 20 * table.mean_full_cost() / 2, stack=stack)
+    configs = [t.config for t in stack.trials.values()]
+    n = len(table.configs)
+    assert len(configs) > n  # the budget outlasts the table: then repeats begin
+    assert sorted(configs[:n]) == sorted(table.configs)
