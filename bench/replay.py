@@ -243,7 +243,8 @@ class Stack:
     """One search of ``method`` as an ask-and-tell optimizer of mfhpo-simulator (jobs = one epoch of a trial)."""
 
     def __init__(self, spec: SearchSpec, method: Method, table: Table, lookup: Lookup, seed: int, *,
-                 start_with: bool = True, until: float | None = None, fresh: bool = False) -> None:
+                 start_with: bool = True, until: float | None = None, fresh: bool = False,
+                 max_told: int | None = None) -> None:
         import optuna
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
         from ray.tune.search.optuna import OptunaSearch
@@ -281,6 +282,7 @@ class Stack:
         self.trials: dict[int, SimpleNamespace] = {}
         self.next: tuple[int, int] | None = None  # (trial, epoch) the worker just told continues with
         self.until = until  # end the search once a result reaches it (``reached``; see ``ask``)
+        self.max_told = max_told  # or once this many epochs have been told
         self.reached = False
         self.fresh, self.used = fresh, set()  # fresh: no configuration twice while unused ones remain
         # per told epoch: trial number, configuration, its best_val_corr, test correlation, the epoch's cost
@@ -319,7 +321,8 @@ class Stack:
             result[FIT_DONE] = epoch
         cost = float(curve.cost[epoch - 1] - (curve.cost[epoch - 2] if epoch > 1 else 0.0))
         self.trace.append((config_id, t.config, result["best_val_corr"], float(curve.test[epoch - 1]), cost))
-        if self.until is not None and result["best_val_corr"] >= self.until:
+        if (self.until is not None and result["best_val_corr"] >= self.until) or (
+                self.max_told is not None and len(self.trace) >= self.max_told):
             self.reached = True
             return
         if not self._decide(t, result, last or epoch >= self.table.epochs):
@@ -389,7 +392,8 @@ class SyneStack(Stack):
     ask and tell: its own scheduler decides, Ray and Optuna take no part."""
 
     def __init__(self, spec: SearchSpec, method: Method, table: Table, lookup: Lookup, seed: int, *,
-                 start_with: bool = True, until: float | None = None, fresh: bool = False) -> None:
+                 start_with: bool = True, until: float | None = None, fresh: bool = False,
+                 max_told: int | None = None) -> None:
         from syne_tune.optimizer.baselines import BOHB
 
         logging.getLogger("syne_tune").setLevel(logging.ERROR)  # "points_to_evaluate is passed in ..."
@@ -402,6 +406,7 @@ class SyneStack(Stack):
         self.trials = {}
         self.next = None
         self.until = until
+        self.max_told = max_told
         self.reached = False
         self.fresh, self.used = fresh, set()
         self.trace = []
@@ -709,43 +714,25 @@ def real_spec(table: str, seed: int, budget_s: float, workers: int) -> SearchSpe
                          asha={"grace_period": 1, "reduction_factor": 3.0, "max_t": curves.EPOCHS})
 
 
-def validate(table_name: str, tables: Path, runs: int, budget: float, seeds: int, work: Path) -> list[str]:
-    """Run ``runs`` real searches (sampler seeds 0, 1, ...) of ``real_spec`` with 2 workers and a compute budget
-    of ``budget`` mean full trainings (training seconds), and replay the same search with ``seeds`` sampler
-    seeds under each lookup (nearest, fresh); returns the markdown lines: the replay's band (5-95%) of the best validation correlation at the
-    budget, of the trials started and of the epochs trained, and each real search beside it."""
+def validate(table_name: str, tables: Path, runs: int, budget_s: float, seeds: int, work: Path) -> list[str]:
+    """Run ``runs`` real searches (sampler seeds 0, 1, ...) of ``real_spec`` with 2 workers until ``budget_s``
+    training seconds, and replay the same search with ``seeds`` sampler seeds under each lookup (nearest,
+    fresh). They are compared at the same number of trial-epochs (each real search's own count, in the order
+    they ended), a unit both share without a cost model: the replay's band (5-95%) of the best validation
+    correlation and of the trials started by then, and each real search beside it. The time axis is checked
+    apart: each real trial's seconds per epoch against its looked-up configuration's recorded cost.
+    Returns the markdown lines."""
+    from ray.tune.utils.util import flatten_dict
+
     from search.raytune.driver import run_search
-    from search.store.results import compute_spent, load_trials
+    from search.store.results import load_trials
 
     busy = os.getloadavg()[0]
     if busy > 0.5:  # the budget counts wall seconds of training: other work stretches them
         print(f"warning: load average {busy:.1f} before the real searches: their trials share the CPUs with other "
               "work (stop it, e.g. kill -STOP the table's recorders, for a clean check)", file=sys.stderr)
-    table = load_table(table_name, tables, cost="train_s")  # the real budget counts training seconds
-    budget_s = budget * table.mean_full_cost()
-    first = work / f"validate_{table_name}_0"
-    if (first / "validated.json").is_file():  # searches run before (on a smaller table): replay their budget
-        from search.spec.space import load_run_spec
-
-        budget_s = load_run_spec(first).settings.compute_budget_s
-        budget = budget_s / table.mean_full_cost()
-    spec0 = real_spec(table_name, 0, budget_s, 2)
-    lookup = Lookup(spec0, table)
-    bands, lines = {}, []
-    for mode in ("nearest", "fresh"):
-        replayed = []
-        for seed in range(seeds):
-            stack = make_stack(spec0, METHODS["tpe+asha"], table, lookup, seed, fresh=mode == "fresh")
-            trace = simulate(spec0, METHODS["tpe+asha"], table, lookup, 2, seed, budget_s / 2, stack=stack)
-            replayed.append((trace[-1, 1] if len(trace) else math.nan, len(stack.trials), len(stack.trace)))
-        band = bands[mode] = np.nanpercentile(np.array(replayed), [5, 50, 95], axis=0)
-        lines.append(f"Replayed tpe+asha, 2 workers, {seeds} seeds, lookup {mode}, budget {budget_s:.0f} training "
-                     f"seconds ({budget:g} mean full trainings): best validation correlation {band[1, 0]:.4f} "
-                     f"[5-95%: {band[0, 0]:.4f}, {band[2, 0]:.4f}], trials {band[1, 1]:.0f} [{band[0, 1]:.0f}, "
-                     f"{band[2, 1]:.0f}], epochs {band[1, 2]:.0f} [{band[0, 2]:.0f}, {band[2, 2]:.0f}].")
-        lines.append("")
-    lines += ["| real search (seed) | best val corr | inside the band (nearest / fresh) | trials | epochs | training s "
-              "| wall s |", "|---|---|---|---|---|---|---|"]
+    table = load_table(table_name, tables)
+    real = []
     for seed in range(runs):
         run_dir = work / f"validate_{table_name}_{seed}"
         if not (run_dir / "validated.json").is_file():
@@ -753,13 +740,41 @@ def validate(table_name: str, tables: Path, runs: int, budget: float, seeds: int
             start = time.perf_counter()
             run_search(real_spec(table_name, seed, budget_s, 2), run_dir, progress=False, live_every_s=1e9)
             write_text(run_dir / "validated.json", json.dumps({"wall_s": time.perf_counter() - start}))
-        wall = json.loads((run_dir / "validated.json").read_text())["wall_s"]
-        records = load_trials(run_dir, table.epochs)
-        best = max((r.best_val_corr for r in records if r.best_val_corr is not None), default=math.nan)
-        spent, epochs = compute_spent(records)
-        ran = sum(r.epochs > 0 for r in records)
-        inside = " / ".join("yes" if bands[m][0, 0] <= best <= bands[m][2, 0] else "no" for m in ("nearest", "fresh"))
-        lines.append(f"| {seed} | {best:.4f} | {inside} | {ran} | {epochs} | {spent:.0f} | {wall:.0f} |")
+        records = [r for r in load_trials(run_dir, table.epochs) if r.curve]
+        rows = sorted((row["timestamp"], row["best_val_corr"]) for r in records for row in r.curve)
+        real.append((seed, len(rows), len(records), max(b for _, b in rows), records,
+                     json.loads((run_dir / "validated.json").read_text())["wall_s"]))
+    spec0 = real_spec(table_name, 0, budget_s, 2)
+    lookup = Lookup(spec0, table)
+    cost = np.array([np.mean([row["epoch_seconds"] for row in r.curve])
+                     / np.diff(np.r_[0.0, table.curves[lookup(flatten_dict(r.params))][table.first_seed].cost]).mean()
+                     for *_, records, _ in real for r in records])
+    longest = max(n for _, n, *_ in real)
+    traces = {}
+    for mode in ("nearest", "fresh"):
+        traces[mode] = []
+        for seed in range(seeds):
+            stack = make_stack(spec0, METHODS["tpe+asha"], table, lookup, seed, fresh=mode == "fresh",
+                               max_told=longest)
+            simulate(spec0, METHODS["tpe+asha"], table, lookup, 2, seed, 1e12, stack=stack)
+            traces[mode].append(stack.trace)
+    lines = [f"Real searches: `sensorium-search run` of configs/search_curves.yaml on table {table_name}'s data as "
+             f"recorded (tpe+asha, grace 1, reduction 3, max_t {table.epochs}; 2 trials at a time, 1 CPU each), until "
+             f"{budget_s:g} training seconds. Replay: the same stack, {seeds} sampler seeds per lookup, read at the "
+             "real search's number of trial-epochs. Bands are 5-95% [median].", "",
+             "| real search (seed) | trial-epochs | trials | best val corr | replay, nearest | inside | trials | "
+             "replay, fresh | inside | trials | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for seed, n, ntrials, best, _, wall in real:
+        cells = []
+        for mode in ("nearest", "fresh"):
+            at = np.array([(max(x[2] for x in tr[:n]), len({x[0] for x in tr[:n]})) for tr in traces[mode]])
+            lo, mid, hi = np.percentile(at, [5, 50, 95], axis=0)
+            cells += [f"{lo[0]:.4f}-{hi[0]:.4f} [{mid[0]:.4f}]", "yes" if lo[0] <= best <= hi[0] else "no",
+                      f"{lo[1]:.0f}-{hi[1]:.0f} [{mid[1]:.0f}]"]
+        lines.append(f"| {seed} | {n} | {ntrials} | {best:.4f} | " + " | ".join(cells) + f" | {wall:.0f} |")
+    q = np.percentile(cost, [5, 50, 95])
+    lines += ["", f"Time axis: a real trial's seconds per epoch / its looked-up configuration's recorded CPU seconds "
+              f"per epoch, over the {len(cost)} real trials: median {q[1]:.2f} (5-95%: {q[0]:.2f}-{q[2]:.2f})."]
     return lines
 
 
@@ -789,7 +804,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validate", type=int, default=0, metavar="N",
                     help="run N real searches of the default method on the table's data and check them against "
                          "the replay's band (then nothing else runs)")
-    ap.add_argument("--validate-budget", type=float, default=15.0, help="their budget, in mean full trainings")
+    ap.add_argument("--validate-budget-s", type=float, default=300.0,
+                    help="their budget, in training seconds (300: about 2,000 trial-epochs, 12 minutes each here)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "replay", help="folder of the real searches")
     ap.add_argument("--tables", type=Path, default=RESULTS, help="folder of curves_<table>.csv.gz (default results/)")
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_search_replay.md")
@@ -801,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         args.methods = [m for m in args.methods if not METHODS[m].bohb]
         notes.append('bohb (syne tune) left out: pip install -c constraints.txt -e ".[bench]" installs it')
     if args.validate:
-        lines = validate(args.table, args.tables, args.validate, args.validate_budget, args.seeds, args.work)
+        lines = validate(args.table, args.tables, args.validate, args.validate_budget_s, args.seeds, args.work)
         out = args.out.with_name(args.out.stem + "_validation.md")
         write_text(out, "\n".join(["# Replay against real searches", "", *lines, ""]))
         print("\n".join(lines))
