@@ -278,6 +278,11 @@ class Stack:
                 max_t = 10**9  # never reached: trials end at the table's epochs
             self.scheduler = ASHAScheduler(time_attr=method.time_attr, metric="val_corr", mode="max",
                                            max_t=max_t, **a)
+        self._start(table, lookup, seed, until, fresh, max_told)
+
+    def _start(self, table: Table, lookup: Lookup, seed: int, until: float | None, fresh: bool,
+               max_told: int | None) -> None:
+        """The search's own state, shared by every stack."""
         self.table, self.lookup, self.rng = table, lookup, np.random.default_rng(seed)
         self.trials: dict[int, SimpleNamespace] = {}
         self.next: tuple[int, int] | None = None  # (trial, epoch) the worker just told continues with
@@ -402,14 +407,7 @@ class SyneStack(Stack):
         self.spec = spec
         self.scheduler = BOHB(_syne_space(spec), metric="val_corr", time_attr="epoch", max_t=table.epochs,
                               do_minimize=False, random_seed=seed, **a)
-        self.table, self.lookup, self.rng = table, lookup, np.random.default_rng(seed)
-        self.trials = {}
-        self.next = None
-        self.until = until
-        self.max_told = max_told
-        self.reached = False
-        self.fresh, self.used = fresh, set()
-        self.trace = []
+        self._start(table, lookup, seed, until, fresh, max_told)
 
     def _new_trial(self, number: int) -> SimpleNamespace:
         from datetime import datetime
