@@ -520,6 +520,32 @@ def _method_job(job: tuple) -> Outcome:
     return run_method(*job)
 
 
+def save_outcome(o: Outcome, path: Path) -> None:
+    """One replayed (method, workers) pair as .npz (times per target, anytime curves), written atomically."""
+    from sensorium.atomic import atomic_write
+
+    with atomic_write(path, "wb") as f:
+        np.savez(f, method=o.method, workers=o.workers, curves=o.curves,
+                 **{f"times_{q}": t for q, t in o.times.items()})
+
+
+def load_outcome(path: Path) -> Outcome:
+    with np.load(path) as z:
+        return Outcome(str(z["method"]), int(z["workers"]), {q: z[f"times_{q}"] for q in TARGETS}, z["curves"])
+
+
+def cache_key(table_file: Path, method: str, workers: int, seeds: int, budget: float, full_seeds: int,
+              lookup: str, trial_start_s: float) -> str:
+    """The file name of a pair's outcome: everything it depends on, the table by its content's hash."""
+    import hashlib
+
+    digest = hashlib.sha1(table_file.read_bytes()).hexdigest()[:10]
+    m = hashlib.sha1(repr(dataclasses.asdict(METHODS[method])).encode()).hexdigest()[:6]
+    slug = "".join(ch if ch.isalnum() else "-" for ch in method)
+    return (f"{table_file.name.split('.')[0]}-{digest}_{slug}-{m}_w{workers}_s{seeds}_b{budget:g}_f{full_seeds}_"
+            f"{lookup}_t{trial_start_s:g}.npz")
+
+
 def median_time(t: np.ndarray) -> float:
     """Median time to target over seeds (inf when fewer than half reached it)."""
     return float(np.median(t)) if np.isfinite(t).mean() > 0.5 else math.inf
@@ -805,6 +831,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validate-budget-s", type=float, default=300.0,
                     help="their budget, in training seconds (300: about 2,000 trial-epochs, 12 minutes each here)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "replay", help="folder of the real searches")
+    ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "replay" / "outcomes",
+                    help="each replayed (method, workers) pair is kept here as it ends, and read back instead of "
+                         "replayed again by a later call with the same table, settings and seeds")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="replay nothing: report the requested pairs found in --cache")
     ap.add_argument("--tables", type=Path, default=RESULTS, help="folder of curves_<table>.csv.gz (default results/)")
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_search_replay.md")
     args = ap.parse_args(argv)
@@ -825,27 +856,43 @@ def main(argv: list[str] | None = None) -> int:
     full = table.mean_full_cost()
     budget = {w: args.budget * full / w for w in args.workers}
     pairs = [(w, name) for w in args.workers for name in args.methods]
-    jobs = [(spec, name, table, w, range(args.slow_seeds if METHODS[name].slow and args.slow_seeds is not None
-                                         else args.seeds), budget[w], np.linspace(0, budget[w], 101),
-             args.trial_start_s, args.full_seeds, args.lookup == "fresh") for w, name in pairs]
-    outcomes = []
-    with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
-        for i, o in enumerate(pool.map(_method_job, jobs), 1):
-            outcomes.append(o)
-            print(f"[{i}/{len(jobs)}] {o.workers} workers, {o.method}: reached top 5% in "
-                  f"{np.isfinite(o.times[0.05]).mean():.0%} of {len(o.times[0.05])} seeds, median "
-                  f"{median_time(o.times[0.05]) * o.workers:.0f} worker-s", file=sys.stderr, flush=True)
+    seeds = {name: args.slow_seeds if METHODS[name].slow and args.slow_seeds is not None else args.seeds
+             for name in args.methods}
+    files = {(w, name): args.cache / cache_key(args.tables / f"curves_{args.table}.csv.gz", name, w, seeds[name],
+                                              args.budget, args.full_seeds, args.lookup, args.trial_start_s)
+             for w, name in pairs}
+    done = {pair: load_outcome(f) for pair, f in files.items() if f.is_file()}
+    todo = [] if args.cached_only else [pair for pair in pairs if pair not in done]
+    jobs = [(spec, name, table, w, range(seeds[name]), budget[w], np.linspace(0, budget[w], 101),
+             args.trial_start_s, args.full_seeds, args.lookup == "fresh") for w, name in todo]
+    print(f"{len(done)} of {len(pairs)} pairs read from {args.cache}; {len(jobs)} to replay", file=sys.stderr)
     exact = exact_random(spec, table, Lookup(spec, table))
     notes.append(f"budget: {args.budget:g} x the mean full training ({full:.0f} s) per search; a trial's start "
                  f"costs {args.trial_start_s:g} s; the first {args.full_seeds} seeds of a method run the whole "
                  "budget (the anytime curves), the others end once they reach the top-2% target; lookup: "
                  f"{args.lookup}")
     notes += args.note
-    text = report(table, outcomes, exact, budget, args.seeds, notes)
+
+    def write_report() -> str:  # after each pair: a long replay leaves a usable report at every point
+        outcomes = [done[pair] for pair in pairs if pair in done]
+        text = report(table, outcomes, exact, budget, args.seeds, notes)
+        write_text(args.out, text)
+        if outcomes:
+            figure(outcomes, budget, args.out.with_suffix(".png"))
+        return text
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(args.out, text)
-    figure(outcomes, budget, args.out.with_suffix(".png"))
-    print(text)
+    with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        running = {pool.submit(_method_job, job): pair for job, pair in zip(jobs, todo, strict=True)}
+        for i, fut in enumerate(concurrent.futures.as_completed(running), 1):
+            o = fut.result()
+            save_outcome(o, files[running[fut]])
+            done[running[fut]] = o
+            write_report()
+            print(f"[{i}/{len(jobs)}] {o.workers} workers, {o.method}: reached top 5% in "
+                  f"{np.isfinite(o.times[0.05]).mean():.0%} of {len(o.times[0.05])} seeds, median "
+                  f"{median_time(o.times[0.05]) * o.workers:.0f} worker-s", file=sys.stderr, flush=True)
+    print(write_report())
     return 0
 
 

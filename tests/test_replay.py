@@ -203,3 +203,39 @@ def test_a_fresh_lookup_proposes_no_configuration_twice_while_unused_ones_remain
     n = len(table.configs)
     assert len(configs) > n  # the budget outlasts the table: then repeats begin
     assert sorted(configs[:n]) == sorted(table.configs)
+
+
+def test_a_replay_keeps_each_pair_and_a_later_call_reads_it_back(spec, tmp_path, monkeypatch):
+    """Each (method, workers) pair is saved as it ends and the report rewritten; a second call with the same table
+    and settings replays nothing and writes the same report; --cached-only reports what is there."""
+    done = tmp_path / "work" / "A" / "done"
+    done.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for config, point in enumerate(curves.sobol_points(spec, 16)):
+        val = np.clip(0.3 - 0.1 * abs(math.log(point["train.lr"] / 0.009)), 0.01, None) * np.array([0.5, 0.8, 1.0])
+        val += 0.01 * rng.normal(size=3)
+        rows = [{"epoch": e + 1, "val_corr": v, "best_val_corr": b, "best_epoch": e + 1, "test_corr": 0.8 * v,
+                 "lr": point["train.lr"], "cpu_s": 1.0 + config % 3, "wall_s": 1.5, "train_s": 1.0}
+                for e, (v, b) in enumerate(zip(val, np.maximum.accumulate(val), strict=True))]
+        record = {"config": config, "seed": 42, "point": point, "flops_per_epoch": (1 + config % 3) * 1e9,
+                  "n_parameters": 1000, "failure": None, "epochs": rows}
+        (done / f"c{config:03d}_s42.json").write_text(json.dumps(record))
+    results = tmp_path / "results"
+    curves.collect("A", tmp_path / "work", results)
+    exact = replay.exact_random
+    monkeypatch.setattr(replay, "exact_random", lambda *a, **k: exact(*a, **{**k, "n": 500}))  # 20,000: 20 s
+    args = ["--table", "A", "--tables", str(results), "--workers", "2", "--seeds", "3", "--full-seeds", "1",
+            "--budget", "6", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out.md")]
+    assert replay.main([*args, "--methods", "random", "tpe+asha"]) == 0
+    first = (tmp_path / "out.md").read_text()
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 and "| tpe+asha | 3 |" in first
+
+    def replayed(*_args, **_kwargs):
+        raise AssertionError("a cached pair was replayed again")
+
+    monkeypatch.setattr(replay, "run_method", replayed)
+    assert replay.main([*args, "--methods", "random", "tpe+asha", "--jobs", "1"]) == 0
+    assert (tmp_path / "out.md").read_text() == first
+    assert replay.main([*args, "--methods", "random", "tpe", "tpe+asha", "--cached-only"]) == 0
+    text = (tmp_path / "out.md").read_text()
+    assert "| tpe+asha | 3 |" in text and "| tpe | 3 |" not in text
