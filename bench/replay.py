@@ -203,7 +203,7 @@ class Method:
     scheduler: str = "asha"  # asha | fifo
     searcher: str = "study"
     asha: dict[str, Any] = field(default_factory=dict)  # grace_period, reduction_factor, brackets
-    time_attr: str = "epoch"  # epoch | compute_s (rungs in training seconds)
+    rungs_in: str = "epochs"  # epochs | training_seconds (search.asha.rungs_in: the production SecondsASHA)
     gp: bool = False
     bohb: bool = False  # Syne Tune's BOHB (its own KDE searcher and asynchronous successive halving)
 
@@ -227,7 +227,7 @@ METHODS: dict[str, Method] = {
     "tpe+asha grace 9": Method(asha={"grace_period": 9}),
     "random+asha grace 9": Method(sampler="random", asha={"grace_period": 9}),
     "tpe+asha rf 2": Method(asha={"reduction_factor": 2}),
-    "tpe+asha on seconds": Method(time_attr="compute_s"),
+    "tpe+asha on seconds": Method(rungs_in="training_seconds"),
     "gp": Method(scheduler="fifo", gp=True),
     "gp+asha": Method(gp=True),
     "bohb (syne tune)": Method(bohb=True),
@@ -249,7 +249,7 @@ class Stack:
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
         from ray.tune.search.optuna import OptunaSearch
 
-        from search.raytune.tuner import StudySearch, TreeSpace, make_sampler
+        from search.raytune.tuner import SecondsASHA, StudySearch, TreeSpace, make_sampler
         from search.store.study import RANK_METRIC
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -271,13 +271,11 @@ class Stack:
             self.scheduler = FIFOScheduler()
         else:
             a = {"grace_period": 1, "reduction_factor": 3, **method.asha}
-            max_t = table.epochs
-            if method.time_attr == "compute_s":  # rungs at grace x (one epoch of the median config) seconds
-                unit = float(np.median([table.curves[c][table.first_seed].cost[0] for c in table.configs]))
-                a["grace_period"] = a["grace_period"] * unit
-                max_t = 10**9  # never reached: trials end at the table's epochs
-            self.scheduler = ASHAScheduler(time_attr=method.time_attr, metric="val_corr", mode="max",
-                                           max_t=max_t, **a)
+            if method.rungs_in == "training_seconds":  # trials end at the table's epochs (Stack.tell)
+                self.scheduler = SecondsASHA(metric="val_corr", **a)
+            else:
+                self.scheduler = ASHAScheduler(time_attr="epoch", metric="val_corr", mode="max", max_t=table.epochs,
+                                               **a)
         self._start(table, lookup, seed, until, fresh, max_told)
 
     def _start(self, table: Table, lookup: Lookup, seed: int, until: float | None, fresh: bool,
@@ -319,12 +317,12 @@ class Stack:
             return
         epoch = int(fidels["epoch"])
         curve = self.table.curves[t.config][t.seed]
+        cost = float(curve.cost[epoch - 1] - (curve.cost[epoch - 2] if epoch > 1 else 0.0))
         result = {"epoch": epoch, "training_iteration": epoch, "val_corr": float(curve.val[epoch - 1]),
-                  "best_val_corr": float(curve.best[epoch - 1]), "compute_s": float(curve.cost[epoch - 1])}
+                  "best_val_corr": float(curve.best[epoch - 1]), "train_seconds": cost}
         last = epoch >= len(curve.val)
         if last and curve.ended:
             result[FIT_DONE] = epoch
-        cost = float(curve.cost[epoch - 1] - (curve.cost[epoch - 2] if epoch > 1 else 0.0))
         self.trace.append((config_id, t.config, result["best_val_corr"], float(curve.test[epoch - 1]), cost))
         if (self.until is not None and result["best_val_corr"] >= self.until) or (
                 self.max_told is not None and len(self.trace) >= self.max_told):
@@ -882,18 +880,30 @@ def main(argv: list[str] | None = None) -> int:
         return text
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        running = {pool.submit(_method_job, job): pair for job, pair in zip(jobs, todo, strict=True)}
-        for i, fut in enumerate(concurrent.futures.as_completed(running), 1):
-            o = fut.result()
-            save_outcome(o, files[running[fut]])
-            done[running[fut]] = o
-            write_report()
-            print(f"[{i}/{len(jobs)}] {o.workers} workers, {o.method}: reached top 5% in "
-                  f"{np.isfinite(o.times[0.05]).mean():.0%} of {len(o.times[0.05])} seeds, median "
-                  f"{median_time(o.times[0.05]) * o.workers:.0f} worker-s", file=sys.stderr, flush=True)
+    for i, (pair, o) in enumerate(_replayed(jobs, todo, args.jobs), 1):
+        save_outcome(o, files[pair])
+        done[pair] = o
+        write_report()
+        print(f"[{i}/{len(jobs)}] {o.workers} workers, {o.method}: reached top 5% in "
+              f"{np.isfinite(o.times[0.05]).mean():.0%} of {len(o.times[0.05])} seeds, median "
+              f"{median_time(o.times[0.05]) * o.workers:.0f} worker-s", file=sys.stderr, flush=True)
     print(write_report())
     return 0
+
+
+def _replayed(jobs: list[tuple], pairs: list[tuple[int, str]], processes: int):
+    """(pair, Outcome) of each job as it ends: in this process, or in ``processes`` spawned ones (not forked:
+    a fork of a process where Ray or a thread pool runs can hang on a lock its other threads held)."""
+    if processes <= 1 or len(jobs) <= 1:
+        for job, pair in zip(jobs, pairs, strict=True):
+            yield pair, _method_job(job)
+        return
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = {pool.submit(_method_job, job): pair for job, pair in zip(jobs, pairs, strict=True)}
+        for fut in concurrent.futures.as_completed(running):
+            yield running[fut], fut.result()
 
 
 if __name__ == "__main__":

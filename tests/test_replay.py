@@ -226,7 +226,7 @@ def test_a_replay_keeps_each_pair_and_a_later_call_reads_it_back(spec, tmp_path,
     monkeypatch.setattr(replay, "exact_random", lambda *a, **k: exact(*a, **{**k, "n": 500}))  # 20,000: 20 s
     args = ["--table", "A", "--tables", str(results), "--workers", "2", "--seeds", "3", "--full-seeds", "1",
             "--budget", "6", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out.md")]
-    assert replay.main([*args, "--methods", "random", "tpe+asha"]) == 0
+    assert replay.main([*args, "--methods", "random", "tpe+asha", "--jobs", "2"]) == 0  # spawned processes
     first = (tmp_path / "out.md").read_text()
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 and "| tpe+asha | 3 |" in first
 

@@ -18,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search.raytune.driver import run_search
 from search.spec.space import load_run_spec, parse_search, with_data, with_settings
-from search.raytune.tuner import SearchStopper, asha_rungs, make_sampler, make_scheduler
+from search.raytune.tuner import SearchStopper, SecondsASHA, asha_rungs, make_sampler, make_scheduler
 from search.store.results import compute_spent
 from search.store.schema import FIT_DONE, TRIAL_ERROR
 from search.store.study import TUNE_TRIAL_ID, load_study
@@ -43,6 +43,8 @@ def _search(**settings) -> dict:
         ({"compute_budget_s": -5}, "search.compute_budget_s=-5.0: expected > 0 or null"),
         ({"compute_budget_s": 0}, "search.compute_budget_s=0.0: expected > 0 or null"),
         ({"compute_budget_s": "an hour"}, "search.compute_budget_s='an hour': expected a number"),
+        ({"asha": {"rungs_in": "minutes"}},
+         "search.asha.rungs_in='minutes': expected one of ['epochs', 'training_seconds']"),
     ],
 )
 def test_unknown_sampler_or_scheduler_and_a_bad_budget_are_refused(settings, message):
@@ -64,6 +66,34 @@ def test_defaults_are_tpe_and_asha_and_the_choices_build_their_objects():
     assert asha_rungs(spec) == [6]  # no rungs under FIFO: only the epoch cap checkpoints
     assert parse_search(spec.to_dict()) == spec  # saved in the run's search.yaml and read back by resume
     assert with_settings(spec, sampler="tpe").settings.sampler == "tpe"
+
+
+def test_rungs_in_training_seconds_judge_an_expensive_trial_after_the_compute_of_a_typical_one():
+    """Three trials at 1 s an epoch reach the rungs at 1, 3 and 9 typical epochs; a trial at 10 s an epoch has
+    spent 10 typical epochs after its first: ASHA on seconds compares it at rung 9 there and stops it (its
+    score is below the top third), where ASHA on epochs would let it spend 30 s before its first rung."""
+    spec = parse_search(_search(asha={"grace_period": 1, "reduction_factor": 3, "max_t": 6,
+                                      "rungs_in": "training_seconds"}))
+    scheduler = make_scheduler(spec)
+    assert isinstance(scheduler, SecondsASHA) and asha_rungs(spec) == [1, 2, 3, 4, 5, 6]  # a checkpoint each epoch
+    by_epochs = ASHAScheduler(time_attr="epoch", metric="val_corr", mode="max", max_t=27, grace_period=3,
+                              reduction_factor=3)
+    trials = {name: SimpleNamespace(trial_id=name) for name in ("a", "b", "c", "dear")}
+    for sched in (scheduler, by_epochs):
+        for t in trials.values():
+            sched.on_trial_add(None, t)
+    for name, score in (("a", 0.3), ("b", 0.2), ("c", 0.1)):
+        for epoch in range(1, 10):
+            result = {"epoch": epoch, "val_corr": score, "train_seconds": 1.0}
+            scheduler.on_trial_result(None, trials[name], result)  # b and c stop at a rung: a passes them all
+            by_epochs.on_trial_result(None, trials[name], result)
+    dear = {"epoch": 1, "val_corr": 0.15, "train_seconds": 10.0}
+    assert by_epochs.on_trial_result(None, trials["dear"], dear) == "CONTINUE"
+    assert scheduler.on_trial_result(None, trials["dear"], dear) == "STOP"
+    assert scheduler._with_units(trials["a"], {"epoch": 9, "train_seconds": 1.0})[SecondsASHA.UNITS] == 9.0
+    # a restart reports epoch 9 again: counted once; the unit is the median first epoch (1, 1, 1, 10 -> 1 s)
+    assert scheduler._with_units(trials["a"], {"epoch": 9, "train_seconds": 2.0})[SecondsASHA.UNITS] == 10.0
+    assert SecondsASHA.UNITS not in scheduler._with_units(SimpleNamespace(trial_id="e"), {"epoch": 0})
 
 
 def test_stopper_counts_each_epoch_once_caps_epochs_and_stops_the_search_at_the_budget():

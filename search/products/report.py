@@ -89,7 +89,7 @@ def _markdown(run_dir: Path, spec: SearchSpec, records: list[TrialRecord], impor
     )
     objective = (
         "- objective: best-epoch validation single-trial correlation (`best_val_corr`); ASHA compares "
-        f"`{spec.settings.metric}` at epochs {', '.join(map(str, _rungs(spec)))}; Optuna is told COMPLETE for a "
+        f"`{spec.settings.metric}` at {_rungs(spec)}; Optuna is told COMPLETE for a "
         "trial trained to its end, PRUNED for one stopped early"
     )
     params = f"- base config `{spec.base.name}`; {len(first)} searched parameters ({n_sci} scientific)"
@@ -166,13 +166,17 @@ def _memory_line(records: list[TrialRecord]) -> str:
     )
 
 
-def _rungs(spec: SearchSpec) -> list[int]:
+def _rungs(spec: SearchSpec) -> str:
+    """Where ASHA compares trials, in words: its rungs' epochs, or their training time in typical epochs."""
     a = spec.settings.asha
     rungs, t = [], float(a.grace_period)
     while t < a.max_t:
         rungs.append(int(t))
         t *= a.reduction_factor
-    return rungs or [a.max_t]
+    if a.rungs_in == "training_seconds":
+        return (f"{', '.join(map(str, rungs))}, ... typical epochs of training time (the median first epoch's "
+                "training seconds)")
+    return f"epochs {', '.join(map(str, rungs or [a.max_t]))}"
 
 
 # -------------------------------------------------------------------------------------------- plots

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -236,6 +237,9 @@ def make_scheduler(spec: SearchSpec) -> ASHAScheduler | FIFOScheduler:
     if spec.settings.scheduler == "fifo":
         return FIFOScheduler()
     a = spec.settings.asha
+    if a.rungs_in == "training_seconds":
+        return SecondsASHA(metric=spec.settings.metric, grace_period=a.grace_period,
+                           reduction_factor=a.reduction_factor)
     return ASHAScheduler(
         time_attr="epoch",
         metric=spec.settings.metric,
@@ -246,12 +250,51 @@ def make_scheduler(spec: SearchSpec) -> ASHAScheduler | FIFOScheduler:
     )
 
 
+class SecondsASHA(ASHAScheduler):
+    """ASHA with its rungs in training seconds: a trial's progress (``UNITS``, added to each result it is told)
+    is its summed ``train_seconds`` over its epochs so far, divided by the typical epoch of the search, the
+    median of the first epochs' training seconds of the trials it has seen (one trial's own first epoch at
+    the start). Rungs at grace_period * reduction_factor**k such units: a trial whose epochs cost 10x the
+    typical one reaches the first rung after its first epoch, where it is compared with the others, instead
+    of spending 10x their compute before it is judged. The unit follows the search's median as trials come;
+    the epochs cap (asha.max_t) is the stopper's. A trial restarted from a checkpoint reports some epochs
+    again: each epoch counts once (its last report)."""
+
+    UNITS = "typical_epochs"
+
+    def __init__(self, *, metric: str, grace_period: float, reduction_factor: float) -> None:
+        super().__init__(time_attr=self.UNITS, metric=metric, mode="max", max_t=10**9,  # never reached
+                         grace_period=grace_period, reduction_factor=reduction_factor)
+        self._seconds: dict[str, dict[int, float]] = {}  # trial id -> epoch -> its training seconds
+        self._first: list[float] = []  # each trial's first epoch's training seconds
+
+    def _with_units(self, trial: Any, result: dict) -> dict:
+        epochs = self._seconds.setdefault(trial.trial_id, {})
+        seconds, epoch = result.get("train_seconds"), result.get("epoch")
+        if is_finite_number(seconds) and is_finite_number(epoch) and epoch >= 1 and seconds > 0:
+            if not epochs:
+                self._first.append(float(seconds))
+            epochs[int(epoch)] = float(seconds)
+        if not epochs:  # nothing trained (a failure before the first epoch): no progress to compare
+            return result
+        return {**result, self.UNITS: sum(epochs.values()) / statistics.median(self._first)}
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        return super().on_trial_result(tune_controller, trial, self._with_units(trial, result))
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, self._with_units(trial, result))
+        self._seconds.pop(trial.trial_id, None)
+
+
 def asha_rungs(spec: SearchSpec) -> list[int]:
     """The epochs at which the scheduler may stop a trial: ASHA's grace_period * reduction_factor**k < max_t,
-    and max_t, where every trial stops (under FIFO only max_t)."""
+    and max_t, where every trial stops (under FIFO only max_t; with rungs in training seconds, any epoch)."""
     a = spec.settings.asha
     if spec.settings.scheduler == "fifo":
         return [a.max_t]
+    if a.rungs_in == "training_seconds":
+        return list(range(1, a.max_t + 1))
     rungs, t = [], a.grace_period
     while t < a.max_t:
         rungs.append(int(t))

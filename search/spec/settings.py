@@ -18,7 +18,8 @@ AUTO = "auto"  # gpus_per_trial chosen by the driver (search.spec.gpu_share)
 
 @dataclass(frozen=True)
 class AshaSettings:
-    """ASHA early stopping on epochs: rungs at grace_period * reduction_factor**k, up to max_t epochs.
+    """ASHA early stopping: rungs at grace_period * reduction_factor**k epochs (or typical epochs of training
+time, ``rungs_in``), up to max_t epochs.
 
     ``max_t`` is every trial's epoch cap under either scheduler (with ``scheduler: fifo`` there are no rungs,
     but a trial still stops at max_t epochs, or earlier by its own early stopping or train.max_epochs).
@@ -33,6 +34,11 @@ class AshaSettings:
     grace_period: int = 2
     reduction_factor: float = 2.0
     max_t: int = 20
+    # epochs: a rung at grace_period * reduction_factor**k epochs. training_seconds: at that many typical
+    # epochs of training time (the median training seconds of the search's first epochs so far), so a
+    # configuration that costs 10x more per epoch is judged after a tenth of the epochs, on the same compute
+    # as the others (search.raytune.tuner.SecondsASHA); max_t stays every trial's cap in epochs.
+    rungs_in: Literal["epochs", "training_seconds"] = "epochs"
 
 
 @dataclass(frozen=True)
