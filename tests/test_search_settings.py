@@ -152,6 +152,25 @@ def test_a_random_fifo_search_ends_normally_when_its_compute_budget_is_spent(ray
             assert t.value == pytest.approx(r.best_val_corr)
 
 
+def test_a_search_with_rungs_in_training_seconds_stops_trials_and_tells_the_study(ray_session, tiny_data, tmp_path):
+    """The real path of ``asha.rungs_in: training_seconds``: Ray calls SecondsASHA with the trials' results; with
+    6 trials of 6 epochs at grace 1 and reduction 3, some stop early (PRUNED in the study, with a
+    checkpoint), the others train to the cap."""
+    raw = yaml.safe_load((ROOT / "configs" / "search_tiny.yaml").read_text())
+    raw["base"] = str((ROOT / "configs" / raw["base"]).resolve())
+    raw["overrides"]["train.max_epochs"] = 6
+    raw["search"].update(num_trials=6, max_concurrent=2, asha={"grace_period": 1, "reduction_factor": 3, "max_t": 6,
+                                                               "rungs_in": "training_seconds"})
+    spec = with_data(parse_search(raw), [str(tiny_data.data_dir)])
+    records = run_search(spec, tmp_path / "run", progress=False, live_every_s=1e9)
+    assert {r.status for r in records} <= {"done", "stopped"}, [(r.trial_id, r.status, r.error) for r in records]
+    stopped = [r for r in records if r.status == "stopped"]
+    assert stopped and all(r.epochs < 6 for r in stopped) and any(r.status == "done" for r in records)
+    assert all(any(r.path.glob("checkpoint_*")) for r in stopped)  # every epoch checkpoints, rungs or not
+    states = {t.user_attrs[TUNE_TRIAL_ID]: t.state for t in load_study(tmp_path / "run").trials}
+    assert all(states[r.trial_id] == optuna.trial.TrialState.PRUNED for r in stopped)
+
+
 def test_every_metric_a_search_reads_is_one_of_fit_s_epoch_metrics():
     """The per-epoch metric names live in one schema (EpochMetrics); the search's choices name its fields."""
     from typing import get_args, get_type_hints
