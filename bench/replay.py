@@ -672,9 +672,10 @@ def _x(ratio: float) -> str:
 
 
 def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], budget_s: dict[int, float],
-           seeds: int, notes: list[str]) -> str:
+           seeds: int, notes: list[str], validation: str = "") -> str:
     """The markdown table: per worker count, method x target: median compute to target (worker-seconds),
-    speed-up over random with its bootstrap 95% interval, and the share of seeds that reached it."""
+    speed-up over random with its bootstrap 95% interval, and the share of seeds that reached it; then the
+    table's statistics, ``validation`` (the real searches against the replay's band, markdown) and ``notes``."""
     rng = np.random.default_rng(0)
     th = table.thresholds()
     lines = [
@@ -710,8 +711,10 @@ def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], bud
                 cells.append(f"{med:.0f}{sp} · {reach:.0%}" if math.isfinite(med) else f"> budget{sp} · {reach:.0%}")
             lines.append(f"| {o.method} | {len(o.times[TARGETS[0]])} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## The table", "", *[f"- {n}" for n in table_statistics(table)], "",
-              "## Notes", "", *[f"- {n}" for n in notes], ""]
+    lines += ["## The table", "", *[f"- {n}" for n in table_statistics(table)], ""]
+    if validation:
+        lines += ["## Validation against real searches", "", validation.strip(), ""]
+    lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     return "\n".join(lines)
 
 
@@ -870,10 +873,12 @@ def main(argv: list[str] | None = None) -> int:
                  "budget (the anytime curves), the others end once they reach the top-2% target; lookup: "
                  f"{args.lookup}")
     notes += args.note
+    validated = args.out.with_name(args.out.stem + "_validation.md")  # what --validate wrote, if it ran
+    validation = validated.read_text().split("\n", 1)[1] if validated.is_file() else ""
 
     def write_report() -> str:  # after each pair: a long replay leaves a usable report at every point
         outcomes = [done[pair] for pair in pairs if pair in done]
-        text = report(table, outcomes, exact, budget, args.seeds, notes)
+        text = report(table, outcomes, exact, budget, args.seeds, notes, validation)
         write_text(args.out, text)
         if outcomes:
             figure(outcomes, budget, args.out.with_suffix(".png"))
