@@ -404,12 +404,15 @@ def collect(table: str, work: Path, results: Path) -> tuple[Path, Path]:
     cpu = np.array([np.mean([r["cpu_s"] for r in rec["epochs"][1:]] or [math.nan]) for rec in records])
     flops = np.array([rec["flops_per_epoch"] for rec in records])
     ok = np.isfinite(cpu)
-    slope, intercept = np.polyfit(flops[ok] / 1e9, cpu[ok], 1)
-    pred = slope * flops[ok] / 1e9 + intercept
-    r2 = 1 - np.sum((cpu[ok] - pred) ** 2) / np.sum((cpu[ok] - cpu[ok].mean()) ** 2)
-    print(f"{len(records)} runs of {len(seen)} configurations -> {curves}, {configs}\n"
-          f"CPU seconds per epoch = {slope * 1000:.2f} ms/GFLOP x GFLOPs + {intercept:.2f} s (R^2 {r2:.3f}; "
-          f"median epoch {np.median(cpu[ok]):.2f} s)", file=sys.stderr)
+    fit = "too few distinct configurations for a fit of cost on FLOPs"
+    if len(set(flops[ok])) >= 3 and np.ptp(cpu[ok]) > 0:
+        slope, intercept = np.polyfit(flops[ok] / 1e9, cpu[ok], 1)
+        pred = slope * flops[ok] / 1e9 + intercept
+        r2 = 1 - np.sum((cpu[ok] - pred) ** 2) / np.sum((cpu[ok] - cpu[ok].mean()) ** 2)
+        fit = f"CPU seconds per epoch = {slope * 1000:.2f} ms/GFLOP x GFLOPs + {intercept:.2f} s (R^2 {r2:.3f})"
+    median = f"{np.median(cpu[ok]):.2f} s" if ok.any() else "none timed"
+    print(f"{len(records)} runs of {len(seen)} configurations -> {curves}, {configs}\n{fit}; median epoch {median}",
+          file=sys.stderr)
     return curves, configs
 
 
