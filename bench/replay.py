@@ -627,14 +627,15 @@ def table_statistics(table: Table) -> list[str]:
                      f"{kept.sum()} of the {top.sum()} final top-10%")
     replicated = [c for c in configs if len(table.curves[c]) > 1]
     seed_sd = (float(np.mean([np.std([cv.best[-1] for cv in table.curves[c].values()], ddof=1) for c in replicated]))
-               if replicated else math.nan)
+               if replicated else None)
     ended = np.mean([table.curves[c][table.first_seed].ended for c in configs])
     cost = np.array([table.curves[c][table.first_seed].cost[-1] for c in configs])
     return [
         "Rank correlation of the best validation correlation after e epochs with the final one, over "
         f"configurations: {'; '.join(lines)}.",
-        f"Final scores: mean {final.mean():.4f}, sd over configurations {final.std(ddof=1):.4f}; sd over 3 seeds "
-        f"of one configuration (mean over the {len(replicated)} replicated) {seed_sd:.4f}.",
+        f"Final scores: mean {final.mean():.4f}, sd over configurations {final.std(ddof=1):.4f}; "
+        + (f"sd over 3 seeds of one configuration (mean over the {len(replicated)} replicated) {seed_sd:.4f}."
+           if replicated else "seed noise not measured on this table (no configuration recorded with several seeds)."),
         f"{ended:.0%} of the runs ended by the recipe's early stopping before epoch {table.epochs}. Cost of a "
         f"whole run: median {np.median(cost):.0f} s, mean {cost.mean():.0f} s, largest {cost.max():.0f} s "
         "(CPU seconds).",
@@ -720,10 +721,11 @@ def report(table: Table, outcomes: list[Outcome], exact: dict[float, float], bud
 
 # ---------------------------------------------------------------- validation against real searches
 
-def real_spec(table: str, seed: int, budget_s: float, workers: int) -> SearchSpec:
+def real_spec(table: str, seed: int, budget_s: float, workers: int, rungs_in: str = "epochs") -> SearchSpec:
     """``sensorium-search run configs/search_curves.yaml`` (the table's space) as the table was recorded: its scans at the table's
     resolution and epoch count, 1 thread and 1 CPU per trial, ``workers`` at a time, ASHA at grace 1 and
-    reduction 3 on max_t = the table's epochs, until ``budget_s`` training seconds are spent."""
+    reduction 3 on max_t = the table's epochs (the replay's ASHA), its rungs ``rungs_in`` epochs or typical
+    epochs of training seconds, until ``budget_s`` training seconds are spent."""
     import curves
 
     from search.raytune.prepare import absolute_data_paths
@@ -736,11 +738,17 @@ def real_spec(table: str, seed: int, budget_s: float, workers: int) -> SearchSpe
     base = absolute_data_paths(set_values(spec.base, curves.run_overrides(curves.WORK / table / "cache", curves.EPOCHS)))
     return with_settings(dataclasses.replace(spec, base=base), seed=seed, compute_budget_s=budget_s,
                          max_concurrent=workers, cpus_per_trial=1, gpus_per_trial=0, num_trials=100_000,
-                         asha={"grace_period": 1, "reduction_factor": 3.0, "max_t": curves.EPOCHS})
+                         asha={"grace_period": 1, "reduction_factor": 3.0, "max_t": curves.EPOCHS,
+                               "rungs_in": rungs_in})
 
 
-def validate(table_name: str, tables: Path, runs: int, budget_s: float, seeds: int, work: Path) -> list[str]:
-    """Run ``runs`` real searches (sampler seeds 0, 1, ...) of ``real_spec`` with 2 workers until ``budget_s``
+VALIDATED = ("tpe+asha", "tpe+asha on seconds")  # the methods --validate can run for real (real_spec)
+
+
+def validate(table_name: str, tables: Path, runs: int, budget_s: float, seeds: int, work: Path,
+             method: str = "tpe+asha") -> list[str]:
+    """Run ``runs`` real searches (sampler seeds 0, 1, ...) of ``real_spec`` for ``method`` (one of VALIDATED)
+    with 2 workers until ``budget_s``
     training seconds, and replay the same search with ``seeds`` sampler seeds under each lookup (nearest,
     fresh). They are compared at the same number of trial-epochs (each real search's own count, in the order
     they ended), a unit both share without a cost model: the replay's band (5-95%) of the best validation
@@ -757,19 +765,21 @@ def validate(table_name: str, tables: Path, runs: int, budget_s: float, seeds: i
         print(f"warning: load average {busy:.1f} before the real searches: their trials share the CPUs with other "
               "work (stop it, e.g. kill -STOP the table's recorders, for a clean check)", file=sys.stderr)
     table = load_table(table_name, tables)
+    rungs_in = METHODS[method].rungs_in
     real = []
     for seed in range(runs):
-        run_dir = work / f"validate_{table_name}_{seed}"
+        run_dir = work / (f"validate_{table_name}_{seed}" + ("" if rungs_in == "epochs" else f"_{rungs_in}"))
         if not (run_dir / "validated.json").is_file():
             shutil.rmtree(run_dir, ignore_errors=True)
             start = time.perf_counter()
-            run_search(real_spec(table_name, seed, budget_s, 2), run_dir, progress=False, live_every_s=1e9)
+            run_search(real_spec(table_name, seed, budget_s, 2, rungs_in), run_dir, progress=False,
+                       live_every_s=1e9)
             write_text(run_dir / "validated.json", json.dumps({"wall_s": time.perf_counter() - start}))
         records = [r for r in load_trials(run_dir, table.epochs) if r.curve]
         rows = sorted((row["timestamp"], row["best_val_corr"]) for r in records for row in r.curve)
         real.append((seed, len(rows), len(records), max(b for _, b in rows), records,
                      json.loads((run_dir / "validated.json").read_text())["wall_s"]))
-    spec0 = real_spec(table_name, 0, budget_s, 2)
+    spec0 = real_spec(table_name, 0, budget_s, 2, rungs_in)
     lookup = Lookup(spec0, table)
     cost = np.array([np.mean([row["epoch_seconds"] for row in r.curve])
                      / np.diff(np.r_[0.0, table.curves[lookup(flatten_dict(r.params))][table.first_seed].cost]).mean()
@@ -779,12 +789,13 @@ def validate(table_name: str, tables: Path, runs: int, budget_s: float, seeds: i
     for mode in ("nearest", "fresh"):
         traces[mode] = []
         for seed in range(seeds):
-            stack = make_stack(spec0, METHODS["tpe+asha"], table, lookup, seed, fresh=mode == "fresh",
+            stack = make_stack(spec0, METHODS[method], table, lookup, seed, fresh=mode == "fresh",
                                max_told=longest)
-            simulate(spec0, METHODS["tpe+asha"], table, lookup, 2, seed, 1e12, stack=stack)
+            simulate(spec0, METHODS[method], table, lookup, 2, seed, 1e12, stack=stack)
             traces[mode].append(stack.trace)
     lines = [f"Real searches: `sensorium-search run` of configs/search_curves.yaml on table {table_name}'s data as "
-             f"recorded (tpe+asha, grace 1, reduction 3, max_t {table.epochs}; 2 trials at a time, 1 CPU each), until "
+             f"recorded ({method}: grace 1, reduction 3, max_t {table.epochs}, rungs in {rungs_in.replace('_', ' ')}; "
+             "2 trials at a time, 1 CPU each), until "
              f"{budget_s:g} training seconds. Replay: the same stack, {seeds} sampler seeds per lookup, read at the "
              "real search's number of trial-epochs. Bands are 5-95% [median].", "",
              "| real search (seed) | trial-epochs | trials | best val corr | replay, nearest | inside | trials | "
@@ -801,6 +812,25 @@ def validate(table_name: str, tables: Path, runs: int, budget_s: float, seeds: i
     lines += ["", f"Time axis: a real trial's seconds per epoch / its looked-up configuration's recorded CPU seconds "
               f"per epoch, over the {len(cost)} real trials: median {q[1]:.2f} (5-95%: {q[0]:.2f}-{q[2]:.2f})."]
     return lines
+
+
+def validation_sections(path: Path) -> dict[str, str]:
+    """What --validate wrote to ``path``, per method (its "## method" sections); a file of one unheaded table
+    (written before sections) is the epoch-rung method's."""
+    if not path.is_file():
+        return {}
+    body = path.read_text().split("\n", 1)[1]
+    if not body.lstrip().startswith("## "):
+        return {VALIDATED[0]: body}
+    parts = ("\n" + body.lstrip()).split("\n## ")[1:]
+    return {part.split("\n", 1)[0].strip(): part.split("\n", 1)[1] for part in parts}
+
+
+def write_validation(path: Path, method: str, lines: list[str]) -> None:
+    """Write ``method``'s section of ``path`` (validate's lines), keeping the other methods' sections."""
+    sections = {**validation_sections(path), method: "\n".join(lines)}
+    write_text(path, "\n".join(["# Replay against real searches", ""]
+                                + [f"## {m}\n\n{sections[m].strip()}\n" for m in VALIDATED if m in sections]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -829,6 +859,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validate", type=int, default=0, metavar="N",
                     help="run N real searches of the default method on the table's data and check them against "
                          "the replay's band (then nothing else runs)")
+    ap.add_argument("--validate-method", choices=VALIDATED, default=VALIDATED[0],
+                    help="the method those searches run (rungs in epochs or in training seconds)")
     ap.add_argument("--validate-budget-s", type=float, default=300.0,
                     help="their budget, in training seconds (300: about 2,000 trial-epochs, 12 minutes each here)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "replay", help="folder of the real searches")
@@ -847,9 +879,9 @@ def main(argv: list[str] | None = None) -> int:
         args.methods = [m for m in args.methods if not METHODS[m].bohb]
         notes.append('bohb (syne tune) left out: pip install -c constraints.txt -e ".[bench]" installs it')
     if args.validate:
-        lines = validate(args.table, args.tables, args.validate, args.validate_budget_s, args.seeds, args.work)
-        out = args.out.with_name(args.out.stem + "_validation.md")
-        write_text(out, "\n".join(["# Replay against real searches", "", *lines, ""]))
+        lines = validate(args.table, args.tables, args.validate, args.validate_budget_s, args.seeds, args.work,
+                         args.validate_method)
+        write_validation(args.out.with_name(args.out.stem + "_validation.md"), args.validate_method, lines)
         print("\n".join(lines))
         return 0
     table = load_table(args.table, args.tables)
@@ -873,8 +905,8 @@ def main(argv: list[str] | None = None) -> int:
                  "budget (the anytime curves), the others end once they reach the top-2% target; lookup: "
                  f"{args.lookup}")
     notes += args.note
-    validated = args.out.with_name(args.out.stem + "_validation.md")  # what --validate wrote, if it ran
-    validation = validated.read_text().split("\n", 1)[1] if validated.is_file() else ""
+    sections = validation_sections(args.out.with_name(args.out.stem + "_validation.md"))  # what --validate wrote
+    validation = "\n".join(f"### {m}\n\n{sections[m].strip()}\n" for m in VALIDATED if m in sections)
 
     def write_report() -> str:  # after each pair: a long replay leaves a usable report at every point
         outcomes = [done[pair] for pair in pairs if pair in done]

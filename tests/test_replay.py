@@ -143,11 +143,27 @@ def test_real_search_spec_matches_the_recorded_runs(tmp_path, monkeypatch):
     s, base = spec.settings, spec.base
     assert (s.seed, s.compute_budget_s, s.max_concurrent, s.cpus_per_trial) == (3, 123.0, 2, 1)
     assert (s.asha.grace_period, s.asha.reduction_factor, s.asha.max_t) == (1, 3.0, curves.EPOCHS)
+    assert s.asha.rungs_in == "epochs"
+    assert replay.real_spec("A", 3, 123.0, 2, "training_seconds").settings.asha.rungs_in == "training_seconds"
     assert (base.data.image_height, base.data.image_width) == curves.RESOLUTION
     assert (base.train.max_epochs, base.train.threads, base.train.device) == (curves.EPOCHS, 1, "cpu")
     assert base.data.scans and all(str(tmp_path) in scan for scan in base.data.scans)
     job = curves.job_config(spec, {}, 42, Path(base.data.scans[0]).parent, tmp_path / "cache", curves.EPOCHS)
     assert job.model == base.model and job.data.image_height == base.data.image_height
+
+
+def test_validation_keeps_one_section_per_method(tmp_path):
+    """--validate of one method rewrites its own section of the validation file and keeps the other's; a file
+    written before sections (one table) reads as the epoch-rung method's."""
+    path = tmp_path / "bench_search_replay_validation.md"
+    path.write_text("# Replay against real searches\n\nReal searches: old\n\n| a |\n")
+    assert replay.validation_sections(path) == {"tpe+asha": "\nReal searches: old\n\n| a |\n"}
+    replay.write_validation(path, "tpe+asha on seconds", ["Real searches: seconds", "", "| b |"])
+    replay.write_validation(path, "tpe+asha on seconds", ["Real searches: seconds again", "", "| c |"])
+    sections = replay.validation_sections(path)
+    assert list(sections) == ["tpe+asha", "tpe+asha on seconds"]
+    assert "| a |" in sections["tpe+asha"] and "| c |" in sections["tpe+asha on seconds"]
+    assert "| b |" not in path.read_text()
 
 
 def test_the_committed_table_is_where_a_new_checkout_resumes(tmp_path):

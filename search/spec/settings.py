@@ -39,9 +39,10 @@ time, ``rungs_in``), up to max_t epochs.
     # configuration that costs 10x more per epoch is judged after a tenth of the epochs, on the same compute
     # as the others (search.raytune.tuner.SecondsASHA); max_t stays every trial's cap in epochs.
     # The default search file (configs/search_default.yaml) sets training_seconds, chosen on the replayed table A
-    # (results/bench_search_replay.md, 100 seeds, 2 workers, to the top 5%: 3.01x random search [2.06x-4.53x]
-    # against 2.10x [1.39x-3.15x] on epochs). The built-in default stays epochs: its rungs do not depend on
-    # timing, so a small search (the tests', the demo's) stops the same trials on any machine.
+    # (results/bench_search_replay.md, 100 seeds, 2 workers, to the top 5%: 3.01x random search [2.05x-4.58x]
+    # against 2.10x [1.43x-3.19x] on epochs; on table B, where nothing was chosen, 2.51x [1.81x-3.70x], while
+    # rungs in epochs reached that target in 41% of the seeds). The built-in default stays epochs: its rungs do
+    # not depend on timing, so a small search (the tests', the demo's) stops the same trials on any machine.
     rungs_in: Literal["epochs", "training_seconds"] = "epochs"
 
 
