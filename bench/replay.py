@@ -626,16 +626,16 @@ def table_statistics(table: Table) -> list[str]:
         lines.append(f"epoch {e}: Spearman {spearmanr(early, final).statistic:.2f}, top-third cut keeps "
                      f"{kept.sum()} of the {top.sum()} final top-10%")
     replicated = [c for c in configs if len(table.curves[c]) > 1]
-    seed_sd = (float(np.mean([np.std([cv.best[-1] for cv in table.curves[c].values()], ddof=1) for c in replicated]))
-               if replicated else None)
+    seed_noise = "seed noise not measured on this table (no configuration recorded with several seeds)."
+    if replicated:
+        seed_sd = np.mean([np.std([cv.best[-1] for cv in table.curves[c].values()], ddof=1) for c in replicated])
+        seed_noise = f"sd over 3 seeds of one configuration (mean over the {len(replicated)} replicated) {seed_sd:.4f}."
     ended = np.mean([table.curves[c][table.first_seed].ended for c in configs])
     cost = np.array([table.curves[c][table.first_seed].cost[-1] for c in configs])
     return [
         "Rank correlation of the best validation correlation after e epochs with the final one, over "
         f"configurations: {'; '.join(lines)}.",
-        f"Final scores: mean {final.mean():.4f}, sd over configurations {final.std(ddof=1):.4f}; "
-        + (f"sd over 3 seeds of one configuration (mean over the {len(replicated)} replicated) {seed_sd:.4f}."
-           if replicated else "seed noise not measured on this table (no configuration recorded with several seeds)."),
+        f"Final scores: mean {final.mean():.4f}, sd over configurations {final.std(ddof=1):.4f}; {seed_noise}",
         f"{ended:.0%} of the runs ended by the recipe's early stopping before epoch {table.epochs}. Cost of a "
         f"whole run: median {np.median(cost):.0f} s, mean {cost.mean():.0f} s, largest {cost.max():.0f} s "
         "(CPU seconds).",
@@ -815,14 +815,10 @@ def validate(table_name: str, tables: Path, runs: int, budget_s: float, seeds: i
 
 
 def validation_sections(path: Path) -> dict[str, str]:
-    """What --validate wrote to ``path``, per method (its "## method" sections); a file of one unheaded table
-    (written before sections) is the epoch-rung method's."""
+    """What --validate wrote to ``path``, per method (its "## method" sections)."""
     if not path.is_file():
         return {}
-    body = path.read_text().split("\n", 1)[1]
-    if not body.lstrip().startswith("## "):
-        return {VALIDATED[0]: body}
-    parts = ("\n" + body.lstrip()).split("\n## ")[1:]
+    parts = path.read_text().split("\n## ")[1:]
     return {part.split("\n", 1)[0].strip(): part.split("\n", 1)[1] for part in parts}
 
 
@@ -878,10 +874,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(METHODS[m].bohb for m in args.methods) and importlib.util.find_spec("syne_tune") is None:
         args.methods = [m for m in args.methods if not METHODS[m].bohb]
         notes.append('bohb (syne tune) left out: pip install -c constraints.txt -e ".[bench]" installs it')
+    validated = args.out.with_name(args.out.stem + "_validation.md")  # the real searches against the replay
     if args.validate:
         lines = validate(args.table, args.tables, args.validate, args.validate_budget_s, args.seeds, args.work,
                          args.validate_method)
-        write_validation(args.out.with_name(args.out.stem + "_validation.md"), args.validate_method, lines)
+        write_validation(validated, args.validate_method, lines)
         print("\n".join(lines))
         return 0
     table = load_table(args.table, args.tables)
@@ -905,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
                  "budget (the anytime curves), the others end once they reach the top-2% target; lookup: "
                  f"{args.lookup}")
     notes += args.note
-    sections = validation_sections(args.out.with_name(args.out.stem + "_validation.md"))  # what --validate wrote
+    sections = validation_sections(validated)
     validation = "\n".join(f"### {m}\n\n{sections[m].strip()}\n" for m in VALIDATED if m in sections)
 
     def write_report() -> str:  # after each pair: a long replay leaves a usable report at every point

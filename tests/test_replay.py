@@ -153,11 +153,10 @@ def test_real_search_spec_matches_the_recorded_runs(tmp_path, monkeypatch):
 
 
 def test_validation_keeps_one_section_per_method(tmp_path):
-    """--validate of one method rewrites its own section of the validation file and keeps the other's; a file
-    written before sections (one table) reads as the epoch-rung method's."""
+    """--validate of one method rewrites its own section of the validation file and keeps the other's."""
     path = tmp_path / "bench_search_replay_validation.md"
-    path.write_text("# Replay against real searches\n\nReal searches: old\n\n| a |\n")
-    assert replay.validation_sections(path) == {"tpe+asha": "\nReal searches: old\n\n| a |\n"}
+    assert replay.validation_sections(path) == {}
+    replay.write_validation(path, "tpe+asha", ["Real searches: old", "", "| a |"])
     replay.write_validation(path, "tpe+asha on seconds", ["Real searches: seconds", "", "| b |"])
     replay.write_validation(path, "tpe+asha on seconds", ["Real searches: seconds again", "", "| c |"])
     sections = replay.validation_sections(path)
